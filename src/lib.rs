@@ -1,0 +1,83 @@
+//! # tracehop
+//!
+//! Keep one distributed trace intact across message queues.
+//!
+//! A message is a hop. The producer side opens a *send* span and writes the current
+//! context into the message's headers; the consumer side reads the headers, opens a
+//! *process* span whose parent is that send span, and runs your handler inside it.
+//! Everything the handler does — its own spans, further sends — nests under the process
+//! span, so a run that crosses many services and brokers is one trace tree.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use tracehop::{Incoming, Outgoing, SpanCollector, Telemetry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let spans = SpanCollector::new();
+//! let gateway = Telemetry::builder("gateway").collector(&spans).build()?;
+//! let worker = Telemetry::builder("worker").collector(&spans).build()?;
+//!
+//! // Producer: open a send span and write its context into the message headers.
+//! let mut headers: HashMap<String, String> = HashMap::new();
+//! let send = gateway.send_span(Outgoing::new("kafka", "tasks"), &mut headers);
+//! send.end();
+//!
+//! // Consumer: read the headers and run the handler inside a child process span.
+//! let process = worker.process_span(Incoming::new("kafka", "tasks"), &headers);
+//! let outcome: Result<(), std::io::Error> = process.run(async { Ok(()) }).await;
+//! process.end();
+//! outcome?;
+//!
+//! let records = spans.records();
+//! assert_eq!(records[0].trace_id, records[1].trace_id);
+//! assert_eq!(records[1].parent_span_id.as_deref(), Some(records[0].span_id.as_str()));
+//! # Ok(()) }
+//! ```
+//!
+//! Broker adapters live behind features: `kafka` (rdkafka), `nats` (async-nats, core and
+//! JetStream) and `amqp` (lapin). Spans go to a JSON-lines [`journal`] by default and, with
+//! the `otlp` feature, to any OpenTelemetry collector. The [`verify`] module and the
+//! `tracehop` command line tool read journals back, draw the trace tree and report where a
+//! trace broke.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs, unreachable_pub, unsafe_code)]
+#![warn(rust_2018_idioms, missing_debug_implementations)]
+
+mod error;
+pub mod journal;
+pub mod messaging;
+pub mod propagation;
+mod telemetry;
+pub(crate) mod time;
+pub mod verify;
+
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka;
+
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
+
+#[cfg(feature = "amqp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
+pub mod amqp;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use error::{Error, Result};
+pub use journal::{Journal, SpanCollector, SpanRecord};
+pub use messaging::{
+    BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessOutcome, ProcessSpan, SendSpan,
+};
+pub use propagation::{Extracted, Propagation, ReadCarrier, Rejection, WriteCarrier};
+pub use telemetry::{Telemetry, TelemetryBuilder};
+
+/// Re-exports of the OpenTelemetry crates tracehop is built on, at the pinned version.
+pub mod otel {
+    pub use opentelemetry::*;
+    pub use opentelemetry_sdk as sdk;
+}

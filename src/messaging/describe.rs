@@ -1,0 +1,134 @@
+//! How an adapter describes a message to the core.
+
+use std::time::SystemTime;
+
+use opentelemetry::{KeyValue, Value};
+
+use super::attributes as attr;
+
+/// How a consumer relates its process span to the context a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ParentPolicy {
+    /// The process span is a child of the producer's send span (the default: one message,
+    /// one trace).
+    #[default]
+    Child,
+    /// The process span starts a new trace and links to the producer's span. Use at trust
+    /// boundaries: an untrusted producer cannot choose your trace id or sampling decision.
+    Link,
+}
+
+/// An outgoing message, as an adapter describes it to [`Telemetry::send_span`].
+///
+/// [`Telemetry::send_span`]: crate::Telemetry::send_span
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub(crate) system: &'static str,
+    pub(crate) destination: &'a str,
+    pub(crate) operation_name: &'static str,
+    pub(crate) attributes: Vec<KeyValue>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message to `destination` (topic, subject, exchange) on `system`
+    /// (see [`attributes::system`](super::attributes::system)).
+    pub fn new(system: &'static str, destination: &'a str) -> Self {
+        Outgoing {
+            system,
+            destination,
+            operation_name: "send",
+            attributes: Vec::with_capacity(8),
+        }
+    }
+
+    /// The system-specific operation name (`send` by default; `publish` for NATS and
+    /// RabbitMQ).
+    pub fn operation_name(mut self, name: &'static str) -> Self {
+        self.operation_name = name;
+        self
+    }
+
+    /// The size of the message body in bytes.
+    pub fn body_size(self, bytes: usize) -> Self {
+        self.attribute(attr::MESSAGING_MESSAGE_BODY_SIZE, bytes as i64)
+    }
+
+    /// The message id, where the system has one.
+    pub fn message_id(self, id: impl Into<Value>) -> Self {
+        self.attribute(attr::MESSAGING_MESSAGE_ID, id)
+    }
+
+    /// Any further attribute.
+    pub fn attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.attributes.push(KeyValue::new(key, value));
+        self
+    }
+}
+
+/// An incoming message, as an adapter describes it to [`Telemetry::process_span`].
+///
+/// [`Telemetry::process_span`]: crate::Telemetry::process_span
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub(crate) system: &'static str,
+    pub(crate) destination: &'a str,
+    pub(crate) operation_name: &'static str,
+    pub(crate) attributes: Vec<KeyValue>,
+    pub(crate) policy: ParentPolicy,
+    pub(crate) enqueued_at: Option<SystemTime>,
+}
+
+impl<'a> Incoming<'a> {
+    /// A message from `destination` on `system`.
+    pub fn new(system: &'static str, destination: &'a str) -> Self {
+        Incoming {
+            system,
+            destination,
+            operation_name: "process",
+            attributes: Vec::with_capacity(10),
+            policy: ParentPolicy::Child,
+            enqueued_at: None,
+        }
+    }
+
+    /// The system-specific operation name (`process` by default).
+    pub fn operation_name(mut self, name: &'static str) -> Self {
+        self.operation_name = name;
+        self
+    }
+
+    /// How to relate to the message's context.
+    pub fn parent_policy(mut self, policy: ParentPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The size of the message body in bytes.
+    pub fn body_size(self, bytes: usize) -> Self {
+        self.attribute(attr::MESSAGING_MESSAGE_BODY_SIZE, bytes as i64)
+    }
+
+    /// The message id, where the system has one.
+    pub fn message_id(self, id: impl Into<Value>) -> Self {
+        self.attribute(attr::MESSAGING_MESSAGE_ID, id)
+    }
+
+    /// Which delivery of the message this is, counting from 1.
+    pub fn attempt(self, attempt: u32) -> Self {
+        self.attribute(attr::DELIVERY_ATTEMPT, i64::from(attempt))
+    }
+
+    /// When the broker stored the message; used for queue time when the producer did not
+    /// write `tracehop-sent-at`.
+    pub fn enqueued_at(mut self, at: SystemTime) -> Self {
+        self.enqueued_at = Some(at);
+        self
+    }
+
+    /// Any further attribute.
+    pub fn attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.attributes.push(KeyValue::new(key, value));
+        self
+    }
+}

@@ -1,0 +1,42 @@
+//! The broker-agnostic heart: send and process spans, parent policy, running a handler
+//! inside its span and recording the outcome, delivery attempts and queue time.
+//!
+//! A broker adapter describes a message with [`Outgoing`] or [`Incoming`] (destination,
+//! attributes it knows) and hands the core a header carrier; the core opens the span,
+//! injects or extracts context, and records what happened.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use tracehop::{Incoming, Outgoing, SpanCollector, Telemetry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tracehop::Result<()> {
+//! let spans = SpanCollector::new();
+//! let telemetry = Telemetry::builder("svc").collector(&spans).build()?;
+//! let mut headers = HashMap::<String, String>::new();
+//! telemetry
+//!     .send_span(Outgoing::new("nats", "jobs").body_size(5), &mut headers)
+//!     .end();
+//! let process = telemetry.process_span(Incoming::new("nats", "jobs").attempt(2), &headers);
+//! let outcome: Result<(), String> = process.run(async { Err("boom".to_string()) }).await;
+//! process.end();
+//! assert!(outcome.is_err());
+//! let records = spans.records();
+//! assert_eq!(records[1].operation_name.as_deref(), Some("process jobs"));
+//! assert_eq!(records[1].status, tracehop::journal::Status::Error);
+//! # Ok(()) }
+//! ```
+
+pub mod attributes;
+mod batch;
+mod describe;
+mod process;
+mod send;
+
+pub use batch::BatchSpan;
+pub use describe::{Incoming, Outgoing, ParentPolicy};
+pub use process::{ProcessOutcome, ProcessSpan};
+pub use send::SendSpan;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! Send spans: the producer side of a hop.
+
+use std::fmt;
+
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue, Value};
+
+use super::attributes as attr;
+use super::process::record_error;
+use super::Outgoing;
+use crate::propagation::WriteCarrier;
+use crate::telemetry::Inner;
+
+/// The span of one message being sent (kind PRODUCER, named `send <destination>`).
+///
+/// Its context has already been written into the message's headers. End it when the
+/// broker has accepted the message ([`end`](Self::end)) or refused it
+/// ([`end_with_error`](Self::end_with_error)). Dropping it ends it with no status.
+#[must_use = "a send span records the outcome of the send only when it is ended"]
+pub struct SendSpan {
+    cx: Context,
+}
+
+impl fmt::Debug for SendSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendSpan")
+            .field("span_context", self.cx.span().span_context())
+            .finish()
+    }
+}
+
+impl SendSpan {
+    pub(crate) fn start(
+        inner: &Inner,
+        msg: Outgoing<'_>,
+        parent: &Context,
+        carrier: &mut dyn WriteCarrier,
+    ) -> SendSpan {
+        let mut attributes = msg.attributes;
+        attributes.extend([
+            KeyValue::new(attr::MESSAGING_SYSTEM, msg.system),
+            KeyValue::new(attr::MESSAGING_DESTINATION_NAME, msg.destination.to_owned()),
+            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, attr::operation_type::SEND),
+            KeyValue::new(attr::MESSAGING_OPERATION_NAME, msg.operation_name),
+        ]);
+        let span = inner
+            .tracer
+            .span_builder(format!("{} {}", msg.operation_name, msg.destination))
+            .with_kind(SpanKind::Producer)
+            .with_attributes(attributes)
+            .start_with_context(&inner.tracer, parent);
+        let cx = parent.with_span(span);
+        inner.propagation.inject(&cx, carrier);
+        SendSpan { cx }
+    }
+
+    /// The context of this span: its span context and the baggage that was sent.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// Add an attribute learnt after the send started (partition, offset, sequence).
+    pub fn set_attribute(&self, key: &'static str, value: impl Into<Value>) {
+        self.cx.span().set_attribute(KeyValue::new(key, value));
+    }
+
+    /// End the span: the broker accepted the message.
+    pub fn end(self) {
+        let span = self.cx.span();
+        span.set_status(Status::Ok);
+        span.end();
+    }
+
+    /// End the span as failed. `error_type` is a low-cardinality class (`error.type`), the
+    /// error's text becomes the status description and an `exception` event.
+    pub fn end_with_error(self, error_type: &str, error: &dyn fmt::Display) {
+        let span = self.cx.span();
+        record_error(&span, error_type, &error.to_string());
+        span.end();
+    }
+}

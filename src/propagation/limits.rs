@@ -1,0 +1,126 @@
+//! The W3C size limits for `tracestate` and `baggage`, enforced by dropping whole members.
+//!
+//! Oversized context must never fail a message, and must not make the SDK throw away the
+//! whole header either (its baggage propagator drops a header over 8192 bytes entirely).
+//! These functions return the header unchanged when it is within limits (no allocation),
+//! and otherwise a copy that keeps as many leading members as fit.
+
+use std::borrow::Cow;
+
+/// At most this many `tracestate` list members are kept.
+pub const TRACESTATE_MAX_MEMBERS: usize = 32;
+/// At most this many characters of `tracestate` are kept.
+pub const TRACESTATE_MAX_LEN: usize = 512;
+/// Members longer than this are dropped first when `tracestate` must be shortened.
+const TRACESTATE_LONG_MEMBER: usize = 128;
+/// At most this many `baggage` list members are kept.
+pub const BAGGAGE_MAX_MEMBERS: usize = 64;
+/// At most this many bytes of `baggage` are kept.
+pub const BAGGAGE_MAX_LEN: usize = 8192;
+
+/// Limit a `tracestate` value to 32 members and 512 characters.
+///
+/// Per the W3C spec, when it must be shortened, members longer than 128 characters go
+/// first, then members from the end. Empty members are dropped.
+pub fn limit_tracestate(value: &str) -> Cow<'_, str> {
+    let within = value.len() <= TRACESTATE_MAX_LEN
+        && value.split(',').filter(|m| !is_blank(m)).count() <= TRACESTATE_MAX_MEMBERS;
+    if within {
+        return Cow::Borrowed(value);
+    }
+    let members: Vec<&str> = value
+        .split(',')
+        .map(|m| m.trim_matches([' ', '\t']))
+        .filter(|m| !m.is_empty())
+        .collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(TRACESTATE_MAX_MEMBERS);
+    let mut len = 0;
+    // First pass drops long members outright; then keep from the front while it fits.
+    for m in members.iter().filter(|m| m.len() <= TRACESTATE_LONG_MEMBER) {
+        let add = m.len() + usize::from(!kept.is_empty());
+        if kept.len() == TRACESTATE_MAX_MEMBERS || len + add > TRACESTATE_MAX_LEN {
+            break;
+        }
+        kept.push(m);
+        len += add;
+    }
+    Cow::Owned(kept.join(","))
+}
+
+/// Limit a `baggage` value to 64 members and 8192 bytes, keeping leading members.
+pub fn limit_baggage(value: &str) -> Cow<'_, str> {
+    let within = value.len() <= BAGGAGE_MAX_LEN
+        && value.split(',').filter(|m| !is_blank(m)).count() <= BAGGAGE_MAX_MEMBERS;
+    if within {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len().min(BAGGAGE_MAX_LEN));
+    let mut count = 0;
+    for m in value
+        .split(',')
+        .map(|m| m.trim_matches([' ', '\t']))
+        .filter(|m| !m.is_empty())
+    {
+        let add = m.len() + usize::from(count > 0);
+        if count == BAGGAGE_MAX_MEMBERS || out.len() + add > BAGGAGE_MAX_LEN {
+            // A later, shorter member could still fit, but the spec asks us to keep a
+            // prefix so that the members a sender put first survive.
+            break;
+        }
+        if count > 0 {
+            out.push(',');
+        }
+        out.push_str(m);
+        count += 1;
+    }
+    Cow::Owned(out)
+}
+
+fn is_blank(member: &str) -> bool {
+    member.trim_matches([' ', '\t']).is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_values_are_borrowed() {
+        assert!(matches!(limit_tracestate("a=1,b=2"), Cow::Borrowed("a=1,b=2")));
+        assert!(matches!(limit_baggage("k=v"), Cow::Borrowed("k=v")));
+    }
+
+    #[test]
+    fn tracestate_keeps_32_members() {
+        let v: Vec<String> = (0..40).map(|i| format!("k{i}=v")).collect();
+        let out = limit_tracestate(&v.join(","));
+        let members: Vec<&str> = out.split(',').collect();
+        assert_eq!(members.len(), 32);
+        assert_eq!(members[0], "k0=v");
+        assert_eq!(members[31], "k31=v");
+    }
+
+    #[test]
+    fn tracestate_drops_long_members_first_and_fits_512() {
+        let long = format!("big={}", "x".repeat(200));
+        let mut v = vec![long.clone()];
+        v.extend((0..20).map(|i| format!("key{i}={}", "y".repeat(20))));
+        let out = limit_tracestate(&v.join(","));
+        assert!(out.len() <= 512, "{}", out.len());
+        assert!(!out.contains("big="));
+        assert!(out.starts_with("key0="));
+        assert!(out.split(',').all(|m| m.contains('=')));
+    }
+
+    #[test]
+    fn baggage_keeps_64_members_and_8192_bytes() {
+        let v: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
+        let out = limit_baggage(&v.join(","));
+        assert_eq!(out.split(',').count(), 64);
+        let big: Vec<String> = (0..10).map(|i| format!("k{i}={}", "z".repeat(1000))).collect();
+        let out = limit_baggage(&big.join(","));
+        assert!(out.len() <= 8192);
+        assert_eq!(out.split(',').count(), 8);
+        assert!(out.split(',').all(|m| m.len() == 1003));
+    }
+}

@@ -1,0 +1,232 @@
+//! Broker-agnostic context propagation: which headers carry a trace across a hop, how they
+//! are written, and how they are read safely.
+//!
+//! [`Propagation`] writes W3C `traceparent`/`tracestate` and `baggage` through the
+//! OpenTelemetry SDK propagators (or any propagator you configure), optionally the
+//! article's `x-trace-id` headers, and a `tracehop-sent-at` timestamp for queue time. On
+//! the way in it validates `traceparent` strictly, trims `tracestate` and `baggage` to the
+//! W3C limits by dropping whole members, and tells you why context was rejected. Nothing
+//! here panics on input, and nothing here fails a message.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use tracehop::propagation::{Propagation, Rejection};
+//!
+//! let propagation = Propagation::default();
+//! let mut headers = HashMap::new();
+//! headers.insert("traceparent".to_string(), "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_string());
+//! let extracted = propagation.extract(&headers);
+//! assert_eq!(extracted.rejected, Some(Rejection::ZeroTraceId));
+//! assert!(!extracted.has_parent());
+//! ```
+
+mod carrier;
+pub mod limits;
+pub mod simple;
+pub mod traceparent;
+
+use std::fmt;
+use std::time::SystemTime;
+
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry::Context;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+pub use carrier::{ReadCarrier, WriteCarrier};
+pub(crate) use carrier::{ExtractBridge, InjectBridge};
+pub use traceparent::Rejection;
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C trace state header.
+pub const TRACESTATE: &str = "tracestate";
+/// The W3C baggage header.
+pub const BAGGAGE: &str = "baggage";
+/// The header in which the producer records when it sent the message (Unix microseconds),
+/// so the consumer can compute queue time on brokers that carry no timestamp of their own.
+pub const SENT_AT: &str = "tracehop-sent-at";
+
+/// How trace context crosses a hop: the propagator, the optional simple headers and the
+/// send timestamp.
+///
+/// Built once per [`Telemetry`](crate::Telemetry) handle; no global propagator is used.
+pub struct Propagation {
+    propagator: Box<dyn TextMapPropagator + Send + Sync>,
+    read_simple: bool,
+    write_simple: bool,
+    sent_at: bool,
+}
+
+impl fmt::Debug for Propagation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Propagation")
+            .field("fields", &self.propagator.fields().collect::<Vec<_>>())
+            .field("read_simple", &self.read_simple)
+            .field("write_simple", &self.write_simple)
+            .field("sent_at", &self.sent_at)
+            .finish()
+    }
+}
+
+impl Default for Propagation {
+    /// W3C trace context and baggage; simple headers read but not written; send timestamp
+    /// written.
+    fn default() -> Self {
+        Propagation {
+            propagator: Box::new(TextMapCompositePropagator::new(vec![
+                Box::new(TraceContextPropagator::new()),
+                Box::new(BaggagePropagator::new()),
+            ])),
+            read_simple: true,
+            write_simple: false,
+            sent_at: true,
+        }
+    }
+}
+
+/// Where the context adopted from a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContextSource {
+    /// The configured propagator (W3C `traceparent` by default).
+    Propagator,
+    /// The article's `x-trace-id` headers.
+    SimpleHeaders,
+    /// The message carried no usable trace context.
+    None,
+}
+
+/// The result of reading a message's headers.
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    /// The remote parent (if any) and baggage. Never the ambient context: a consumer does
+    /// not inherit whatever happens to be current where it runs.
+    pub context: Context,
+    /// Where the context came from.
+    pub source: ContextSource,
+    /// Why incoming context was ignored, if it was.
+    pub rejected: Option<Rejection>,
+    /// A trace id to join as a new root, from `x-trace-id` without a span id.
+    pub join_trace: Option<TraceId>,
+    /// When the producer sent the message, from the `tracehop-sent-at` header.
+    pub sent_at: Option<SystemTime>,
+}
+
+impl Extracted {
+    /// Whether a valid remote parent span was found.
+    pub fn has_parent(&self) -> bool {
+        self.context.span().span_context().is_valid()
+    }
+}
+
+impl Propagation {
+    /// Use `propagator` instead of W3C trace context + baggage (for example a composite
+    /// that also speaks B3 or Jaeger).
+    pub fn with_propagator(mut self, propagator: impl TextMapPropagator + Send + Sync + 'static) -> Self {
+        self.propagator = Box::new(propagator);
+        self
+    }
+
+    /// Also write the article's `x-trace-id`, `x-span-id` and `x-parent-span-id` headers.
+    pub fn write_simple_headers(mut self, yes: bool) -> Self {
+        self.write_simple = yes;
+        self
+    }
+
+    /// Read the article's simple headers when no `traceparent` is present (on by default).
+    pub fn read_simple_headers(mut self, yes: bool) -> Self {
+        self.read_simple = yes;
+        self
+    }
+
+    /// Write the `tracehop-sent-at` header used for queue time (on by default).
+    pub fn write_sent_at(mut self, yes: bool) -> Self {
+        self.sent_at = yes;
+        self
+    }
+
+    /// Write the context of `cx` into `carrier`. Never fails; headers the carrier cannot
+    /// store are skipped by the carrier.
+    pub fn inject(&self, cx: &Context, carrier: &mut dyn WriteCarrier) {
+        self.propagator
+            .inject_context(cx, &mut InjectBridge(&mut *carrier));
+        if self.write_simple {
+            let span = cx.span();
+            let sc = span.span_context();
+            if sc.is_valid() {
+                let span_id = sc.span_id().to_string();
+                carrier.set(simple::X_TRACE_ID, sc.trace_id().to_string());
+                carrier.set(simple::X_PARENT_SPAN_ID, span_id.clone());
+                carrier.set(simple::X_SPAN_ID, span_id);
+            }
+        }
+        if self.sent_at {
+            carrier.set(SENT_AT, crate::time::unix_micros(SystemTime::now()).to_string());
+        }
+    }
+
+    /// Read the context a message carries. Never fails and never panics: bad context is
+    /// reported in [`Extracted::rejected`] and otherwise ignored.
+    pub fn extract(&self, carrier: &dyn ReadCarrier) -> Extracted {
+        let mut rejected = None;
+        let traceparent = match carrier.get(TRACEPARENT) {
+            Some(raw) => match traceparent::validate(raw) {
+                Ok(valid) => Some(valid),
+                Err(why) => {
+                    rejected = Some(why);
+                    None
+                }
+            },
+            None => None,
+        };
+        let text = |key: &str| carrier.get(key).and_then(|v| std::str::from_utf8(v).ok());
+        let bridge = ExtractBridge {
+            carrier,
+            traceparent,
+            // tracestate belongs to its traceparent: without a valid one it is meaningless.
+            tracestate: traceparent
+                .and_then(|_| text(TRACESTATE))
+                .map(limits::limit_tracestate),
+            baggage: text(BAGGAGE).map(limits::limit_baggage),
+        };
+        let mut context = self
+            .propagator
+            .extract_with_context(&Context::new(), &bridge);
+        let mut source = if context.span().span_context().is_valid() {
+            ContextSource::Propagator
+        } else {
+            ContextSource::None
+        };
+        let mut join_trace = None;
+        if source == ContextSource::None && rejected.is_none() && self.read_simple {
+            match simple::extract(carrier) {
+                Ok(Some(simple::SimpleContext::Parent(sc))) => {
+                    context = context.with_remote_span_context(sc);
+                    source = ContextSource::SimpleHeaders;
+                }
+                Ok(Some(simple::SimpleContext::TraceOnly(trace_id))) => {
+                    join_trace = Some(trace_id);
+                    source = ContextSource::SimpleHeaders;
+                }
+                Ok(None) => {}
+                Err(why) => rejected = Some(why),
+            }
+        }
+        let sent_at = carrier
+            .get(SENT_AT)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .and_then(crate::time::from_unix_micros);
+        Extracted {
+            context,
+            source,
+            rejected,
+            join_trace,
+            sent_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! Strict validation of the W3C `traceparent` header, with a reason for every rejection.
+//!
+//! OpenTelemetry's propagator is lenient (it accepts short ids and stray dashes) and says
+//! nothing about why it ignored a header. tracehop validates first, so that a consumer can
+//! record *why* it started a new trace, and hands only conforming values to the propagator.
+
+use std::fmt;
+
+/// The longest `traceparent` tracehop will look at. Version 00 is exactly 55 bytes; future
+/// versions may append fields, but nothing legitimate comes near this.
+pub const MAX_TRACEPARENT_LEN: usize = 512;
+
+const V00_LEN: usize = 55;
+
+/// Why incoming trace context was not adopted.
+///
+/// Recorded on the new root span as the `tracehop.context.rejected` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The header value is not UTF-8 text.
+    NotUtf8,
+    /// The header is longer than [`MAX_TRACEPARENT_LEN`].
+    Oversized,
+    /// Fewer characters than the version-00 layout needs.
+    Truncated,
+    /// Version 00 with extra characters after the flags.
+    TrailingData,
+    /// A field separator is missing or in the wrong place.
+    Malformed,
+    /// Hex digits in upper case (the spec requires lower case).
+    Uppercase,
+    /// A character that is not a hex digit.
+    NotHex,
+    /// The forbidden version `ff`.
+    ForbiddenVersion,
+    /// An all-zero trace id.
+    ZeroTraceId,
+    /// An all-zero parent span id.
+    ZeroSpanId,
+    /// The article-style `x-trace-id` / `x-span-id` headers are present but unusable.
+    BadSimpleHeaders,
+}
+
+impl Rejection {
+    /// A short, stable reason string (the attribute value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::NotUtf8 => "traceparent is not UTF-8",
+            Rejection::Oversized => "traceparent is oversized",
+            Rejection::Truncated => "traceparent is truncated",
+            Rejection::TrailingData => "traceparent version 00 has trailing data",
+            Rejection::Malformed => "traceparent is malformed",
+            Rejection::Uppercase => "traceparent has uppercase hex",
+            Rejection::NotHex => "traceparent has a non-hex character",
+            Rejection::ForbiddenVersion => "traceparent version ff is forbidden",
+            Rejection::ZeroTraceId => "traceparent trace-id is all zeros",
+            Rejection::ZeroSpanId => "traceparent parent-id is all zeros",
+            Rejection::BadSimpleHeaders => "x-trace-id/x-span-id headers are not valid ids",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Validate a raw `traceparent` value per W3C Trace Context level 1/2.
+///
+/// Returns the part the propagator should parse: the whole value for version 00, and the
+/// first 55 characters for a future version (whose later fields we cannot interpret, as
+/// the spec directs). Optional whitespace around the value is tolerated.
+pub fn validate(raw: &[u8]) -> Result<&str, Rejection> {
+    if raw.len() > MAX_TRACEPARENT_LEN {
+        return Err(Rejection::Oversized);
+    }
+    let value = std::str::from_utf8(raw).map_err(|_| Rejection::NotUtf8)?;
+    let value = value.trim_matches([' ', '\t']);
+    let b = value.as_bytes();
+    if b.len() < V00_LEN {
+        return Err(Rejection::Truncated);
+    }
+    if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return Err(Rejection::Malformed);
+    }
+    check_hex(&b[0..2])?;
+    check_hex(&b[3..35])?;
+    check_hex(&b[36..52])?;
+    check_hex(&b[53..55])?;
+    match &b[0..2] {
+        b"ff" => return Err(Rejection::ForbiddenVersion),
+        b"00" if b.len() != V00_LEN => return Err(Rejection::TrailingData),
+        b"00" => {}
+        // A future version: more fields may follow, but only after a dash.
+        _ if b.len() > V00_LEN && b[V00_LEN] != b'-' => return Err(Rejection::Malformed),
+        _ => {}
+    }
+    if b[3..35].iter().all(|&c| c == b'0') {
+        return Err(Rejection::ZeroTraceId);
+    }
+    if b[36..52].iter().all(|&c| c == b'0') {
+        return Err(Rejection::ZeroSpanId);
+    }
+    Ok(&value[..V00_LEN])
+}
+
+fn check_hex(field: &[u8]) -> Result<(), Rejection> {
+    for &c in field {
+        match c {
+            b'0'..=b'9' | b'a'..=b'f' => {}
+            b'A'..=b'F' => return Err(Rejection::Uppercase),
+            _ => return Err(Rejection::NotHex),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn accepts_version_00() {
+        assert_eq!(validate(GOOD.as_bytes()), Ok(GOOD));
+        assert_eq!(validate(format!(" {GOOD}\t").as_bytes()), Ok(GOOD));
+    }
+
+    #[test]
+    fn future_version_parses_known_prefix() {
+        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-extra-fields";
+        assert_eq!(validate(future.as_bytes()), Ok(&future[..55]));
+        let exact = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(validate(exact.as_bytes()), Ok(exact));
+        let glued = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09.extra";
+        assert_eq!(validate(glued.as_bytes()), Err(Rejection::Malformed));
+    }
+
+    #[test]
+    fn rejects_each_bad_form_with_its_reason() {
+        let cases: &[(&[u8], Rejection)] = &[
+            (b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", Rejection::Uppercase),
+            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", Rejection::Truncated),
+            (b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", Rejection::Truncated),
+            (b"00-00000000000000000000000000000000-00f067aa0ba902b7-01", Rejection::ZeroTraceId),
+            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", Rejection::ZeroSpanId),
+            (b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Rejection::ForbiddenVersion),
+            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", Rejection::TrailingData),
+            (b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Rejection::Malformed),
+            (b"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01", Rejection::NotHex),
+            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\xff\xfe", Rejection::NotUtf8),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(validate(raw), Err(*want), "{}", String::from_utf8_lossy(raw));
+        }
+        let huge = vec![b'a'; MAX_TRACEPARENT_LEN + 1];
+        assert_eq!(validate(&huge), Err(Rejection::Oversized));
+    }
+}

@@ -1,0 +1,1 @@
+//! In-memory span capture and one-line trace assertions for tests.

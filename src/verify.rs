@@ -1,0 +1,1 @@
+//! Verification: span records to trace trees, findings and rendering.
