@@ -47,6 +47,20 @@ pub const BAGGAGE: &str = "baggage";
 /// so the consumer can compute queue time on brokers that carry no timestamp of their own.
 pub const SENT_AT: &str = "tracehop-sent-at";
 
+/// The header in which a consumer that forwards a failed message (to a retry or
+/// dead-letter destination) records which delivery attempt the forwarded message will be,
+/// counting from 1. Read back by [`attempt`].
+pub const ATTEMPT: &str = "tracehop-attempt";
+
+/// The attempt number a message carries in the [`ATTEMPT`] header, if any (and valid).
+pub fn attempt(carrier: &dyn ReadCarrier) -> Option<u32> {
+    carrier
+        .get(ATTEMPT)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0)
+}
+
 /// How trace context crosses a hop: the propagator, the optional simple headers and the
 /// send timestamp.
 ///
