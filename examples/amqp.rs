@@ -1,0 +1,2 @@
+//! Minimal amqp example (in progress).
+fn main() {}

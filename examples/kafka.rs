@@ -1,0 +1,2 @@
+//! Minimal kafka example (in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Minimal nats example (in progress).
+fn main() {}
