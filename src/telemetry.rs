@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracer,
@@ -154,11 +154,9 @@ impl Telemetry {
 
     /// Export every finished span now.
     pub fn flush(&self) -> Result<()> {
-        self.inner
-            .provider
-            .force_flush()
-            .map_err(|e| Error::Sdk(e.to_string()))?;
-        self.journal_health()
+        let sdk = self.inner.provider.force_flush();
+        self.journal_health()?;
+        sdk.map_err(|e| Error::Sdk(e.to_string()))
     }
 
     /// Flush and shut down this service's exporters. Reports a journal that could not be
@@ -214,8 +212,6 @@ impl TelemetryBuilder {
     #[cfg(feature = "otlp")]
     #[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
     pub fn otlp(self) -> Result<Self> {
-        use opentelemetry_otlp::WithExportConfig as _;
-        let _ = opentelemetry_otlp::Protocol::HttpBinary;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
@@ -324,10 +320,4 @@ pub(crate) fn with_trace_id<T>(trace_id: Option<TraceId>, start: impl FnOnce() -
     let out = start();
     NEXT_TRACE_ID.with(|c| c.set(None));
     out
-}
-
-/// The span context of the current OpenTelemetry context, if it is valid.
-#[allow(dead_code)]
-pub(crate) fn current_span_is_valid() -> bool {
-    Context::map_current(|cx| cx.span().span_context().is_valid())
 }

@@ -14,9 +14,10 @@ pub(crate) fn from_unix_micros(micros: u64) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_micros(micros))
 }
 
-/// RFC 3339 with microseconds, UTC (`2026-03-21T15:17:00.123456Z`).
+/// RFC 3339 with nanoseconds, UTC (`2026-03-21T15:17:00.123456789Z`), so that start and
+/// end times in the journal subtract to the exact duration.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    humantime::format_rfc3339_nanos(t).to_string()
 }
 
 /// Parse RFC 3339 (with or without fractional seconds, `T` or space separated).

@@ -38,5 +38,3 @@ pub use describe::{Incoming, Outgoing, ParentPolicy};
 pub use process::{ProcessOutcome, ProcessSpan};
 pub use send::SendSpan;
 
-#[cfg(test)]
-mod tests;

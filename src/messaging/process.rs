@@ -208,3 +208,17 @@ fn short_type_name<E>() -> &'static str {
         None => full,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::short_type_name;
+
+    #[test]
+    fn error_type_is_the_short_type_name() {
+        struct HandlerError;
+        assert_eq!(short_type_name::<HandlerError>(), "HandlerError");
+        assert_eq!(short_type_name::<std::io::Error>(), "Error");
+        assert_eq!(short_type_name::<String>(), "String");
+        assert_eq!(short_type_name::<Box<dyn std::error::Error>>(), "Box<dyn core::error::Error>");
+    }
+}

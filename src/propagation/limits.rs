@@ -93,7 +93,8 @@ mod tests {
     #[test]
     fn tracestate_keeps_32_members() {
         let v: Vec<String> = (0..40).map(|i| format!("k{i}=v")).collect();
-        let out = limit_tracestate(&v.join(","));
+        let joined = v.join(",");
+        let out = limit_tracestate(&joined);
         let members: Vec<&str> = out.split(',').collect();
         assert_eq!(members.len(), 32);
         assert_eq!(members[0], "k0=v");
@@ -105,7 +106,8 @@ mod tests {
         let long = format!("big={}", "x".repeat(200));
         let mut v = vec![long.clone()];
         v.extend((0..20).map(|i| format!("key{i}={}", "y".repeat(20))));
-        let out = limit_tracestate(&v.join(","));
+        let joined = v.join(",");
+        let out = limit_tracestate(&joined);
         assert!(out.len() <= 512, "{}", out.len());
         assert!(!out.contains("big="));
         assert!(out.starts_with("key0="));
@@ -115,10 +117,12 @@ mod tests {
     #[test]
     fn baggage_keeps_64_members_and_8192_bytes() {
         let v: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
-        let out = limit_baggage(&v.join(","));
+        let joined = v.join(",");
+        let out = limit_baggage(&joined);
         assert_eq!(out.split(',').count(), 64);
         let big: Vec<String> = (0..10).map(|i| format!("k{i}={}", "z".repeat(1000))).collect();
-        let out = limit_baggage(&big.join(","));
+        let joined = big.join(",");
+        let out = limit_baggage(&joined);
         assert!(out.len() <= 8192);
         assert_eq!(out.split(',').count(), 8);
         assert!(out.split(',').all(|m| m.len() == 1003));
