@@ -1,1 +1,0 @@
-//! Verification: span records to trace trees, findings and rendering.
