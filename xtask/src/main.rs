@@ -1,0 +1,177 @@
+//! `cargo xtask test` — make sure the brokers the integration tests talk to are answering
+//! (NATS with JetStream, RabbitMQ, and tansu as the Kafka-protocol broker), starting or
+//! installing them if needed, then run the whole test suite.
+//!
+//! `cargo xtask services` does only the first part. Addresses are the loopback defaults
+//! the tests use; set `TRACEHOP_SKIP_SERVICES=1` to use brokers you run yourself (with
+//! `TRACEHOP_NATS_URL`, `TRACEHOP_AMQP_URL`, `TRACEHOP_KAFKA_BROKERS`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// The test command: every crate, every feature.
+const TEST_ARGS: &[&str] = &["test", "--workspace", "--all-features"];
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "test" => services().and_then(|()| run_tests()),
+        "services" => services(),
+        _ => {
+            eprintln!("usage: cargo xtask <test|services>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_tests() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask: cargo {}", TEST_ARGS.join(" "));
+    let status = Command::new(cargo)
+        .args(TEST_ARGS)
+        .status()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({status})"))
+    }
+}
+
+fn services() -> Result<(), String> {
+    if std::env::var_os("TRACEHOP_SKIP_SERVICES").is_some() {
+        println!("xtask: TRACEHOP_SKIP_SERVICES set; using your brokers");
+        return Ok(());
+    }
+    nats()?;
+    rabbitmq()?;
+    tansu()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn answers(port: u16) -> bool {
+    TcpStream::connect_timeout(&addr(port), Duration::from_millis(500)).is_ok()
+}
+
+/// RabbitMQ accepts TCP before it speaks AMQP: send the protocol header and wait for the
+/// first byte of `connection.start` (a method frame, type 1).
+fn amqp_ready() -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr(5672), Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut first = [0u8; 1];
+    s.write_all(b"AMQP\x00\x00\x09\x01").is_ok() && s.read_exact(&mut first).is_ok() && first[0] == 1
+}
+
+fn wait_for(what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            println!("xtask: {what} is answering");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(format!("{what} did not answer within {timeout:?}"))
+}
+
+fn spawn(what: &str, program: &str, args: &[&str]) -> Result<(), String> {
+    println!("xtask: starting {what}: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("starting {what} with {program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("starting {what} failed ({status})"))
+    }
+}
+
+fn nats() -> Result<(), String> {
+    if !answers(4222) {
+        spawn(
+            "nats-server",
+            "start-stop-daemon",
+            &[
+                "--start", "--oknodo", "--background", "--exec", "/usr/sbin/nats-server", "--",
+                "-a", "127.0.0.1", "-p", "4222", "-js", "-sd", "/var/lib/nats-server", "-l",
+                "/var/log/nats-server.log",
+            ],
+        )?;
+    }
+    wait_for("NATS on 127.0.0.1:4222", Duration::from_secs(30), || answers(4222))
+}
+
+fn rabbitmq() -> Result<(), String> {
+    if !amqp_ready() {
+        if !answers(5672) {
+            spawn("RabbitMQ", "rabbitmq-server", &["-detached"])?;
+        }
+        return wait_for("RabbitMQ on 127.0.0.1:5672", Duration::from_secs(90), amqp_ready);
+    }
+    println!("xtask: RabbitMQ on 127.0.0.1:5672 is answering");
+    Ok(())
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    let bin = home.join("bin").join("tansu");
+    bin.exists().then_some(bin)
+}
+
+fn tansu() -> Result<(), String> {
+    if answers(9092) {
+        println!("xtask: Kafka protocol broker on 127.0.0.1:9092 is answering");
+        return Ok(());
+    }
+    let bin = match tansu_binary() {
+        Some(bin) => bin,
+        None => {
+            println!("xtask: installing tansu (once per machine; about ten minutes on 2 cores)");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            spawn(
+                "cargo install tansu",
+                &cargo,
+                &["install", "tansu", "--locked", "--features", "dynostore"],
+            )?;
+            tansu_binary().ok_or("tansu was installed but is not in $CARGO_HOME/bin")?
+        }
+    };
+    let log = std::fs::File::create(std::env::temp_dir().join("tansu.log"))
+        .map_err(|e| format!("tansu log: {e}"))?;
+    println!("xtask: starting tansu on 127.0.0.1:9092 (log: {})", std::env::temp_dir().join("tansu.log").display());
+    Command::new(bin)
+        .args([
+            "broker",
+            "--listener-url",
+            "tcp://127.0.0.1:9092",
+            "--advertised-listener-url",
+            "tcp://127.0.0.1:9092",
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| format!("tansu log: {e}"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting tansu: {e}"))?;
+    wait_for("tansu on 127.0.0.1:9092", Duration::from_secs(60), || answers(9092))
+}
