@@ -1,1 +1,0 @@
-//! amqp adapter (in progress).

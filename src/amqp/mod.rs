@@ -1,0 +1,201 @@
+//! The RabbitMQ adapter: traced publishing, consuming and RPC over [`lapin`].
+//!
+//! This module owns what is particular to AMQP 0.9.1: reading and writing context in a
+//! message's `headers` table ([below](self#headers)), describing publishes and
+//! deliveries with the RabbitMQ attributes, and settling deliveries by policy. Spans and
+//! context handling are the core's.
+//!
+//! - [`Publisher`] wraps a [`lapin::Channel`]: its `basic_publish` takes lapin's arguments,
+//!   opens a send span and injects the context. With publisher confirms, the span ends at
+//!   the broker's ack (a nack or a returned message is an error).
+//! - [`TracedConsumer`] wraps a [`lapin::Consumer`]: it runs an async handler per delivery
+//!   inside a process span (child of the send span, or linked with
+//!   [`ParentPolicy::Link`](crate::ParentPolicy::Link)), then acks, nacks or rejects by
+//!   [`AckPolicy`]. A message dead-lettered by a reject is processed by the dead-letter
+//!   queue's consumer in the same trace, since its headers travel with it.
+//! - [`RpcClient`] and [`Publisher::reply`] make a request/reply round trip one trace.
+//!
+//! ```no_run
+//! use tracehop::amqp::lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+//! use tracehop::amqp::lapin::types::FieldTable;
+//! use tracehop::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
+//! use tracehop::amqp::{AckPolicy, Publisher, TracedConsumer};
+//! use tracehop::Telemetry;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let telemetry = Telemetry::builder("orders").build()?;
+//! let connection =
+//!     Connection::connect("amqp://127.0.0.1:5672/%2f", ConnectionProperties::default()).await?;
+//! let channel = connection.create_channel().await?;
+//!
+//! // Publish: the same call, on the wrapped channel.
+//! let publisher = Publisher::new(&telemetry, channel.clone());
+//! publisher
+//!     .basic_publish(
+//!         "".into(),
+//!         "orders".into(),
+//!         BasicPublishOptions::default(),
+//!         b"order 42",
+//!         BasicProperties::default(),
+//!     )
+//!     .await?
+//!     .await?;
+//!
+//! // Consume: wrap the consumer and hand it the handler.
+//! let consumer = channel
+//!     .basic_consume(
+//!         "orders".into(),
+//!         "".into(),
+//!         BasicConsumeOptions::default(),
+//!         FieldTable::default(),
+//!     )
+//!     .await?;
+//! TracedConsumer::new(&telemetry, consumer)
+//!     .ack_policy(AckPolicy::Nack)
+//!     .run(|delivery| async move {
+//!         println!("{} bytes", delivery.data.len());
+//!         Ok::<(), std::io::Error>(())
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Names and attributes
+//!
+//! They follow the RabbitMQ page of the OpenTelemetry messaging conventions:
+//! `messaging.system` is `rabbitmq`; on a send span `messaging.destination.name` is the
+//! exchange, and the span is named `publish <exchange>`. The default exchange (the empty
+//! name) is written `amq.default`, its name in RabbitMQ, rather than an empty string, so
+//! the span name says something. The routing key is kept out of the name (it is often
+//! per-message, as with RPC replies) and goes in
+//! `messaging.rabbitmq.destination.routing_key`. A process span is named
+//! `process <queue>`, with the queue as `messaging.destination.name` (that is where the
+//! consumer took the message from), the routing key, and
+//! `messaging.rabbitmq.message.delivery_tag`. Both carry `messaging.message.body.size`,
+//! and `messaging.message.id` and `messaging.message.conversation_id` (the correlation
+//! id) when the message has them.
+//!
+//! AMQP things the conventions do not name:
+//! - [`REDELIVERED`] (`messaging.rabbitmq.message.redelivered`): the broker's redelivered
+//!   flag;
+//! - `tracehop.delivery.attempt`: which delivery this is, from `x-death`, a quorum queue's
+//!   `x-delivery-count` or `tracehop-attempt` (see [`attempt`]);
+//! - [`SETTLEMENT`] (`tracehop.amqp.settlement`): what the consumer did with the delivery.
+//!
+//! # Headers
+//!
+//! Context goes in the message's `headers` table as `LongString` values (`traceparent`,
+//! `tracestate`, `baggage`, `tracehop-sent-at`); your own headers are sent exactly as you
+//! set them, type for type. On the way in, context headers are read whether a client wrote
+//! them as long strings, short strings or byte arrays. (RabbitMQ itself cannot carry a
+//! short string in a table: its `s` type is a 16-bit integer, so lapin's `ShortString`
+//! header values only occur in tables built locally.)
+
+mod carrier;
+mod consume;
+mod publish;
+mod rpc;
+
+pub use consume::{attempt, describe, AckPolicy, ConsumeSummary, Settlement, TracedConsumer};
+pub use lapin;
+pub use publish::{PublishConfirm, Publisher};
+pub use rpc::{RpcClient, RpcError, DIRECT_REPLY_TO};
+
+/// The name a send span gives the default exchange (whose real name is empty).
+pub const DEFAULT_EXCHANGE: &str = "amq.default";
+
+/// Attribute: the broker's redelivered flag on a delivery (`true` when it was delivered
+/// before and not acknowledged). Not (yet) in the OpenTelemetry conventions.
+pub const REDELIVERED: &str = "messaging.rabbitmq.message.redelivered";
+
+/// Attribute: what the consumer did with a delivery, one of the
+/// [`Settlement`] values (`ack`, `nack_requeue`, `nack`, `reject`, `none`, `handler`), or
+/// `failed` when settling failed.
+pub const SETTLEMENT: &str = "tracehop.amqp.settlement";
+
+/// A low-cardinality `error.type` for a lapin error.
+fn error_type(e: &lapin::Error) -> &'static str {
+    use lapin::ErrorKind as K;
+    match e.kind() {
+        K::ChannelsLimitReached => "channels_limit_reached",
+        K::InvalidProtocolVersion(_) => "invalid_protocol_version",
+        K::InvalidChannel(_) => "invalid_channel",
+        K::InvalidChannelState(..) => "invalid_channel_state",
+        K::InvalidConnectionState(_) => "invalid_connection_state",
+        K::IOError(_) => "io_error",
+        K::RuntimeShutdownError(_) => "runtime_shutdown",
+        K::ParsingError(_) => "parsing_error",
+        K::ProtocolError(_) => "protocol_error",
+        K::SerialisationError(_) => "serialisation_error",
+        K::AuthProviderError(_) => "auth_provider_error",
+        K::FutureCompleted => "future_completed",
+        K::NoDefaultRuntime => "no_default_runtime",
+        K::MissingHeartbeatError => "missing_heartbeat",
+        _ => "amqp_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, FieldTable};
+
+    use super::*;
+    use crate::{Incoming, Outgoing, SpanCollector, Telemetry};
+
+    /// The futures users spawn must be `Send` (checked at compile time).
+    #[allow(dead_code)]
+    fn futures_are_send(consumer: TracedConsumer, publisher: Publisher, rpc: RpcClient) {
+        fn send<T: Send>(_: T) {}
+        send(consumer.run(|_delivery| async { Ok::<(), String>(()) }));
+        send(publisher.basic_publish(
+            "".into(),
+            "q".into(),
+            Default::default(),
+            b"",
+            Default::default(),
+        ));
+        send(rpc.call(
+            "".into(),
+            "q".into(),
+            Default::default(),
+            b"",
+            Default::default(),
+        ));
+    }
+
+    /// Context written by the core into a header table, re-typed as each string type a
+    /// client may use, is adopted as the parent.
+    #[tokio::test]
+    async fn context_is_read_from_long_short_and_byte_array_headers() {
+        let spans = SpanCollector::new();
+        let telemetry = Telemetry::builder("svc").collector(&spans).build().unwrap();
+        let mut written = FieldTable::default();
+        telemetry
+            .send_span(Outgoing::new("rabbitmq", "ex"), &mut written)
+            .end();
+        let traceparent = crate::propagation::TRACEPARENT;
+        let Some(AMQPValue::LongString(value)) = written.inner().get(traceparent) else {
+            panic!("traceparent is a long string: {written:?}");
+        };
+        let text = String::from_utf8(value.as_bytes().to_vec()).unwrap();
+        let retyped = [
+            AMQPValue::LongString(text.clone().into()),
+            AMQPValue::ShortString(text.clone().into()),
+            AMQPValue::ByteArray(text.clone().into_bytes().into()),
+        ];
+        for value in retyped {
+            let mut headers = FieldTable::default();
+            headers.insert(traceparent.into(), value);
+            telemetry
+                .process_span(Incoming::new("rabbitmq", "q"), &headers)
+                .end();
+        }
+        let records = spans.records();
+        let send = &records[0];
+        for process in &records[1..] {
+            assert_eq!(process.trace_id, send.trace_id);
+            assert_eq!(process.parent_span_id.as_ref(), Some(&send.span_id));
+        }
+        assert_eq!(records.len(), 4);
+    }
+}
