@@ -1,0 +1,118 @@
+//! async-nats' [`HeaderMap`] as a header carrier, and how the context headers join a user's
+//! headers on the way out.
+//!
+//! async-nats panics when its infallible conversions (`&str`/`String` into a header name or
+//! value) meet a name with `:` or control characters or a value with CR/LF. Everything
+//! here goes through the fallible `FromStr` constructors instead: a header the client would
+//! reject is skipped, never a panic and never a failed publish.
+
+use std::str::FromStr;
+
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::propagation::{ReadCarrier, WriteCarrier};
+
+impl ReadCarrier for HeaderMap {
+    /// The first value of the header named exactly `key` (names are case-sensitive in
+    /// NATS, and this lookup is too).
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        let name = HeaderName::from_str(key).ok()?;
+        HeaderMap::get(self, name).map(|v| v.as_str().as_bytes())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.iter()
+            .map(|(name, _)| AsRef::<str>::as_ref(name))
+            .collect()
+    }
+}
+
+/// A message without headers (`Message::headers` is `None`) reads as an empty carrier.
+impl ReadCarrier for Option<HeaderMap> {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.as_ref().and_then(|h| ReadCarrier::get(h, key))
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.as_ref().map(ReadCarrier::keys).unwrap_or_default()
+    }
+}
+
+impl WriteCarrier for HeaderMap {
+    /// Replace header `key` with `value`; skip it if async-nats would reject the name or the
+    /// value (it would panic on them).
+    fn set(&mut self, key: &str, value: String) {
+        let (Ok(name), Ok(value)) = (HeaderName::from_str(key), HeaderValue::from_str(&value))
+        else {
+            return;
+        };
+        self.insert(name, value);
+    }
+}
+
+/// The bytes a header block takes on the wire, as async-nats counts them against the
+/// server's `max_payload`: `NATS/1.0\r\n`, one `name: value\r\n` per value, `\r\n`.
+const FRAME: usize = b"NATS/1.0\r\n".len() + b"\r\n".len();
+
+fn entry_len(name: &HeaderName, values: &[HeaderValue]) -> usize {
+    let name = AsRef::<str>::as_ref(name).len();
+    values
+        .iter()
+        .map(|v| name + b": ".len() + v.as_str().len() + b"\r\n".len())
+        .sum()
+}
+
+fn wire_len(headers: &HeaderMap) -> usize {
+    if headers.is_empty() {
+        return 0;
+    }
+    FRAME
+        + headers
+            .iter()
+            .map(|(k, vs)| entry_len(k, vs))
+            .sum::<usize>()
+}
+
+/// The headers to publish: the user's, untouched, plus the context headers in `context`
+/// (each replacing a user header of the same name, as [`WriteCarrier::set`] promises).
+///
+/// Returns `(headers, context_dropped)`. If adding the context would push a message that
+/// fits the server's `max_payload` over it, the context is left out and the user's headers
+/// go alone: injection never fails a publish. `max_payload == 0` means "unknown".
+pub(crate) fn merge(
+    user: Option<HeaderMap>,
+    context: HeaderMap,
+    payload_len: usize,
+    max_payload: usize,
+) -> (Option<HeaderMap>, bool) {
+    if context.is_empty() {
+        return (user, false);
+    }
+    if max_payload > 0 {
+        let user_len = user.as_ref().map_or(0, wire_len);
+        let mut merged_len = FRAME
+            + context
+                .iter()
+                .map(|(k, vs)| entry_len(k, vs))
+                .sum::<usize>();
+        if let Some(user) = &user {
+            merged_len += user
+                .iter()
+                .filter(|(k, _)| HeaderMap::get(&context, (*k).clone()).is_none())
+                .map(|(k, vs)| entry_len(k, vs))
+                .sum::<usize>();
+        }
+        let fits_alone = user_len.saturating_add(payload_len) <= max_payload;
+        let fits_merged = merged_len.saturating_add(payload_len) <= max_payload;
+        if fits_alone && !fits_merged {
+            return (user, true);
+        }
+    }
+    let mut headers = user.unwrap_or_default();
+    for (name, values) in context.iter() {
+        if let Some(value) = values.first() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    (Some(headers), false)
+}

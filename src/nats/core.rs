@@ -1,0 +1,499 @@
+//! Core NATS: traced publish, request-reply and subscription processing.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+
+use async_nats::client::{PublishError, PublishErrorKind, RequestError, SubscribeError};
+use async_nats::{Client, HeaderMap, Message, Request, Subject, Subscriber, ToSubject};
+use bytes::Bytes;
+use opentelemetry::Context;
+
+use super::attributes as attr;
+use super::carrier::merge;
+use super::run::{Processed, Stop, Until};
+use crate::messaging::attributes::system::NATS;
+use crate::{Incoming, Outgoing, ParentPolicy, ProcessSpan, SendSpan, Telemetry};
+
+/// An async-nats [`Client`] whose publishes, requests and subscriptions are traced.
+///
+/// Every publish opens a send span (`publish <subject>`, kind PRODUCER) and writes its
+/// context into the message headers next to yours; every request opens a `request
+/// <subject>` send span that lasts until the reply arrives; subscriptions hand each message
+/// to your handler inside a `process <subject>` span that is a child of the publisher's send
+/// span. Cheap to clone; the wrapped client stays available through [`client`](Self::client)
+/// for everything tracehop does not wrap.
+#[derive(Debug, Clone)]
+pub struct TracedClient {
+    client: Client,
+    telemetry: Telemetry,
+    policy: ParentPolicy,
+}
+
+impl TracedClient {
+    /// Trace `client`'s messages as service `telemetry`.
+    pub fn new(client: Client, telemetry: Telemetry) -> TracedClient {
+        TracedClient {
+            client,
+            telemetry,
+            policy: ParentPolicy::Child,
+        }
+    }
+
+    /// How consumers relate to the context incoming messages carry (child of the
+    /// producer's span by default; [`ParentPolicy::Link`] at trust boundaries).
+    pub fn parent_policy(mut self, policy: ParentPolicy) -> TracedClient {
+        self.policy = policy;
+        self
+    }
+
+    /// The wrapped client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The service's telemetry handle.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Publish `payload` to `subject` inside a send span, with the trace context in the
+    /// message headers. The span ends when the client has accepted the message.
+    pub async fn publish<S: ToSubject>(
+        &self,
+        subject: S,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.publish_message(subject.to_subject(), None, None, payload, false)
+            .await
+    }
+
+    /// Publish with your headers; they are sent as they are, with the context headers added.
+    pub async fn publish_with_headers<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.publish_message(subject.to_subject(), None, Some(headers), payload, false)
+            .await
+    }
+
+    /// Publish with a reply subject (recorded as `messaging.nats.message.reply_to`).
+    pub async fn publish_with_reply<S: ToSubject, R: ToSubject>(
+        &self,
+        subject: S,
+        reply: R,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        let reply = reply.to_subject();
+        self.publish_message(subject.to_subject(), Some(reply), None, payload, false)
+            .await
+    }
+
+    /// Publish with a reply subject and your headers.
+    pub async fn publish_with_reply_and_headers<S: ToSubject, R: ToSubject>(
+        &self,
+        subject: S,
+        reply: R,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        let reply = reply.to_subject();
+        self.publish_message(
+            subject.to_subject(),
+            Some(reply),
+            Some(headers),
+            payload,
+            false,
+        )
+        .await
+    }
+
+    /// Answer `request` (a message with a reply subject) from inside its handler: a send
+    /// span, child of the handler's process span, whose context travels back to the
+    /// requester with the reply. Fails with [`PublishErrorKind::InvalidSubject`] if the
+    /// message has no reply subject.
+    pub async fn respond(&self, request: &Message, payload: Bytes) -> Result<(), PublishError> {
+        let reply = reply_subject(request)?;
+        self.publish_message(reply, None, None, payload, true).await
+    }
+
+    /// [`respond`](Self::respond) with your headers.
+    pub async fn respond_with_headers(
+        &self,
+        request: &Message,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        let reply = reply_subject(request)?;
+        self.publish_message(reply, None, Some(headers), payload, true)
+            .await
+    }
+
+    async fn publish_message(
+        &self,
+        subject: Subject,
+        reply: Option<Subject>,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+        to_reply_subject: bool,
+    ) -> Result<(), PublishError> {
+        let mut context = HeaderMap::new();
+        let mut msg = outgoing(&self.client, subject.as_str(), headers.as_ref(), &payload)
+            .operation_name("publish");
+        if let Some(reply) = &reply {
+            msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
+        }
+        if to_reply_subject {
+            msg = msg.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
+        }
+        let send = self.telemetry.send_span(msg, &mut context);
+        let headers = with_context(&send, headers, context, &payload, &self.client);
+        let client = &self.client;
+        let result = match (reply, headers) {
+            (None, None) => client.publish(subject, payload).await,
+            (None, Some(h)) => client.publish_with_headers(subject, h, payload).await,
+            (Some(r), None) => client.publish_with_reply(subject, r, payload).await,
+            (Some(r), Some(h)) => {
+                client
+                    .publish_with_reply_and_headers(subject, r, h, payload)
+                    .await
+            }
+        };
+        match &result {
+            Ok(()) => send.end(),
+            Err(e) => send.end_with_error(&format!("{:?}", e.kind()), e),
+        }
+        result
+    }
+
+    /// Send a request and wait for the reply, inside a `request <subject>` send span (kind
+    /// PRODUCER, `messaging.operation.name=request`) that lasts the whole round trip.
+    ///
+    /// The responder's process span is a child of the request span. When the reply
+    /// arrives, a `process <reply subject>` span records it: a child of the responder's
+    /// reply span when the reply carries context (so the round trip is one trace), else a
+    /// child of the request span that says the context was missing or rejected. The reply
+    /// is returned as it arrived; read its context with
+    /// [`Propagation::extract`](crate::Propagation::extract) on `reply.headers` if you need
+    /// it.
+    pub async fn request<S: ToSubject>(
+        &self,
+        subject: S,
+        payload: Bytes,
+    ) -> Result<Message, RequestError> {
+        self.request_message(subject.to_subject(), None, payload)
+            .await
+    }
+
+    /// [`request`](Self::request) with your headers.
+    pub async fn request_with_headers<S: ToSubject>(
+        &self,
+        subject: S,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Message, RequestError> {
+        self.request_message(subject.to_subject(), Some(headers), payload)
+            .await
+    }
+
+    async fn request_message(
+        &self,
+        subject: Subject,
+        headers: Option<HeaderMap>,
+        payload: Bytes,
+    ) -> Result<Message, RequestError> {
+        let mut context = HeaderMap::new();
+        let msg = outgoing(&self.client, subject.as_str(), headers.as_ref(), &payload)
+            .operation_name("request");
+        let send = self.telemetry.send_span(msg, &mut context);
+        let headers = with_context(&send, headers, context, &payload, &self.client);
+        let mut request = Request::new().payload(payload);
+        if let Some(headers) = headers {
+            request = request.headers(headers);
+        }
+        let result = self.client.send_request(subject, request).await;
+        match &result {
+            Ok(reply) => {
+                self.record_reply(reply, send.context());
+                send.end();
+            }
+            Err(e) => send.end_with_error(&format!("{:?}", e.kind()), e),
+        }
+        result
+    }
+
+    /// The requester's span for a reply: a child of the responder's reply span, or of the
+    /// request span when the reply brings no usable context.
+    fn record_reply(&self, reply: &Message, request: &Context) {
+        let mut extracted = self.telemetry.propagation().extract(&reply.headers);
+        if self.policy == ParentPolicy::Child && !extracted.has_parent() {
+            // Keep `source`/`rejected` as found, so the span still says why.
+            extracted.context = request.clone();
+            extracted.join_trace = None;
+        }
+        let msg = incoming(&self.client, reply, None, None, self.policy)
+            .attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
+        let span = self.telemetry.process_span_extracted(msg, &extracted);
+        span.record(&Ok::<(), Infallible>(()));
+        span.end();
+    }
+
+    /// Subscribe to `subject`; process the messages with [`TracedSubscriber::process`] or
+    /// take them one at a time with [`TracedSubscriber::next`].
+    pub async fn subscribe<S: ToSubject>(
+        &self,
+        subject: S,
+    ) -> Result<TracedSubscriber, SubscribeError> {
+        let subject = subject.to_subject();
+        let subscriber = self.client.subscribe(subject.clone()).await?;
+        Ok(TracedSubscriber::new(
+            self.clone(),
+            subscriber,
+            subject.to_string(),
+            None,
+        ))
+    }
+
+    /// Subscribe to `subject` as a member of `queue_group` (recorded as
+    /// `messaging.consumer.group.name`).
+    pub async fn queue_subscribe<S: ToSubject>(
+        &self,
+        subject: S,
+        queue_group: String,
+    ) -> Result<TracedSubscriber, SubscribeError> {
+        let subject = subject.to_subject();
+        let subscriber = self
+            .client
+            .queue_subscribe(subject.clone(), queue_group.clone())
+            .await?;
+        Ok(TracedSubscriber::new(
+            self.clone(),
+            subscriber,
+            subject.to_string(),
+            Some(queue_group),
+        ))
+    }
+
+    /// The process span for a message you received yourself (from a plain
+    /// [`Subscriber`]): run your handler with [`ProcessSpan::run`], then
+    /// [`end`](ProcessSpan::end) it.
+    pub fn process_span(&self, message: &Message) -> ProcessSpan {
+        let msg = incoming(&self.client, message, None, None, self.policy);
+        self.telemetry.process_span(msg, &message.headers)
+    }
+}
+
+fn reply_subject(request: &Message) -> Result<Subject, PublishError> {
+    request.reply.clone().ok_or_else(|| {
+        PublishError::with_source(
+            PublishErrorKind::InvalidSubject,
+            "the message has no reply subject to respond to",
+        )
+    })
+}
+
+/// Merge the context headers into the user's, saying so on the span if they had to be left
+/// out.
+fn with_context(
+    send: &SendSpan,
+    headers: Option<HeaderMap>,
+    context: HeaderMap,
+    payload: &Bytes,
+    client: &Client,
+) -> Option<HeaderMap> {
+    let (headers, dropped) = merge(headers, context, payload.len(), client.max_payload());
+    if dropped {
+        send.set_attribute(attr::CONTEXT_DROPPED, true);
+    }
+    headers
+}
+
+/// `server.address` and `server.port` of the server the client is connected to.
+pub(crate) fn server(client: &Client) -> Option<(String, i64)> {
+    client
+        .try_server_info()
+        .filter(|info| !info.host.is_empty())
+        .map(|info| (info.host, i64::from(info.port)))
+}
+
+/// Describe an outgoing core NATS message (operation name left to the caller).
+pub(crate) fn outgoing<'a>(
+    client: &Client,
+    subject: &'a str,
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+) -> Outgoing<'a> {
+    let mut msg = Outgoing::new(NATS, subject).body_size(payload.len());
+    if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
+        msg = msg.message_id(id.as_str().to_owned());
+    }
+    if let Some((host, port)) = server(client) {
+        msg = msg
+            .attribute(attr::SERVER_ADDRESS, host)
+            .attribute(attr::SERVER_PORT, port);
+    }
+    msg
+}
+
+/// Describe an incoming core NATS message, with the names nats.net uses.
+pub(crate) fn incoming<'a>(
+    client: &Client,
+    message: &'a Message,
+    subscription: Option<&str>,
+    queue_group: Option<&str>,
+    policy: ParentPolicy,
+) -> Incoming<'a> {
+    let mut msg = Incoming::new(NATS, message.subject.as_str())
+        .parent_policy(policy)
+        .body_size(message.payload.len())
+        .attribute(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64)
+        .attribute(
+            attr::MESSAGING_NATS_MESSAGE_SUBJECT,
+            message.subject.to_string(),
+        );
+    if let Some(reply) = &message.reply {
+        msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
+    }
+    if let Some(subscription) = subscription {
+        msg = msg.attribute(
+            attr::MESSAGING_DESTINATION_TEMPLATE,
+            subscription.to_owned(),
+        );
+    }
+    if let Some(group) = queue_group {
+        msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned());
+    }
+    if let Some(id) = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+    {
+        msg = msg.message_id(id.as_str().to_owned());
+    }
+    if let Some(attempt) = crate::propagation::attempt(&message.headers) {
+        msg = msg.attempt(attempt);
+    }
+    if let Some((host, port)) = server(client) {
+        msg = msg
+            .attribute(attr::SERVER_ADDRESS, host)
+            .attribute(attr::SERVER_PORT, port);
+    }
+    msg
+}
+
+/// One message from a [`TracedSubscriber`] and its open process span.
+///
+/// Run the handler with `delivery.span.run(handler(&delivery.message)).await`, then
+/// `delivery.span.end()`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The message, exactly as received.
+    pub message: Message,
+    /// Its process span (not yet ended).
+    pub span: ProcessSpan,
+}
+
+/// A traced subscription (plain or queue group).
+///
+/// [`process`](Self::process) runs a handler for every message, each inside its own
+/// process span, until the subscription ends, a [`limit`](Self::limit) is reached or a
+/// [`Stop`] fires. The returned future is `Send`, so it can be spawned.
+pub struct TracedSubscriber {
+    client: TracedClient,
+    subscriber: Subscriber,
+    subscription: String,
+    queue_group: Option<String>,
+    until: Until,
+}
+
+impl fmt::Debug for TracedSubscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedSubscriber")
+            .field("subscription", &self.subscription)
+            .field("queue_group", &self.queue_group)
+            .field("until", &self.until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracedSubscriber {
+    fn new(
+        client: TracedClient,
+        subscriber: Subscriber,
+        subscription: String,
+        queue_group: Option<String>,
+    ) -> TracedSubscriber {
+        TracedSubscriber {
+            client,
+            subscriber,
+            subscription,
+            queue_group,
+            until: Until::default(),
+        }
+    }
+
+    /// Stop after `messages` messages.
+    pub fn limit(mut self, messages: usize) -> TracedSubscriber {
+        self.until.limit(messages);
+        self
+    }
+
+    /// Stop when `stop` fires (after the message in hand).
+    pub fn stop_on(mut self, stop: &Stop) -> TracedSubscriber {
+        self.until.stop_on(stop);
+        self
+    }
+
+    /// The subscription subject (may hold wildcards).
+    pub fn subject(&self) -> &str {
+        &self.subscription
+    }
+
+    /// The queue group, for a queue subscription.
+    pub fn queue_group(&self) -> Option<&str> {
+        self.queue_group.as_deref()
+    }
+
+    /// The wrapped subscriber (to unsubscribe or drain it).
+    pub fn subscriber_mut(&mut self) -> &mut Subscriber {
+        &mut self.subscriber
+    }
+
+    /// The next message with its process span open; `None` when the subscription has
+    /// ended, the limit is reached or the stop signal fired.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        let message = self.until.next(&mut self.subscriber).await?;
+        self.until.count();
+        let msg = incoming(
+            &self.client.client,
+            &message,
+            Some(&self.subscription),
+            self.queue_group.as_deref(),
+            self.client.policy,
+        );
+        let span = self.client.telemetry.process_span(msg, &message.headers);
+        Some(Delivery { message, span })
+    }
+
+    /// Run `handler` for every message, each inside its process span; the span records the
+    /// handler's error, if any. Returns when the subscription ends, the limit is reached
+    /// or the stop signal fires.
+    pub async fn process<F, Fut, T, E>(mut self, mut handler: F) -> Processed
+    where
+        F: FnMut(Message) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        let mut done = Processed::default();
+        while let Some(Delivery { message, span }) = self.next().await {
+            let failed = span.run(handler(message)).await.is_err();
+            span.end();
+            done.messages += 1;
+            done.failed += usize::from(failed);
+        }
+        done
+    }
+}

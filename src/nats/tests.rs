@@ -1,0 +1,265 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
+use futures_util::stream;
+
+use super::carrier::merge;
+use super::run::Until;
+use super::{FailurePolicy, OnFailure, Settle, Stop};
+use crate::propagation::{ReadCarrier, WriteCarrier, TRACEPARENT};
+use crate::{Incoming, Outgoing, SpanCollector, Telemetry};
+
+fn user_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Content-Type", "application/json");
+    h.append("X-Multi", "first");
+    h.append("X-Multi", "second");
+    h.append("X-Multi", "third");
+    h
+}
+
+fn values(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name).map(|v| v.as_str().to_owned()).collect()
+}
+
+#[test]
+fn read_carrier_looks_up_exact_names_and_the_first_value() {
+    let h = user_headers();
+    assert_eq!(
+        ReadCarrier::get(&h, "Content-Type"),
+        Some(&b"application/json"[..])
+    );
+    assert_eq!(
+        ReadCarrier::get(&h, "content-type"),
+        None,
+        "names are case-sensitive"
+    );
+    assert_eq!(ReadCarrier::get(&h, "X-Multi"), Some(&b"first"[..]));
+    assert_eq!(
+        ReadCarrier::get(&h, "bad name: with colon"),
+        None,
+        "no panic on a bad name"
+    );
+    let mut keys = ReadCarrier::keys(&h);
+    keys.sort_unstable();
+    assert_eq!(keys, ["Content-Type", "X-Multi"]);
+
+    let none: Option<HeaderMap> = None;
+    assert_eq!(ReadCarrier::get(&none, TRACEPARENT), None);
+    assert!(ReadCarrier::keys(&none).is_empty());
+    assert_eq!(ReadCarrier::get(&Some(h), "X-Multi"), Some(&b"first"[..]));
+}
+
+#[test]
+fn write_carrier_skips_what_async_nats_would_panic_on() {
+    let mut h = user_headers();
+    h.set("tracestate", String::new());
+    h.set("x-crlf", "a\r\nInjected: yes".to_owned());
+    h.set("x-lf", "a\nb".to_owned());
+    h.set("bad:name", "v".to_owned());
+    h.set("bad name", "v".to_owned());
+    h.set("bäd", "v".to_owned());
+    h.set("X-Multi", "replaced".to_owned());
+    assert_eq!(ReadCarrier::get(&h, "tracestate"), Some(&b""[..]));
+    for skipped in ["x-crlf", "x-lf", "Injected", "bad:name", "bad name", "bäd"] {
+        assert_eq!(ReadCarrier::get(&h, skipped), None, "{skipped}");
+    }
+    assert_eq!(
+        values(&h, "X-Multi"),
+        ["replaced"],
+        "set replaces a same-named header"
+    );
+    assert_eq!(values(&h, "Content-Type"), ["application/json"]);
+}
+
+fn context_headers() -> HeaderMap {
+    let mut c = HeaderMap::new();
+    c.set(
+        TRACEPARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+    );
+    c.set("tracehop-sent-at", "1700000000000000".to_owned());
+    c
+}
+
+#[test]
+fn merge_keeps_every_user_header_and_adds_the_context() {
+    let (merged, dropped) = merge(Some(user_headers()), context_headers(), 10, 1 << 20);
+    let merged = merged.expect("headers");
+    assert!(!dropped);
+    assert_eq!(values(&merged, "X-Multi"), ["first", "second", "third"]);
+    assert_eq!(values(&merged, "Content-Type"), ["application/json"]);
+    assert_eq!(
+        values(&merged, TRACEPARENT),
+        ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    );
+    assert_eq!(merged.len(), 4);
+
+    let (merged, dropped) = merge(None, context_headers(), 10, 0);
+    assert!(!dropped);
+    assert_eq!(merged.expect("headers").len(), 2);
+
+    let (merged, dropped) = merge(Some(user_headers()), HeaderMap::new(), 10, 1);
+    assert!(!dropped);
+    assert_eq!(
+        merged,
+        Some(user_headers()),
+        "nothing to add: the user's headers as they were"
+    );
+}
+
+#[test]
+fn merge_replaces_a_user_header_of_the_same_name() {
+    let mut user = user_headers();
+    user.insert(
+        HeaderName::from_str(TRACEPARENT).expect("name"),
+        HeaderValue::from_str("stale").expect("value"),
+    );
+    let (merged, _) = merge(Some(user), context_headers(), 0, 0);
+    assert_eq!(
+        values(&merged.expect("headers"), TRACEPARENT),
+        ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+    );
+}
+
+#[test]
+fn merge_leaves_the_context_out_rather_than_fail_a_message_that_fits() {
+    // The user's header block as async-nats writes it on the wire.
+    let user_len = "NATS/1.0\r\nContent-Type: application/json\r\n\
+        X-Multi: first\r\nX-Multi: second\r\nX-Multi: third\r\n\r\n"
+        .len();
+    let payload = 100;
+    let (merged, dropped) = merge(
+        Some(user_headers()),
+        context_headers(),
+        payload,
+        user_len + payload,
+    );
+    assert!(dropped);
+    assert_eq!(
+        merged,
+        Some(user_headers()),
+        "the user's headers, untouched"
+    );
+
+    let (merged, dropped) = merge(None, context_headers(), payload, payload);
+    assert!(dropped);
+    assert_eq!(merged, None, "no headers at all, as the user sent it");
+
+    // One byte less and the user's message does not fit either: publish as asked and let
+    // the client report it, exactly as without tracing.
+    let (merged, dropped) = merge(
+        Some(user_headers()),
+        context_headers(),
+        payload,
+        user_len + payload - 1,
+    );
+    assert!(!dropped);
+    assert!(merged.is_some_and(|h| h.get(TRACEPARENT).is_some()));
+}
+
+#[test]
+fn on_failure_policies_decide_by_delivery_count() {
+    let err = "boom".to_owned();
+    assert_eq!(
+        FailurePolicy::on_failure(&mut OnFailure::Nak, &err, 1),
+        Settle::Nak(None)
+    );
+    assert_eq!(
+        FailurePolicy::on_failure(&mut OnFailure::NakAfter(Duration::from_secs(2)), &err, 1),
+        Settle::Nak(Some(Duration::from_secs(2)))
+    );
+    assert_eq!(
+        FailurePolicy::on_failure(&mut OnFailure::Term, &err, 1),
+        Settle::Term
+    );
+    assert_eq!(
+        FailurePolicy::on_failure(&mut OnFailure::Leave, &err, 1),
+        Settle::Leave
+    );
+    let mut retry = OnFailure::Retry {
+        max_deliveries: 3,
+        delay: None,
+    };
+    assert_eq!(retry.on_failure(&err, 1), Settle::Nak(None));
+    assert_eq!(retry.on_failure(&err, 2), Settle::Nak(None));
+    assert_eq!(retry.on_failure(&err, 3), Settle::Term);
+    let mut by_error = |e: &String, _delivered: u32| {
+        if e == "permanent" {
+            Settle::Term
+        } else {
+            Settle::Nak(None)
+        }
+    };
+    assert_eq!(
+        by_error.on_failure(&"permanent".to_owned(), 1),
+        Settle::Term
+    );
+    assert_eq!(by_error.on_failure(&err, 1), Settle::Nak(None));
+    assert_eq!(Settle::Leave.as_str(), "none");
+}
+
+#[test]
+fn context_crosses_a_header_map_hop() {
+    let spans = SpanCollector::new();
+    let telemetry = Telemetry::builder("svc")
+        .collector(&spans)
+        .build()
+        .expect("telemetry");
+    let mut headers = user_headers();
+    telemetry
+        .send_span(
+            Outgoing::new("nats", "jobs").operation_name("publish"),
+            &mut headers,
+        )
+        .end();
+    assert_eq!(values(&headers, "X-Multi"), ["first", "second", "third"]);
+    let process = telemetry.process_span(Incoming::new("nats", "jobs"), &headers);
+    process.end();
+    let records = spans.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].operation_name.as_deref(), Some("publish jobs"));
+    assert_eq!(records[1].trace_id, records[0].trace_id);
+    assert_eq!(
+        records[1].parent_span_id.as_deref(),
+        Some(records[0].span_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn until_stops_at_the_limit_and_on_the_signal() {
+    let mut items = stream::iter(1..=5);
+    let mut until = Until::default();
+    until.limit(2);
+    let mut seen = Vec::new();
+    while let Some(n) = until.next(&mut items).await {
+        until.count();
+        seen.push(n);
+    }
+    assert_eq!(seen, [1, 2]);
+    let mut rest = Until::default();
+    assert_eq!(
+        rest.next(&mut items).await,
+        Some(3),
+        "items past the limit stay in the stream"
+    );
+
+    let stop = Stop::new();
+    let mut until = Until::default();
+    until.stop_on(&stop);
+    assert_eq!(until.next(&mut items).await, Some(4));
+    stop.stop();
+    assert!(stop.is_stopped());
+    assert_eq!(until.next(&mut items).await, None);
+
+    // A stop fired while the loop waits on an idle stream wakes it.
+    let stop = Stop::new();
+    let mut until = Until::default();
+    until.stop_on(&stop);
+    let mut idle = stream::pending::<u32>();
+    let waiter = tokio::spawn(async move { until.next(&mut idle).await });
+    tokio::task::yield_now().await;
+    stop.stop();
+    assert_eq!(waiter.await.expect("join"), None);
+}
