@@ -1,6 +1,5 @@
 //! Rules: where context broke, which spans are involved and what to fix.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -170,12 +169,26 @@ impl Traces {
 
 /// `service operation span id`, for messages.
 pub(crate) fn describe(span: &SpanRecord) -> String {
-    format!(
-        "{} {} (span {})",
-        span.service_name.as_deref().unwrap_or("<no service>"),
-        span.operation_name.as_deref().unwrap_or("<no operation>"),
-        span.span_id
-    )
+    format!("{} (span {})", label(span), span.span_id)
+}
+
+/// `service operation`, with placeholders for missing or blank names.
+pub(crate) fn label(span: &SpanRecord) -> String {
+    format!("{} {}", service_of(span), operation_of(span))
+}
+
+pub(crate) fn service_of(span: &SpanRecord) -> &str {
+    name_or(&span.service_name, "<no service>")
+}
+
+pub(crate) fn operation_of(span: &SpanRecord) -> &str {
+    name_or(&span.operation_name, "<no operation>")
+}
+
+fn name_or<'a>(name: &'a Option<String>, placeholder: &'a str) -> &'a str {
+    name.as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or(placeholder)
 }
 
 fn is_process(span: &SpanRecord) -> bool {
@@ -227,7 +240,7 @@ fn check_trace(trace: &Trace, options: &CheckOptions, out: &mut Vec<Finding>) {
         let span = root.span();
         let rejected = span.attribute(attr::CONTEXT_REJECTED).is_some();
         if !rejected && !intended_root(span) {
-            let service = span.service_name.as_deref().unwrap_or("<no service>");
+            let service = service_of(span);
             if is_process(span) {
                 let (message, fix) = if is_true(span, attr::CONTEXT_MISSING) {
                     (
@@ -280,10 +293,14 @@ fn check_trace(trace: &Trace, options: &CheckOptions, out: &mut Vec<Finding>) {
     }
 
     // Parents that no input contains, grouped by the missing parent.
-    let mut orphans: BTreeMap<&str, Vec<Node<'_>>> = BTreeMap::new();
+    // In tree order of the first span naming each missing parent.
+    let mut orphans: Vec<(&str, Vec<Node<'_>>)> = Vec::new();
     for node in trace.nodes().filter(Node::parent_missing) {
         if let Some(parent) = node.span().parent_span_id.as_deref() {
-            orphans.entry(parent).or_default().push(node);
+            match orphans.iter_mut().find(|(p, _)| *p == parent) {
+                Some((_, nodes)) => nodes.push(node),
+                None => orphans.push((parent, vec![node])),
+            }
         }
     }
     for (parent, nodes) in orphans {
@@ -340,10 +357,7 @@ fn check_trace(trace: &Trace, options: &CheckOptions, out: &mut Vec<Finding>) {
 
     // Several roots in one trace id.
     if roots.len() > 1 {
-        let mut services: Vec<&str> = roots
-            .iter()
-            .map(|n| n.span().service_name.as_deref().unwrap_or("<no service>"))
-            .collect();
+        let mut services: Vec<&str> = roots.iter().map(|n| service_of(n.span())).collect();
         services.sort_unstable();
         services.dedup();
         out.push(finding(

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::findings::{describe, Report};
+use super::findings::{describe, label, operation_of, service_of, Report};
 use super::tree::{queue_time_of, Node, Trace, Traces};
-use crate::journal::{SpanRecord, Status};
+use crate::journal::Status;
 use crate::messaging::attributes as attr;
 
 /// How to render text.
@@ -43,25 +43,54 @@ impl RenderOptions {
 
 /// A shortened span id: the first 8 digits of a long hex id, any other id as it is.
 pub fn short_id(id: &str) -> &str {
-    if id.len() > 8 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        &id[..8]
+    shorten(id, 8)
+}
+
+/// The first `len` digits of a hex id longer than that; any other id as it is.
+fn shorten(id: &str, len: usize) -> &str {
+    if id.len() > len && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &id[..len]
     } else {
         id
     }
 }
 
-/// A duration in milliseconds (`18ms`, `0.42ms`), or seconds from 10 s up (`12.35s`).
+/// The shortest prefix length, from 8 up, that tells apart every span id of `trace` and
+/// every parent id they name.
+fn id_len(trace: &Trace) -> usize {
+    let ids: Vec<&str> = trace
+        .spans()
+        .iter()
+        .flat_map(|s| std::iter::once(s.span_id.as_str()).chain(s.parent_span_id.as_deref()))
+        .collect();
+    let mut len = 8;
+    loop {
+        let mut short: Vec<&str> = ids.iter().map(|id| shorten(id, len)).collect();
+        let mut full = ids.clone();
+        short.sort_unstable();
+        short.dedup();
+        full.sort_unstable();
+        full.dedup();
+        if short.len() == full.len() || len >= 32 {
+            return len;
+        }
+        len += 4;
+    }
+}
+
+/// A duration in milliseconds (`18ms`, `12.5ms`, `0.42ms`), or seconds from one second up
+/// (`1.3s`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
-    let text = if ms >= 10_000.0 {
-        return format!("{:.2}s", ms / 1000.0);
+    let (text, unit) = if ms >= 1000.0 {
+        (format!("{:.2}", ms / 1000.0), "s")
     } else if ms >= 1.0 {
-        format!("{ms:.1}")
+        (format!("{ms:.1}"), "ms")
     } else {
-        format!("{ms:.2}")
+        (format!("{ms:.2}"), "ms")
     };
     let text = text.trim_end_matches('0').trim_end_matches('.');
-    format!("{text}ms")
+    format!("{text}{unit}")
 }
 
 struct Paint {
@@ -156,16 +185,9 @@ impl Paint {
     }
 }
 
-fn label(span: &SpanRecord) -> String {
-    format!(
-        "{} {}",
-        span.service_name.as_deref().unwrap_or("<no service>"),
-        span.operation_name.as_deref().unwrap_or("<no operation>"),
-    )
-}
-
 fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
     let summary = trace.summary();
+    let len = id_len(trace);
     let _ = writeln!(
         out,
         "trace_id: {}  ({} span{}, {} service{}{})",
@@ -180,7 +202,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
             .unwrap_or_default()
     );
     for node in trace.nodes() {
-        span_line(out, node, p);
+        span_line(out, node, len, p);
     }
 
     let find = |id: &str| trace.find(id).map(|n| n.span());
@@ -190,7 +212,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
                 out,
                 "slowest: {} span {} {}",
                 label(span),
-                short_id(id),
+                shorten(id, len),
                 format_duration(*d)
             );
         }
@@ -221,7 +243,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
                     ", longest {} before {} span {}",
                     format_duration(*d),
                     label(span),
-                    short_id(id)
+                    shorten(id, len)
                 );
             }
         }
@@ -233,11 +255,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
             .iter()
             .filter_map(|id| {
                 let span = find(id)?;
-                Some(format!(
-                    "{} {}",
-                    span.service_name.as_deref().unwrap_or("<no service>"),
-                    short_id(id)
-                ))
+                Some(format!("{} {}", service_of(span), shorten(id, len)))
             })
             .collect();
         let _ = writeln!(out, "critical path: {}", steps.join(" > "));
@@ -260,7 +278,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
                 "  {} {} span {}: {}",
                 e.service_name.as_deref().unwrap_or("<no service>"),
                 e.operation_name.as_deref().unwrap_or("<no operation>"),
-                short_id(&e.span_id),
+                shorten(&e.span_id, len),
                 p.red(&what)
             );
         }
@@ -283,29 +301,32 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
     }
 }
 
-fn span_line(out: &mut String, node: Node<'_>, p: &Paint) {
+fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint) {
     let span = node.span();
     let indent = "  ".repeat(node.depth());
-    let service = span
-        .service_name
-        .as_deref()
-        .map_or_else(|| p.yellow("<no service>"), |s| p.cyan(s));
-    let operation = span
-        .operation_name
-        .as_deref()
-        .map_or_else(|| p.yellow("<no operation>"), |s| p.bold(s));
+    let blank = |name: &Option<String>| name.as_deref().is_none_or(|n| n.trim().is_empty());
+    let service = if blank(&span.service_name) {
+        p.yellow(service_of(span))
+    } else {
+        p.cyan(service_of(span))
+    };
+    let operation = if blank(&span.operation_name) {
+        p.yellow(operation_of(span))
+    } else {
+        p.bold(operation_of(span))
+    };
     let parent = match span.parent_span_id.as_deref() {
         None => "-".to_owned(),
-        Some(id) if node.parent_missing() => p.yellow(&format!("{} (missing)", short_id(id))),
-        Some(id) if node.in_cycle() => p.yellow(&format!("{} (loop)", short_id(id))),
-        Some(id) => short_id(id).to_owned(),
+        Some(id) if node.parent_missing() => p.yellow(&format!("{} (missing)", shorten(id, len))),
+        Some(id) if node.in_cycle() => p.yellow(&format!("{} (loop)", shorten(id, len))),
+        Some(id) => shorten(id, len).to_owned(),
     };
     let latency = span
         .duration()
         .map_or_else(|| "latency=?".to_owned(), format_duration);
     let mut line = format!(
         "{indent}{service} {operation} span {} parent={parent} {latency}",
-        p.dim(short_id(&span.span_id))
+        p.dim(shorten(&span.span_id, len))
     );
     if let Some(q) = queue_time_of(span) {
         let _ = write!(line, " queue={}", format_duration(q));
@@ -337,7 +358,7 @@ fn span_line(out: &mut String, node: Node<'_>, p: &Paint) {
         let links: Vec<String> = span
             .links
             .iter()
-            .map(|l| format!("{}/{}", short_id(&l.trace_id), short_id(&l.span_id)))
+            .map(|l| format!("{}/{}", short_id(&l.trace_id), shorten(&l.span_id, len)))
             .collect();
         let _ = write!(line, " links={}", links.join(","));
     }
@@ -362,7 +383,7 @@ fn span_line(out: &mut String, node: Node<'_>, p: &Paint) {
 }
 
 fn ms(d: Duration) -> Value {
-    json!(d.as_secs_f64() * 1000.0)
+    json!(crate::time::millis_f64(d))
 }
 
 /// Every trace, its spans in tree order with depth, its summary, the findings and the

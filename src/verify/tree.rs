@@ -372,8 +372,17 @@ impl Trace {
         duration.saturating_sub(covered)
     }
 
-    /// From the first root (or first top-level span), repeatedly the child that ends last.
+    /// From the first root (or first top-level span), repeatedly the child whose work
+    /// ends last: the child whose subtree has the latest end. (A send span ends at once;
+    /// what it started, the process span under it, is what the run waits for.)
     fn critical_path(&self) -> Vec<usize> {
+        // Latest end in each subtree; `order` is pre-order, so walk it backwards.
+        let mut subtree_end: Vec<Option<SystemTime>> = self.spans.iter().map(end_time).collect();
+        for &i in self.order.iter().rev() {
+            for &c in &self.children[i] {
+                subtree_end[i] = subtree_end[i].max(subtree_end[c]);
+            }
+        }
         let first = self
             .roots()
             .next()
@@ -383,7 +392,7 @@ impl Trace {
         let mut at = first;
         while let Some(i) = at {
             path.push(i);
-            let key = |c: usize| (end_time(&self.spans[c]), self.spans[c].duration());
+            let key = |c: usize| (subtree_end[c], self.spans[c].duration());
             at = self.children[i]
                 .iter()
                 .copied()
@@ -474,7 +483,7 @@ pub struct Summary {
     pub queued_messages: usize,
     /// The process span whose message waited longest, and how long.
     pub longest_queue: Option<(String, Duration)>,
-    /// Span ids from the root down, each the child that ended last.
+    /// Span ids from the root down, each the child whose subtree ended last.
     pub critical_path: Vec<String>,
 }
 
