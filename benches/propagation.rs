@@ -1,0 +1,76 @@
+//! Per-message propagation cost: inject + extract of W3C trace context (and a small
+//! baggage) through tracehop, against the bare OpenTelemetry propagator over a `HashMap`.
+//!
+//! `cargo bench --bench propagation`
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use tracehop::Propagation;
+
+fn context(baggage: bool) -> Context {
+    let cx = Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+        SpanId::from(0x00f0_67aa_0ba9_02b7),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    ));
+    if baggage {
+        cx.with_baggage(vec![
+            KeyValue::new("run_id", "run-7a31"),
+            KeyValue::new("tenant", "acme"),
+            KeyValue::new("user_query", "find-vendor-invoices"),
+        ])
+    } else {
+        cx
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("inject+extract/hashmap");
+    for baggage in [false, true] {
+        let cx = context(baggage);
+        let label = if baggage { "w3c+baggage" } else { "w3c" };
+
+        let bare: TextMapCompositePropagator = TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        group.bench_function(format!("otel-baseline/{label}"), |b| {
+            b.iter(|| {
+                let mut h: HashMap<String, String> = HashMap::with_capacity(4);
+                bare.inject_context(black_box(&cx), &mut h);
+                black_box(bare.extract(&h))
+            })
+        });
+
+        let tracehop = Propagation::default();
+        group.bench_function(format!("tracehop/{label}"), |b| {
+            b.iter(|| {
+                let mut h: HashMap<String, String> = HashMap::with_capacity(4);
+                tracehop.inject(black_box(&cx), &mut h);
+                black_box(tracehop.extract(&h))
+            })
+        });
+
+        let no_sent_at = Propagation::default().write_sent_at(false);
+        group.bench_function(format!("tracehop-no-sent-at/{label}"), |b| {
+            b.iter(|| {
+                let mut h: HashMap<String, String> = HashMap::with_capacity(4);
+                no_sent_at.inject(black_box(&cx), &mut h);
+                black_box(no_sent_at.extract(&h))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
