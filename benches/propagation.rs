@@ -60,6 +60,15 @@ fn bench(c: &mut Criterion) {
             })
         });
 
+        let sdk_codec = Propagation::sdk_w3c();
+        group.bench_function(format!("tracehop-sdk-codec/{label}"), |b| {
+            b.iter(|| {
+                let mut h: HashMap<String, String> = HashMap::with_capacity(4);
+                sdk_codec.inject(black_box(&cx), &mut h);
+                black_box(sdk_codec.extract(&h))
+            })
+        });
+
         let no_sent_at = Propagation::default().write_sent_at(false);
         group.bench_function(format!("tracehop-no-sent-at/{label}"), |b| {
             b.iter(|| {

@@ -86,7 +86,10 @@ mod tests {
 
     #[test]
     fn small_values_are_borrowed() {
-        assert!(matches!(limit_tracestate("a=1,b=2"), Cow::Borrowed("a=1,b=2")));
+        assert!(matches!(
+            limit_tracestate("a=1,b=2"),
+            Cow::Borrowed("a=1,b=2")
+        ));
         assert!(matches!(limit_baggage("k=v"), Cow::Borrowed("k=v")));
     }
 
@@ -120,7 +123,9 @@ mod tests {
         let joined = v.join(",");
         let out = limit_baggage(&joined);
         assert_eq!(out.split(',').count(), 64);
-        let big: Vec<String> = (0..10).map(|i| format!("k{i}={}", "z".repeat(1000))).collect();
+        let big: Vec<String> = (0..10)
+            .map(|i| format!("k{i}={}", "z".repeat(1000)))
+            .collect();
         let joined = big.join(",");
         let out = limit_baggage(&joined);
         assert!(out.len() <= 8192);

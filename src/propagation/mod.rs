@@ -24,6 +24,7 @@ mod carrier;
 pub mod limits;
 pub mod simple;
 pub mod traceparent;
+mod w3c;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -33,8 +34,8 @@ use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
-pub use carrier::{ReadCarrier, WriteCarrier};
 pub(crate) use carrier::{ExtractBridge, InjectBridge};
+pub use carrier::{ReadCarrier, WriteCarrier};
 pub use traceparent::Rejection;
 
 /// The W3C trace context header.
@@ -66,16 +67,31 @@ pub fn attempt(carrier: &dyn ReadCarrier) -> Option<u32> {
 ///
 /// Built once per [`Telemetry`](crate::Telemetry) handle; no global propagator is used.
 pub struct Propagation {
-    propagator: Box<dyn TextMapPropagator + Send + Sync>,
+    codec: Codec,
     read_simple: bool,
     write_simple: bool,
     sent_at: bool,
 }
 
+/// How the trace context itself is encoded.
+enum Codec {
+    /// W3C Trace Context, and W3C Baggage if `baggage`: tracehop's direct codec.
+    W3c { baggage: bool },
+    /// Any OpenTelemetry propagator.
+    Custom(Box<dyn TextMapPropagator + Send + Sync>),
+}
+
 impl fmt::Debug for Propagation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fields: Vec<String> = match &self.codec {
+            Codec::W3c { baggage: true } => {
+                vec![TRACEPARENT.into(), TRACESTATE.into(), BAGGAGE.into()]
+            }
+            Codec::W3c { baggage: false } => vec![TRACEPARENT.into(), TRACESTATE.into()],
+            Codec::Custom(p) => p.fields().map(str::to_owned).collect(),
+        };
         f.debug_struct("Propagation")
-            .field("fields", &self.propagator.fields().collect::<Vec<_>>())
+            .field("fields", &fields)
             .field("read_simple", &self.read_simple)
             .field("write_simple", &self.write_simple)
             .field("sent_at", &self.sent_at)
@@ -88,10 +104,7 @@ impl Default for Propagation {
     /// written.
     fn default() -> Self {
         Propagation {
-            propagator: Box::new(TextMapCompositePropagator::new(vec![
-                Box::new(TraceContextPropagator::new()),
-                Box::new(BaggagePropagator::new()),
-            ])),
+            codec: Codec::W3c { baggage: true },
             read_simple: true,
             write_simple: false,
             sent_at: true,
@@ -136,10 +149,33 @@ impl Extracted {
 
 impl Propagation {
     /// Use `propagator` instead of W3C trace context + baggage (for example a composite
-    /// that also speaks B3 or Jaeger).
-    pub fn with_propagator(mut self, propagator: impl TextMapPropagator + Send + Sync + 'static) -> Self {
-        self.propagator = Box::new(propagator);
+    /// that also speaks B3 or Jaeger). `traceparent` is still validated strictly and
+    /// `tracestate`/`baggage` limited before the propagator sees them.
+    pub fn with_propagator(
+        mut self,
+        propagator: impl TextMapPropagator + Send + Sync + 'static,
+    ) -> Self {
+        self.codec = Codec::Custom(Box::new(propagator));
         self
+    }
+
+    /// Propagate W3C baggage along with the trace context (on by default; only for the
+    /// default W3C format).
+    pub fn baggage(mut self, yes: bool) -> Self {
+        if let Codec::W3c { baggage } = &mut self.codec {
+            *baggage = yes;
+        }
+        self
+    }
+
+    /// The same settings through OpenTelemetry's own `TraceContextPropagator` and
+    /// `BaggagePropagator` instead of tracehop's direct codec. Equivalent output; for
+    /// comparison and benchmarks.
+    pub fn sdk_w3c() -> Self {
+        Propagation::default().with_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]))
     }
 
     /// Also write the article's `x-trace-id`, `x-span-id` and `x-parent-span-id` headers.
@@ -163,8 +199,10 @@ impl Propagation {
     /// Write the context of `cx` into `carrier`. Never fails; headers the carrier cannot
     /// store are skipped by the carrier.
     pub fn inject(&self, cx: &Context, carrier: &mut dyn WriteCarrier) {
-        self.propagator
-            .inject_context(cx, &mut InjectBridge(&mut *carrier));
+        match &self.codec {
+            Codec::W3c { baggage } => w3c::inject(cx, *baggage, carrier),
+            Codec::Custom(p) => p.inject_context(cx, &mut InjectBridge(&mut *carrier)),
+        }
         if self.write_simple {
             let span = cx.span();
             let sc = span.span_context();
@@ -176,7 +214,10 @@ impl Propagation {
             }
         }
         if self.sent_at {
-            carrier.set(SENT_AT, crate::time::unix_micros(SystemTime::now()).to_string());
+            carrier.set(
+                SENT_AT,
+                crate::time::unix_micros(SystemTime::now()).to_string(),
+            );
         }
     }
 
@@ -195,18 +236,32 @@ impl Propagation {
             None => None,
         };
         let text = |key: &str| carrier.get(key).and_then(|v| std::str::from_utf8(v).ok());
-        let bridge = ExtractBridge {
-            carrier,
-            traceparent,
-            // tracestate belongs to its traceparent: without a valid one it is meaningless.
-            tracestate: traceparent
-                .and_then(|_| text(TRACESTATE))
-                .map(limits::limit_tracestate),
-            baggage: text(BAGGAGE).map(limits::limit_baggage),
+        let mut context = match &self.codec {
+            Codec::W3c { baggage } => {
+                let mut cx = Context::new();
+                if let Some(sc) = traceparent.and_then(|tp| w3c::span_context(tp, text(TRACESTATE)))
+                {
+                    cx = cx.with_remote_span_context(sc);
+                }
+                match text(BAGGAGE) {
+                    Some(b) if *baggage => w3c::extract_baggage(cx, &limits::limit_baggage(b)),
+                    _ => cx,
+                }
+            }
+            Codec::Custom(propagator) => {
+                let bridge = ExtractBridge {
+                    carrier,
+                    traceparent,
+                    // tracestate belongs to its traceparent: without a valid one it is
+                    // meaningless.
+                    tracestate: traceparent
+                        .and_then(|_| text(TRACESTATE))
+                        .map(limits::limit_tracestate),
+                    baggage: text(BAGGAGE).map(limits::limit_baggage),
+                };
+                propagator.extract_with_context(&Context::new(), &bridge)
+            }
         };
-        let mut context = self
-            .propagator
-            .extract_with_context(&Context::new(), &bridge);
         let mut source = if context.span().span_context().is_valid() {
             ContextSource::Propagator
         } else {

@@ -104,7 +104,10 @@ mod tests {
         let Ok(Some(SimpleContext::Parent(sc))) = extract(&m) else {
             panic!("expected a parent")
         };
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(sc.is_remote());
     }

@@ -23,37 +23,60 @@ fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The direct W3C codec and the same format through OpenTelemetry's propagators.
+fn both() -> [Propagation; 2] {
+    [Propagation::default(), Propagation::sdk_w3c()]
+}
+
 #[test]
 fn inject_then_extract_round_trips_ids_and_baggage() {
-    let p = Propagation::default();
-    let cx = remote(0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7)
-        .with_baggage(vec![KeyValue::new("run_id", "r-1"), KeyValue::new("tenant", "acme")]);
-    let mut h: HashMap<String, String> = HashMap::new();
-    p.inject(&cx, &mut h);
-    assert_eq!(
-        h.get("traceparent").map(String::as_str),
-        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    );
-    assert!(h.contains_key(SENT_AT));
-    assert!(!h.contains_key(simple::X_TRACE_ID), "simple headers are opt-in");
+    for p in both() {
+        let cx = remote(0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7).with_baggage(vec![
+            KeyValue::new("run_id", "r-1"),
+            KeyValue::new("tenant", "acme"),
+        ]);
+        let mut h: HashMap<String, String> = HashMap::new();
+        p.inject(&cx, &mut h);
+        assert_eq!(
+            h.get("traceparent").map(String::as_str),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert!(h.contains_key(SENT_AT));
+        assert!(
+            !h.contains_key(simple::X_TRACE_ID),
+            "simple headers are opt-in"
+        );
 
-    let got = p.extract(&h);
-    assert_eq!(got.source, ContextSource::Propagator);
-    assert_eq!(got.rejected, None);
-    let sc = got.context.span().span_context().clone();
-    assert_eq!(sc.trace_id(), TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736));
-    assert_eq!(sc.span_id(), SpanId::from(0x00f067aa0ba902b7));
-    assert!(sc.is_remote() && sc.is_sampled());
-    assert_eq!(got.context.baggage().get("run_id").map(|v| v.to_string()), Some("r-1".into()));
-    assert_eq!(got.context.baggage().get("tenant").map(|v| v.to_string()), Some("acme".into()));
-    assert!(got.sent_at.is_some());
+        let got = p.extract(&h);
+        assert_eq!(got.source, ContextSource::Propagator);
+        assert_eq!(got.rejected, None);
+        let sc = got.context.span().span_context().clone();
+        assert_eq!(
+            sc.trace_id(),
+            TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736)
+        );
+        assert_eq!(sc.span_id(), SpanId::from(0x00f067aa0ba902b7));
+        assert!(sc.is_remote() && sc.is_sampled());
+        assert_eq!(
+            got.context.baggage().get("run_id").map(|v| v.to_string()),
+            Some("r-1".into())
+        );
+        assert_eq!(
+            got.context.baggage().get("tenant").map(|v| v.to_string()),
+            Some("acme".into())
+        );
+        assert!(got.sent_at.is_some());
+    }
 }
 
 #[test]
 fn bytes_carrier_and_non_utf8_traceparent() {
     let p = Propagation::default();
     let mut h: HashMap<String, Vec<u8>> = HashMap::new();
-    h.insert("traceparent".into(), b"00-4bf92f3577b34da6a3ce929d0e0e4736-\xff\xfe".to_vec());
+    h.insert(
+        "traceparent".into(),
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-\xff\xfe".to_vec(),
+    );
     let got = p.extract(&h);
     assert_eq!(got.rejected, Some(Rejection::NotUtf8));
     assert!(!got.has_parent());
@@ -61,63 +84,86 @@ fn bytes_carrier_and_non_utf8_traceparent() {
 
 #[test]
 fn every_bad_traceparent_is_rejected_without_panic() {
-    let p = Propagation::default();
-    let cases = [
-        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", Rejection::Uppercase),
-        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", Rejection::ZeroTraceId),
-        ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", Rejection::ZeroSpanId),
-        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba9", Rejection::Truncated),
-        ("garbage", Rejection::Truncated),
-        ("", Rejection::Truncated),
-        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Rejection::ForbiddenVersion),
-    ];
-    for (value, why) in cases {
-        let h = headers(&[("traceparent", value), ("tracestate", "vendor=1")]);
-        let got = p.extract(&h);
-        assert_eq!(got.rejected, Some(why), "{value}");
-        assert!(!got.has_parent(), "{value}");
-        assert_eq!(got.source, ContextSource::None);
+    for p in both() {
+        let cases = [
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+                Rejection::Uppercase,
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                Rejection::ZeroTraceId,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                Rejection::ZeroSpanId,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba9",
+                Rejection::Truncated,
+            ),
+            ("garbage", Rejection::Truncated),
+            ("", Rejection::Truncated),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Rejection::ForbiddenVersion,
+            ),
+        ];
+        for (value, why) in cases {
+            let h = headers(&[("traceparent", value), ("tracestate", "vendor=1")]);
+            let got = p.extract(&h);
+            assert_eq!(got.rejected, Some(why), "{value}");
+            assert!(!got.has_parent(), "{value}");
+            assert_eq!(got.source, ContextSource::None);
+        }
+        let oversized = format!("00-{}", "a".repeat(4096));
+        let got = p.extract(&headers(&[("traceparent", &oversized)]));
+        assert_eq!(got.rejected, Some(Rejection::Oversized));
     }
-    let oversized = format!("00-{}", "a".repeat(4096));
-    let got = p.extract(&headers(&[("traceparent", &oversized)]));
-    assert_eq!(got.rejected, Some(Rejection::Oversized));
 }
 
 #[test]
 fn future_version_is_accepted_per_spec() {
-    let p = Propagation::default();
-    let h = headers(&[(
-        "traceparent",
-        "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
-    )]);
-    let got = p.extract(&h);
-    assert_eq!(got.rejected, None);
-    assert_eq!(
-        got.context.span().span_context().trace_id(),
-        TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736)
-    );
+    for p in both() {
+        let h = headers(&[(
+            "traceparent",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
+        )]);
+        let got = p.extract(&h);
+        assert_eq!(got.rejected, None);
+        assert_eq!(
+            got.context.span().span_context().trace_id(),
+            TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736)
+        );
+    }
 }
 
 #[test]
 fn oversized_tracestate_and_baggage_lose_members_not_the_message() {
-    let p = Propagation::default();
-    let state: Vec<String> = (0..50).map(|i| format!("v{i}=x")).collect();
-    let bag: Vec<String> = (0..100).map(|i| format!("k{i}={}", "y".repeat(100))).collect();
-    let h = headers(&[
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-        ("tracestate", &state.join(",")),
-        ("baggage", &bag.join(",")),
-    ]);
-    let got = p.extract(&h);
-    assert!(got.has_parent());
-    let ts = got.context.span().span_context().trace_state().header();
-    assert_eq!(ts.split(',').count(), 32, "{ts}");
-    assert!(ts.starts_with("v0=x"));
-    let baggage = got.context.baggage();
-    // 100 members of 104 bytes: 64 would be 6.7 KB, so the member limit binds first.
-    assert_eq!(baggage.len(), 64);
-    assert!(baggage.get("k0").is_some() && baggage.get("k63").is_some());
-    assert!(baggage.get("k64").is_none());
+    for p in both() {
+        let state: Vec<String> = (0..50).map(|i| format!("v{i}=x")).collect();
+        let bag: Vec<String> = (0..100)
+            .map(|i| format!("k{i}={}", "y".repeat(100)))
+            .collect();
+        let h = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", &state.join(",")),
+            ("baggage", &bag.join(",")),
+        ]);
+        let got = p.extract(&h);
+        assert!(got.has_parent());
+        let ts = got.context.span().span_context().trace_state().header();
+        assert_eq!(ts.split(',').count(), 32, "{ts}");
+        assert!(ts.starts_with("v0=x"));
+        let baggage = got.context.baggage();
+        // 100 members of 104 bytes: 64 would be 6.7 KB, so the member limit binds first.
+        assert_eq!(baggage.len(), 64);
+        assert!(baggage.get("k0").is_some() && baggage.get("k63").is_some());
+        assert!(baggage.get("k64").is_none());
+    }
 }
 
 #[test]
@@ -133,7 +179,10 @@ fn simple_headers_are_written_on_request_and_read_without_traceparent() {
     h.remove("traceparent");
     let got = p.extract(&h);
     assert_eq!(got.source, ContextSource::SimpleHeaders);
-    assert_eq!(got.context.span().span_context().span_id(), SpanId::from(0xdef));
+    assert_eq!(
+        got.context.span().span_context().span_id(),
+        SpanId::from(0xdef)
+    );
 
     let off = Propagation::default().read_simple_headers(false);
     assert_eq!(off.extract(&h).source, ContextSource::None);
@@ -143,18 +192,30 @@ fn simple_headers_are_written_on_request_and_read_without_traceparent() {
 fn traceparent_wins_over_simple_headers_and_bad_simple_headers_are_rejected() {
     let p = Propagation::default();
     let h = headers(&[
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
         (simple::X_TRACE_ID, "11111111111111111111111111111111"),
         (simple::X_SPAN_ID, "2222222222222222"),
     ]);
     let got = p.extract(&h);
     assert_eq!(got.source, ContextSource::Propagator);
-    assert_eq!(got.context.span().span_context().span_id(), SpanId::from(0x00f067aa0ba902b7));
+    assert_eq!(
+        got.context.span().span_context().span_id(),
+        SpanId::from(0x00f067aa0ba902b7)
+    );
 
     let got = p.extract(&headers(&[(simple::X_TRACE_ID, "tr_7a31")]));
     assert_eq!(got.rejected, Some(Rejection::BadSimpleHeaders));
-    let got = p.extract(&headers(&[(simple::X_TRACE_ID, "4bf92f3577b34da6a3ce929d0e0e4736")]));
-    assert_eq!(got.join_trace, Some(TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736)));
+    let got = p.extract(&headers(&[(
+        simple::X_TRACE_ID,
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+    )]));
+    assert_eq!(
+        got.join_trace,
+        Some(TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736))
+    );
     assert!(!got.has_parent());
 }
 

@@ -144,19 +144,54 @@ mod tests {
     #[test]
     fn rejects_each_bad_form_with_its_reason() {
         let cases: &[(&[u8], Rejection)] = &[
-            (b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", Rejection::Uppercase),
-            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", Rejection::Truncated),
-            (b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", Rejection::Truncated),
-            (b"00-00000000000000000000000000000000-00f067aa0ba902b7-01", Rejection::ZeroTraceId),
-            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", Rejection::ZeroSpanId),
-            (b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Rejection::ForbiddenVersion),
-            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", Rejection::TrailingData),
-            (b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", Rejection::Malformed),
-            (b"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01", Rejection::NotHex),
-            (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\xff\xfe", Rejection::NotUtf8),
+            (
+                b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                Rejection::Uppercase,
+            ),
+            (
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+                Rejection::Truncated,
+            ),
+            (
+                b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                Rejection::Truncated,
+            ),
+            (
+                b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                Rejection::ZeroTraceId,
+            ),
+            (
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                Rejection::ZeroSpanId,
+            ),
+            (
+                b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Rejection::ForbiddenVersion,
+            ),
+            (
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+                Rejection::TrailingData,
+            ),
+            (
+                b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Rejection::Malformed,
+            ),
+            (
+                b"00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+                Rejection::NotHex,
+            ),
+            (
+                b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-\xff\xfe",
+                Rejection::NotUtf8,
+            ),
         ];
         for (raw, want) in cases {
-            assert_eq!(validate(raw), Err(*want), "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                validate(raw),
+                Err(*want),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
         let huge = vec![b'a'; MAX_TRACEPARENT_LEN + 1];
         assert_eq!(validate(&huge), Err(Rejection::Oversized));

@@ -1,0 +1,298 @@
+//! The default format, W3C Trace Context and W3C Baggage, encoded and decoded directly.
+//!
+//! The output is what OpenTelemetry's `TraceContextPropagator` and `BaggagePropagator`
+//! write and read (the tests check both directions against them), without their
+//! intermediate allocations: `traceparent` is formatted into one string, an empty
+//! `tracestate` is not sent, and values are percent-decoded only when they contain `%`.
+//! Any other propagator configured on [`Propagation`](super::Propagation) goes through
+//! the SDK as usual.
+
+use opentelemetry::baggage::{Baggage, BaggageExt};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+
+use super::{limits, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0x0f)] as char);
+    }
+}
+
+/// Write `traceparent`, `tracestate` (when not empty) and `baggage` (when not empty).
+pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() {
+        let mut tp = String::with_capacity(55);
+        tp.push_str("00-");
+        push_hex(&mut tp, &sc.trace_id().to_bytes());
+        tp.push('-');
+        push_hex(&mut tp, &sc.span_id().to_bytes());
+        tp.push('-');
+        push_hex(&mut tp, &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+        carrier.set(TRACEPARENT, tp);
+        if *sc.trace_state() != TraceState::NONE {
+            let header = sc.trace_state().header();
+            if !header.is_empty() {
+                carrier.set(TRACESTATE, header);
+            }
+        }
+    }
+    if baggage {
+        let bag = cx.baggage();
+        if !bag.is_empty() {
+            let mut out = String::with_capacity(64);
+            for (name, (value, metadata)) in bag {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                encode_into(&mut out, name.as_str().trim());
+                out.push('=');
+                encode_into(&mut out, value.as_str().trim());
+                let metadata = metadata.as_str().trim();
+                if !metadata.is_empty() {
+                    out.push(';');
+                    out.push_str(metadata);
+                }
+            }
+            carrier.set(BAGGAGE, out);
+        }
+    }
+}
+
+/// Percent-encode what a baggage value may not contain: controls, space, `"`, `,`, `;`,
+/// `=`, `\`, `%` and everything outside ASCII.
+fn encode_into(out: &mut String, s: &str) {
+    for &b in s.as_bytes() {
+        let plain = b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)].to_ascii_uppercase() as char);
+            out.push(HEX[usize::from(b & 0x0f)].to_ascii_uppercase() as char);
+        }
+    }
+}
+
+/// The span context of a `traceparent` that [`super::traceparent::validate`] accepted.
+pub(crate) fn span_context(valid: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    let trace_id = TraceId::from_hex(valid.get(3..35)?).ok()?;
+    let span_id = SpanId::from_hex(valid.get(36..52)?).ok()?;
+    let flags = u8::from_str_radix(valid.get(53..55)?, 16).ok()?;
+    let trace_state = tracestate
+        .map(limits::limit_tracestate)
+        .and_then(|ts| ts.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let sc = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        trace_state,
+    );
+    sc.is_valid().then_some(sc)
+}
+
+/// Decode a `baggage` header (already limited to the W3C sizes) into `cx`.
+pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
+    let mut baggage = Baggage::new();
+    for member in header.split(',') {
+        let (pair, metadata) = match member.split_once(';') {
+            Some((pair, metadata)) => (pair, metadata.trim()),
+            None => (member, ""),
+        };
+        let Some((name, value)) = pair.split_once('=') else {
+            continue;
+        };
+        let (Some(name), Some(value)) = (decode(name.trim()), decode(value.trim())) else {
+            continue;
+        };
+        if name.is_empty() {
+            continue;
+        }
+        let _ = baggage.insert_with_metadata(name, value, metadata.to_owned());
+    }
+    if baggage.is_empty() {
+        cx
+    } else {
+        cx.with_baggage(baggage)
+    }
+}
+
+/// Percent-decode to UTF-8 text; `None` if the result is not UTF-8.
+fn decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return Some(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                let (h, l) = (hex(h).unwrap_or(0), hex(l).unwrap_or(0));
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+    use super::*;
+
+    fn cx(flags: TraceFlags, state: &str, bag: &[(&str, &str)]) -> Context {
+        let sc = SpanContext::new(
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            SpanId::from(0x00f0_67aa_0ba9_02b7),
+            flags,
+            false,
+            state.parse().unwrap_or_default(),
+        );
+        let kvs: Vec<KeyValue> = bag
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.to_string(), v.to_string()))
+            .collect();
+        Context::new()
+            .with_remote_span_context(sc)
+            .with_baggage(kvs)
+    }
+
+    const BAGGAGE_CASES: &[&[(&str, &str)]] = &[
+        &[],
+        &[("run_id", "r-42")],
+        &[
+            ("q", "Find vendor invoices, March; \"urgent\"=yes"),
+            ("who", "naïve ☃"),
+            ("pct", "100%"),
+        ],
+    ];
+
+    #[test]
+    fn what_we_write_the_sdk_reads_identically() {
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            for state in ["", "vendor=abc,other=1"] {
+                for bag in BAGGAGE_CASES {
+                    let original = cx(flags, state, bag);
+                    let mut ours: HashMap<String, String> = HashMap::new();
+                    inject(&original, true, &mut ours);
+                    let tc = TraceContextPropagator::new().extract(&ours);
+                    let bc = BaggagePropagator::new().extract(&ours);
+                    assert_eq!(
+                        tc.span().span_context().trace_id(),
+                        original.span().span_context().trace_id()
+                    );
+                    assert_eq!(
+                        tc.span().span_context().span_id(),
+                        original.span().span_context().span_id()
+                    );
+                    assert_eq!(tc.span().span_context().trace_flags(), flags);
+                    assert_eq!(tc.span().span_context().trace_state().header(), state);
+                    for (k, v) in *bag {
+                        if !v.contains('%') {
+                            // The SDK does not decode what it does not encode (`%`).
+                            assert_eq!(
+                                bc.baggage().get(*k).map(|v| v.to_string()).as_deref(),
+                                Some(*v),
+                                "{k}"
+                            );
+                        }
+                    }
+                    assert_eq!(ours.contains_key(TRACESTATE), !state.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn what_the_sdk_writes_we_read_identically() {
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            for state in ["", "vendor=abc,other=1"] {
+                for bag in BAGGAGE_CASES {
+                    let original = cx(flags, state, bag);
+                    let mut sdk: HashMap<String, String> = HashMap::new();
+                    TraceContextPropagator::new().inject_context(&original, &mut sdk);
+                    BaggagePropagator::new().inject_context(&original, &mut sdk);
+                    let tp = super::super::traceparent::validate(sdk[TRACEPARENT].as_bytes())
+                        .expect("valid");
+                    let sc =
+                        span_context(tp, sdk.get(TRACESTATE).map(String::as_str)).expect("context");
+                    assert_eq!(sc.trace_id(), original.span().span_context().trace_id());
+                    assert_eq!(sc.span_id(), original.span().span_context().span_id());
+                    assert_eq!(sc.trace_flags(), flags);
+                    assert!(sc.is_remote());
+                    assert_eq!(sc.trace_state().header(), state);
+                    let got = extract_baggage(
+                        Context::new(),
+                        sdk.get(BAGGAGE).map(String::as_str).unwrap_or(""),
+                    );
+                    assert_eq!(got.baggage().len(), bag.len());
+                    for (k, v) in *bag {
+                        if !v.contains('%') {
+                            assert_eq!(
+                                got.baggage().get(*k).map(|v| v.to_string()).as_deref(),
+                                Some(*v),
+                                "{k}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn percent_round_trips_through_our_own_codec() {
+        let original = cx(
+            TraceFlags::SAMPLED,
+            "",
+            &[("pct", "100% sure"), ("k", "a=b")],
+        );
+        let mut h: HashMap<String, String> = HashMap::new();
+        inject(&original, true, &mut h);
+        let got = extract_baggage(Context::new(), &h[BAGGAGE]);
+        assert_eq!(
+            got.baggage().get("pct").map(|v| v.to_string()).as_deref(),
+            Some("100% sure")
+        );
+        assert_eq!(
+            got.baggage().get("k").map(|v| v.to_string()).as_deref(),
+            Some("a=b")
+        );
+    }
+
+    #[test]
+    fn baggage_metadata_and_junk_members() {
+        let got = extract_baggage(Context::new(), "a=1;ttl=5, =x ,b, c=%FF%FE ,d = 4 ");
+        let bag = got.baggage();
+        assert_eq!(
+            bag.get_with_metadata("a")
+                .map(|(v, m)| (v.to_string(), m.as_str().to_owned())),
+            Some(("1".into(), "ttl=5".into()))
+        );
+        assert_eq!(bag.get("d").map(|v| v.to_string()).as_deref(), Some("4"));
+        assert_eq!(
+            bag.len(),
+            2,
+            "empty names, missing '=' and non-UTF-8 values are dropped"
+        );
+    }
+}
