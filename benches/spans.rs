@@ -16,7 +16,10 @@ use tracehop::{Incoming, Journal, Outgoing, Telemetry};
 fn hop(producer: &Telemetry, consumer: &Telemetry) {
     let mut headers: HashMap<String, String> = HashMap::with_capacity(4);
     producer
-        .send_span(Outgoing::new("kafka", "agent.tasks").body_size(64), &mut headers)
+        .send_span(
+            Outgoing::new("kafka", "agent.tasks").body_size(64),
+            &mut headers,
+        )
         .end();
     let process = consumer.process_span(Incoming::new("kafka", "agent.tasks"), &headers);
     let outcome = process.record(&Ok::<(), &str>(()));

@@ -168,7 +168,10 @@ impl Telemetry {
     }
 
     fn journal_health(&self) -> Result<()> {
-        self.inner.journals.iter().try_for_each(JournalHealth::check)
+        self.inner
+            .journals
+            .iter()
+            .try_for_each(JournalHealth::check)
     }
 }
 

@@ -6,17 +6,35 @@ use std::collections::HashMap;
 use tracehop::{Incoming, Outgoing, Propagation, SpanCollector, Telemetry};
 
 fn consumer(spans: &SpanCollector) -> Telemetry {
-    Telemetry::builder("worker").collector(spans).build().expect("telemetry")
+    Telemetry::builder("worker")
+        .collector(spans)
+        .build()
+        .expect("telemetry")
 }
 
 #[tokio::test]
 async fn each_bad_traceparent_starts_a_new_root_that_records_why() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01".to_vec(), "traceparent has uppercase hex"),
-        (b"00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_vec(), "traceparent trace-id is all zeros"),
-        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f0".to_vec(), "traceparent is truncated"),
-        (b"not a traceparent at all, but long enough to reach 55 bytes".to_vec(), "traceparent is malformed"),
-        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\xc3\x28".to_vec(), "traceparent is not UTF-8"),
+        (
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01".to_vec(),
+            "traceparent has uppercase hex",
+        ),
+        (
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_vec(),
+            "traceparent trace-id is all zeros",
+        ),
+        (
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f0".to_vec(),
+            "traceparent is truncated",
+        ),
+        (
+            b"not a traceparent at all, but long enough to reach 55 bytes".to_vec(),
+            "traceparent is malformed",
+        ),
+        (
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\xc3\x28".to_vec(),
+            "traceparent is not UTF-8",
+        ),
         (vec![b'0'; 10_000], "traceparent is oversized"),
     ];
     for (value, why) in cases {
@@ -41,7 +59,10 @@ async fn each_bad_traceparent_starts_a_new_root_that_records_why() {
 async fn no_context_starts_a_new_root_marked_missing() {
     let spans = SpanCollector::new();
     let worker = consumer(&spans);
-    let p = worker.process_span(Incoming::new("kafka", "tasks"), &HashMap::<String, String>::new());
+    let p = worker.process_span(
+        Incoming::new("kafka", "tasks"),
+        &HashMap::<String, String>::new(),
+    );
     p.end();
     let s = &spans.records()[0];
     assert_eq!(s.parent_span_id, None);
@@ -55,13 +76,19 @@ async fn article_style_headers_join_the_senders_trace() {
     let worker = consumer(&spans);
     // Written by a system built the article's way: trace id + the sender's span as parent.
     let mut h: HashMap<String, String> = HashMap::new();
-    h.insert("x-trace-id".into(), "7a31c0de-0000-4000-8000-00000000beef".into());
+    h.insert(
+        "x-trace-id".into(),
+        "7a31c0de-0000-4000-8000-00000000beef".into(),
+    );
     h.insert("x-parent-span-id".into(), "00000000000000a1".into());
     let p = worker.process_span(Incoming::new("nats", "tasks"), &h);
     p.end();
     // Only a trace id: a new root inside that trace.
     let mut only_trace: HashMap<String, String> = HashMap::new();
-    only_trace.insert("x-trace-id".into(), "7a31c0de00004000800000000000beef".into());
+    only_trace.insert(
+        "x-trace-id".into(),
+        "7a31c0de00004000800000000000beef".into(),
+    );
     let p = worker.process_span(Incoming::new("nats", "tasks"), &only_trace);
     p.end();
 
@@ -81,7 +108,9 @@ async fn simple_headers_written_on_request_are_read_by_an_article_style_consumer
         .build()
         .expect("telemetry");
     let mut h: HashMap<String, String> = HashMap::new();
-    producer.send_span(Outgoing::new("nats", "tasks"), &mut h).end();
+    producer
+        .send_span(Outgoing::new("nats", "tasks"), &mut h)
+        .end();
     let send = &spans.records()[0];
     // What the article's extract_context() would read:
     assert_eq!(h["x-trace-id"], send.trace_id);
@@ -109,7 +138,14 @@ fn arbitrary_header_bytes_never_panic() {
     let mut adopted = 0;
     for _ in 0..20_000 {
         let mut headers: HashMap<String, Vec<u8>> = HashMap::new();
-        for key in ["traceparent", "tracestate", "baggage", "x-trace-id", "x-span-id", "tracehop-sent-at"] {
+        for key in [
+            "traceparent",
+            "tracestate",
+            "baggage",
+            "x-trace-id",
+            "x-span-id",
+            "tracehop-sent-at",
+        ] {
             if rng.next() % 3 == 0 {
                 continue;
             }
@@ -133,5 +169,8 @@ fn arbitrary_header_bytes_never_panic() {
             assert!(got.rejected.is_none());
         }
     }
-    assert!(adopted > 0, "some mutations stay valid (e.g. a changed hex digit)");
+    assert!(
+        adopted > 0,
+        "some mutations stay valid (e.g. a changed hex digit)"
+    );
 }

@@ -18,13 +18,19 @@ fn services(spans: &SpanCollector) -> (Telemetry, Telemetry, Telemetry) {
             .build()
             .expect("telemetry")
     };
-    (build("gateway"), build("agent_runtime"), build("tool_service"))
+    (
+        build("gateway"),
+        build("agent_runtime"),
+        build("tool_service"),
+    )
 }
 
 fn by_name<'a>(spans: &'a [SpanRecord], service: &str, op: &str) -> &'a SpanRecord {
     spans
         .iter()
-        .find(|s| s.service_name.as_deref() == Some(service) && s.operation_name.as_deref() == Some(op))
+        .find(|s| {
+            s.service_name.as_deref() == Some(service) && s.operation_name.as_deref() == Some(op)
+        })
         .unwrap_or_else(|| panic!("no span {service}/{op} in {spans:#?}"))
 }
 
@@ -36,12 +42,16 @@ async fn three_services_form_one_trace_with_parent_chain() {
     // gateway: a root span for the request, then a send to the agent runtime.
     let root_tracer = gateway.provider().tracer("app");
     let root = root_tracer.start("handle_request");
-    let root_cx = Context::current_with_span(root).with_baggage(vec![KeyValue::new("run_id", "r-42")]);
+    let root_cx =
+        Context::current_with_span(root).with_baggage(vec![KeyValue::new("run_id", "r-42")]);
     let mut to_runtime = Headers::new();
     {
         let _g = root_cx.clone().attach();
         gateway
-            .send_span(Outgoing::new("kafka", "agent.tasks").body_size(31), &mut to_runtime)
+            .send_span(
+                Outgoing::new("kafka", "agent.tasks").body_size(31),
+                &mut to_runtime,
+            )
             .end();
     }
     root_cx.span().end();
@@ -52,7 +62,10 @@ async fn three_services_form_one_trace_with_parent_chain() {
     let result: Result<(), String> = process
         .run(async {
             assert_eq!(
-                Context::current().baggage().get("run_id").map(|v| v.to_string()),
+                Context::current()
+                    .baggage()
+                    .get("run_id")
+                    .map(|v| v.to_string()),
                 Some("r-42".to_owned()),
                 "baggage is visible inside the handler"
             );
@@ -65,7 +78,12 @@ async fn three_services_form_one_trace_with_parent_chain() {
         .await;
     process.end();
     assert!(result.is_ok());
-    assert!(to_tool.get("baggage").is_some_and(|b| b.contains("run_id=r-42")), "{to_tool:?}");
+    assert!(
+        to_tool
+            .get("baggage")
+            .is_some_and(|b| b.contains("run_id=r-42")),
+        "{to_tool:?}"
+    );
 
     // tool_service: process the tool call.
     let process = tool.process_span(Incoming::new("kafka", "tool.calls"), &to_tool);
@@ -81,7 +99,10 @@ async fn three_services_form_one_trace_with_parent_chain() {
     let proc2 = by_name(&spans, "tool_service", "process tool.calls");
 
     for s in [send1, proc1, send2, proc2] {
-        assert_eq!(s.trace_id, root.trace_id, "one trace id across all services");
+        assert_eq!(
+            s.trace_id, root.trace_id,
+            "one trace id across all services"
+        );
     }
     assert_eq!(root.parent_span_id, None);
     assert_eq!(send1.parent_span_id.as_ref(), Some(&root.span_id));
@@ -92,11 +113,26 @@ async fn three_services_form_one_trace_with_parent_chain() {
     assert_eq!(send1.span_kind, Some(Kind::Producer));
     assert_eq!(proc1.span_kind, Some(Kind::Consumer));
     assert_eq!(send1.attribute_str("messaging.system"), Some("kafka"));
-    assert_eq!(send1.attribute_str("messaging.destination.name"), Some("agent.tasks"));
-    assert_eq!(send1.attribute_str("messaging.operation.type"), Some("send"));
-    assert_eq!(proc1.attribute_str("messaging.operation.type"), Some("process"));
-    assert_eq!(send1.attribute("messaging.message.body.size"), Some(&31.into()));
-    assert!(proc1.attribute("tracehop.queue_time_ms").and_then(|v| v.as_f64()).is_some());
+    assert_eq!(
+        send1.attribute_str("messaging.destination.name"),
+        Some("agent.tasks")
+    );
+    assert_eq!(
+        send1.attribute_str("messaging.operation.type"),
+        Some("send")
+    );
+    assert_eq!(
+        proc1.attribute_str("messaging.operation.type"),
+        Some("process")
+    );
+    assert_eq!(
+        send1.attribute("messaging.message.body.size"),
+        Some(&31.into())
+    );
+    assert!(proc1
+        .attribute("tracehop.queue_time_ms")
+        .and_then(|v| v.as_f64())
+        .is_some());
     assert_eq!(proc2.status, Status::Ok);
 }
 
@@ -112,7 +148,9 @@ async fn handler_error_is_recorded_with_type_and_exception() {
     let spans = SpanCollector::new();
     let (gateway, runtime, _) = services(&spans);
     let mut h = Headers::new();
-    gateway.send_span(Outgoing::new("nats", "jobs"), &mut h).end();
+    gateway
+        .send_span(Outgoing::new("nats", "jobs"), &mut h)
+        .end();
     let process = runtime.process_span(Incoming::new("nats", "jobs").attempt(3), &h);
     let outcome = process.run(async { Err::<(), _>(ToolTimeout) }).await;
     process.end();

@@ -41,11 +41,23 @@ async fn per_service_journals_round_trip_through_the_reader() {
 
     // Every line is one finished span with the article's fields.
     let text = std::fs::read_to_string(&wk_path).expect("read");
-    let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("json");
     for key in [
-        "timestamp", "event", "trace_id", "span_id", "parent_span_id", "service_name",
-        "operation_name", "span_kind", "start_time", "latency_ms", "duration_ns", "status",
-        "error", "attributes",
+        "timestamp",
+        "event",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "service_name",
+        "operation_name",
+        "span_kind",
+        "start_time",
+        "latency_ms",
+        "duration_ns",
+        "status",
+        "error",
+        "attributes",
     ] {
         assert!(line.get(key).is_some(), "journal line lacks {key}: {line}");
     }
@@ -55,8 +67,16 @@ async fn per_service_journals_round_trip_through_the_reader() {
     let report = journal::read_files(&[&wk_path, &gw_path]).expect("read journals");
     assert!(report.malformed.is_empty(), "{:?}", report.malformed);
     assert_eq!(report.spans.len(), 2);
-    let send = report.spans.iter().find(|s| s.span_kind == Some(Kind::Producer)).expect("send");
-    let proc = report.spans.iter().find(|s| s.span_kind == Some(Kind::Consumer)).expect("process");
+    let send = report
+        .spans
+        .iter()
+        .find(|s| s.span_kind == Some(Kind::Producer))
+        .expect("send");
+    let proc = report
+        .spans
+        .iter()
+        .find(|s| s.span_kind == Some(Kind::Consumer))
+        .expect("process");
     assert_eq!(send.service_name.as_deref(), Some("gateway"));
     assert_eq!(proc.service_name.as_deref(), Some("worker"));
     assert_eq!(proc.trace_id, send.trace_id);
@@ -65,8 +85,14 @@ async fn per_service_journals_round_trip_through_the_reader() {
     assert_eq!(send.status, Status::Ok);
     assert_eq!(proc.status, Status::Error);
     assert_eq!(proc.error.as_deref(), Some("model refused"));
-    assert_eq!(send.attribute("messaging.message.body.size"), Some(&7.into()));
-    let (start, end) = (proc.start_time.expect("start"), proc.timestamp.expect("end"));
+    assert_eq!(
+        send.attribute("messaging.message.body.size"),
+        Some(&7.into())
+    );
+    let (start, end) = (
+        proc.start_time.expect("start"),
+        proc.timestamp.expect("end"),
+    );
     assert_eq!(end.duration_since(start).ok(), proc.duration());
     assert!(proc.latency_ms.expect("latency") >= 0.0);
 }
@@ -95,7 +121,10 @@ fn the_articles_example_event_reads_as_it_stands() {
     assert_eq!(s.operation_name.as_deref(), Some("process_task"));
     assert_eq!(s.status, Status::Ok);
     assert_eq!(s.duration(), Some(std::time::Duration::from_millis(410)));
-    assert_eq!(s.timestamp, Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_774_106_220)));
+    assert_eq!(
+        s.timestamp,
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_774_106_220))
+    );
 }
 
 #[test]
@@ -114,7 +143,10 @@ not json\n\
     let lines: Vec<usize> = report.malformed.iter().map(|m| m.line).collect();
     assert_eq!(lines, [2, 5, 6, 7]);
     assert!(report.malformed.iter().all(|m| m.source == "svc.jsonl"));
-    assert_eq!(report.skipped, 1, "span_started events are skipped, not malformed");
+    assert_eq!(
+        report.skipped, 1,
+        "span_started events are skipped, not malformed"
+    );
 }
 
 #[test]
@@ -133,9 +165,13 @@ fn a_full_disk_is_reported_not_a_panic() {
         .build()
         .expect("telemetry");
     let mut h: HashMap<String, String> = HashMap::new();
-    telemetry.send_span(Outgoing::new("nats", "x"), &mut h).end();
+    telemetry
+        .send_span(Outgoing::new("nats", "x"), &mut h)
+        .end();
     match telemetry.shutdown() {
-        Err(Error::JournalWrite { dropped, message, .. }) => {
+        Err(Error::JournalWrite {
+            dropped, message, ..
+        }) => {
             assert!(dropped >= 1);
             assert!(message.contains("/dev/full"), "{message}");
         }
@@ -161,10 +197,15 @@ fn a_closed_pipe_is_reported_not_a_panic() {
         .expect("telemetry");
     let mut h: HashMap<String, String> = HashMap::new();
     for _ in 0..3 {
-        telemetry.send_span(Outgoing::new("nats", "x"), &mut h).end();
+        telemetry
+            .send_span(Outgoing::new("nats", "x"), &mut h)
+            .end();
     }
     assert!(matches!(telemetry.flush(), Err(Error::JournalWrite { .. })));
-    assert!(matches!(telemetry.shutdown(), Err(Error::JournalWrite { .. })));
+    assert!(matches!(
+        telemetry.shutdown(),
+        Err(Error::JournalWrite { .. })
+    ));
 }
 
 #[test]
@@ -177,7 +218,9 @@ fn dropping_the_last_handle_flushes_the_journal() {
             .expect("telemetry");
         let mut h: HashMap<String, String> = HashMap::new();
         for _ in 0..100 {
-            telemetry.send_span(Outgoing::new("nats", "x"), &mut h).end();
+            telemetry
+                .send_span(Outgoing::new("nats", "x"), &mut h)
+                .end();
         }
     }
     let report = journal::read_files(&[&path]).expect("read");

@@ -23,7 +23,11 @@ fn fake_collector(n: usize) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
             let mut reader = BufReader::new(stream.try_clone().expect("clone"));
             let mut request_line = String::new();
             let _ = reader.read_line(&mut request_line);
-            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned();
             let mut length = 0usize;
             loop {
                 let mut line = String::new();
@@ -36,7 +40,8 @@ fn fake_collector(n: usize) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             let _ = tx.send((path, body));
         }
     });
@@ -56,7 +61,9 @@ fn spans_are_exported_to_the_collector_named_by_the_environment() {
         .build()
         .expect("telemetry");
     let mut headers: HashMap<String, String> = HashMap::new();
-    telemetry.send_span(Outgoing::new("kafka", "orders"), &mut headers).end();
+    telemetry
+        .send_span(Outgoing::new("kafka", "orders"), &mut headers)
+        .end();
     telemetry.shutdown().expect("export and shut down");
 
     let (path, body) = bodies
@@ -68,7 +75,16 @@ fn spans_are_exported_to_the_collector_named_by_the_environment() {
         .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).expect("hex"))
         .collect();
     let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    assert!(contains(&raw_trace_id), "trace id {trace_id} not in the OTLP payload");
-    assert!(contains(b"otlp-checkout"), "service name not in the OTLP payload");
-    assert!(contains(b"send orders"), "span name not in the OTLP payload");
+    assert!(
+        contains(&raw_trace_id),
+        "trace id {trace_id} not in the OTLP payload"
+    );
+    assert!(
+        contains(b"otlp-checkout"),
+        "service name not in the OTLP payload"
+    );
+    assert!(
+        contains(b"send orders"),
+        "span name not in the OTLP payload"
+    );
 }

@@ -5,18 +5,25 @@ use std::collections::HashMap;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, KeyValue};
-use tracehop::{Incoming, Outgoing, ParentPolicy, ReadCarrier, SpanCollector, SpanRecord, Telemetry};
+use tracehop::{
+    Incoming, Outgoing, ParentPolicy, ReadCarrier, SpanCollector, SpanRecord, Telemetry,
+};
 
 type Headers = HashMap<String, String>;
 
 fn handle(name: &str, spans: &SpanCollector) -> Telemetry {
-    Telemetry::builder(name).collector(spans).build().expect("telemetry")
+    Telemetry::builder(name)
+        .collector(spans)
+        .build()
+        .expect("telemetry")
 }
 
 fn op<'a>(spans: &'a [SpanRecord], service: &str, op: &str) -> Vec<&'a SpanRecord> {
     spans
         .iter()
-        .filter(|s| s.service_name.as_deref() == Some(service) && s.operation_name.as_deref() == Some(op))
+        .filter(|s| {
+            s.service_name.as_deref() == Some(service) && s.operation_name.as_deref() == Some(op)
+        })
         .collect()
 }
 
@@ -30,7 +37,9 @@ async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
         let _g = Context::new()
             .with_baggage(vec![KeyValue::new("tenant", "evil")])
             .attach();
-        outside.send_span(Outgoing::new("nats", "inbox"), &mut h).end();
+        outside
+            .send_span(Outgoing::new("nats", "inbox"), &mut h)
+            .end();
     }
     let process = inside.process_span(
         Incoming::new("nats", "inbox").parent_policy(ParentPolicy::Link),
@@ -44,13 +53,23 @@ async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
     let spans = spans.records();
     let send = op(&spans, "partner", "send inbox")[0];
     let proc = op(&spans, "ingest", "process inbox")[0];
-    assert_ne!(proc.trace_id, send.trace_id, "link mode never adopts the producer's trace");
+    assert_ne!(
+        proc.trace_id, send.trace_id,
+        "link mode never adopts the producer's trace"
+    );
     assert_eq!(proc.parent_span_id, None);
     assert_eq!(proc.links.len(), 1);
     assert_eq!(proc.links[0].trace_id, send.trace_id);
     assert_eq!(proc.links[0].span_id, send.span_id);
-    assert_eq!(proc.attribute("tracehop.context.linked"), Some(&true.into()));
-    assert_eq!(seen_baggage, Ok(0), "baggage does not cross a trust boundary");
+    assert_eq!(
+        proc.attribute("tracehop.context.linked"),
+        Some(&true.into())
+    );
+    assert_eq!(
+        seen_baggage,
+        Ok(0),
+        "baggage does not cross a trust boundary"
+    );
 }
 
 #[tokio::test]
@@ -64,7 +83,9 @@ async fn batch_links_every_message_and_children_nest_under_it() {
         let _g = Context::new()
             .with_baggage(vec![KeyValue::new("n", i64::from(i))])
             .attach();
-        producer.send_span(Outgoing::new("kafka", "events"), &mut h).end();
+        producer
+            .send_span(Outgoing::new("kafka", "events"), &mut h)
+            .end();
         messages.push(h);
     }
     // A fourth message with no context at all.
@@ -89,7 +110,9 @@ async fn batch_links_every_message_and_children_nest_under_it() {
         baggage_seen.push(n.unwrap_or_default());
         span.end();
     }
-    assert!(batch.message_span(9, Incoming::new("kafka", "events")).is_none());
+    assert!(batch
+        .message_span(9, Incoming::new("kafka", "events"))
+        .is_none());
     batch.end(0);
 
     let spans = spans.records();
@@ -100,14 +123,20 @@ async fn batch_links_every_message_and_children_nest_under_it() {
         .find(|s| s.attribute("messaging.batch.message_count").is_some())
         .expect("batch span");
     assert_eq!(batch_span.trace_id, batch_trace);
-    assert_eq!(batch_span.attribute("messaging.batch.message_count"), Some(&4.into()));
+    assert_eq!(
+        batch_span.attribute("messaging.batch.message_count"),
+        Some(&4.into())
+    );
     assert_eq!(batch_span.parent_span_id, None);
     let linked: Vec<(&str, &str)> = batch_span
         .links
         .iter()
         .map(|l| (l.trace_id.as_str(), l.span_id.as_str()))
         .collect();
-    let sent: Vec<(&str, &str)> = sends.iter().map(|s| (s.trace_id.as_str(), s.span_id.as_str())).collect();
+    let sent: Vec<(&str, &str)> = sends
+        .iter()
+        .map(|s| (s.trace_id.as_str(), s.span_id.as_str()))
+        .collect();
     assert_eq!(linked, sent, "one link per message with context, in order");
 
     let children: Vec<_> = processes
@@ -121,7 +150,10 @@ async fn batch_links_every_message_and_children_nest_under_it() {
         assert_eq!(child.links[0].span_id, send.span_id);
     }
     assert!(children[3].links.is_empty());
-    assert_eq!(children[3].attribute("tracehop.context.missing"), Some(&true.into()));
+    assert_eq!(
+        children[3].attribute("tracehop.context.missing"),
+        Some(&true.into())
+    );
     assert_eq!(
         baggage_seen,
         vec![Some("0".into()), Some("1".into()), Some("2".into()), None],
@@ -135,11 +167,19 @@ async fn each_delivery_attempt_is_its_own_child_of_the_same_send() {
     let producer = handle("producer", &spans);
     let consumer = handle("consumer", &spans);
     let mut h = Headers::new();
-    producer.send_span(Outgoing::new("nats", "jobs"), &mut h).end();
+    producer
+        .send_span(Outgoing::new("nats", "jobs"), &mut h)
+        .end();
     for attempt in 1..=3u32 {
         let p = consumer.process_span(Incoming::new("nats", "jobs").attempt(attempt), &h);
         let _ = p
-            .run(async move { if attempt < 3 { Err("nak") } else { Ok(()) } })
+            .run(async move {
+                if attempt < 3 {
+                    Err("nak")
+                } else {
+                    Ok(())
+                }
+            })
             .await;
         p.end();
     }
@@ -169,7 +209,9 @@ async fn forwarding_from_a_failed_process_span_keeps_the_trace() {
     let producer = handle("producer", &spans);
     let worker = handle("worker", &spans);
     let mut h = Headers::new();
-    producer.send_span(Outgoing::new("kafka", "tasks"), &mut h).end();
+    producer
+        .send_span(Outgoing::new("kafka", "tasks"), &mut h)
+        .end();
     let p = worker.process_span(Incoming::new("kafka", "tasks"), &h);
     let outcome = p.run(async { Err::<(), _>("tool failed") }).await;
     assert!(outcome.is_err());

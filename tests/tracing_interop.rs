@@ -14,14 +14,22 @@ type Headers = HashMap<String, String>;
 #[instrument(skip_all)]
 async fn handle_request(gateway: &Telemetry, headers: &mut Headers) {
     tokio::task::yield_now().await;
-    gateway.send_span(Outgoing::new("kafka", "tasks"), headers).end();
+    gateway
+        .send_span(Outgoing::new("kafka", "tasks"), headers)
+        .end();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_spans_and_tracehop_spans_share_one_tree() {
     let spans = SpanCollector::new();
-    let gateway = Telemetry::builder("gateway").collector(&spans).build().expect("gateway");
-    let worker = Telemetry::builder("worker").collector(&spans).build().expect("worker");
+    let gateway = Telemetry::builder("gateway")
+        .collector(&spans)
+        .build()
+        .expect("gateway");
+    let worker = Telemetry::builder("worker")
+        .collector(&spans)
+        .build()
+        .expect("worker");
     // The application's own subscriber exports through the gateway's provider.
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(gateway.provider().tracer("app")));
@@ -71,5 +79,9 @@ async fn tracing_spans_and_tracehop_spans_share_one_tree() {
     assert_eq!(llm.parent_span_id.as_ref(), Some(&proc.span_id));
     assert_eq!(llm.trace_id, request.trace_id);
     let spawned_saw = spawned.ok().flatten().map(|id| id.to_string());
-    assert_eq!(spawned_saw.as_ref(), Some(&llm.span_id), "spawned task sees the current span");
+    assert_eq!(
+        spawned_saw.as_ref(),
+        Some(&llm.span_id),
+        "spawned task sees the current span"
+    );
 }

@@ -226,7 +226,9 @@ impl JournalExporter {
 
     fn write(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        let records = batch.iter().map(|s| to_record(s, self.service_name.as_deref()));
+        let records = batch
+            .iter()
+            .map(|s| to_record(s, self.service_name.as_deref()));
         match &mut *target {
             Target::Memory(collector) => {
                 collector.push_all(records);
@@ -248,7 +250,9 @@ impl JournalExporter {
                     }
                     Err(e) => {
                         self.health.failed(name, &e, n);
-                        Err(OTelSdkError::InternalFailure(format!("journal {name}: {e}")))
+                        Err(OTelSdkError::InternalFailure(format!(
+                            "journal {name}: {e}"
+                        )))
                     }
                 }
             }
@@ -260,7 +264,9 @@ impl JournalExporter {
         if let Target::Writer { name, out } = &mut *target {
             if let Err(e) = out.flush() {
                 self.health.failed(name, &e, 0);
-                return Err(OTelSdkError::InternalFailure(format!("journal {name}: {e}")));
+                return Err(OTelSdkError::InternalFailure(format!(
+                    "journal {name}: {e}"
+                )));
             }
         }
         Ok(())

@@ -143,14 +143,19 @@ fn empty_is_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 mod opt_time {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match t {
             Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
             None => s.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
         let v: Option<String> = Option::deserialize(d)?;
         match v {
             None => Ok(None),

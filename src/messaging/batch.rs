@@ -51,8 +51,14 @@ impl BatchSpan {
         let mut attributes = batch.attributes;
         attributes.extend([
             KeyValue::new(attr::MESSAGING_SYSTEM, batch.system),
-            KeyValue::new(attr::MESSAGING_DESTINATION_NAME, batch.destination.to_owned()),
-            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, attr::operation_type::PROCESS),
+            KeyValue::new(
+                attr::MESSAGING_DESTINATION_NAME,
+                batch.destination.to_owned(),
+            ),
+            KeyValue::new(
+                attr::MESSAGING_OPERATION_TYPE,
+                attr::operation_type::PROCESS,
+            ),
             KeyValue::new(attr::MESSAGING_OPERATION_NAME, batch.operation_name),
             KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, messages.len() as i64),
         ]);

@@ -37,4 +37,3 @@ pub use batch::BatchSpan;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
 pub use process::{ProcessOutcome, ProcessSpan};
 pub use send::SendSpan;
-

@@ -63,7 +63,10 @@ impl ProcessSpan {
         attributes.extend([
             KeyValue::new(attr::MESSAGING_SYSTEM, msg.system),
             KeyValue::new(attr::MESSAGING_DESTINATION_NAME, msg.destination.to_owned()),
-            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, attr::operation_type::PROCESS),
+            KeyValue::new(
+                attr::MESSAGING_OPERATION_TYPE,
+                attr::operation_type::PROCESS,
+            ),
             KeyValue::new(attr::MESSAGING_OPERATION_NAME, msg.operation_name),
         ]);
         if let Some(why) = extracted.rejected {
@@ -219,6 +222,9 @@ mod tests {
         assert_eq!(short_type_name::<HandlerError>(), "HandlerError");
         assert_eq!(short_type_name::<std::io::Error>(), "Error");
         assert_eq!(short_type_name::<String>(), "String");
-        assert_eq!(short_type_name::<Box<dyn std::error::Error>>(), "Box<dyn core::error::Error>");
+        assert_eq!(
+            short_type_name::<Box<dyn std::error::Error>>(),
+            "Box<dyn core::error::Error>"
+        );
     }
 }

@@ -74,7 +74,9 @@ fn amqp_ready() -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
     let mut first = [0u8; 1];
-    s.write_all(b"AMQP\x00\x00\x09\x01").is_ok() && s.read_exact(&mut first).is_ok() && first[0] == 1
+    s.write_all(b"AMQP\x00\x00\x09\x01").is_ok()
+        && s.read_exact(&mut first).is_ok()
+        && first[0] == 1
 }
 
 fn wait_for(what: &str, timeout: Duration, ready: impl Fn() -> bool) -> Result<(), String> {
@@ -109,13 +111,27 @@ fn nats() -> Result<(), String> {
             "nats-server",
             "start-stop-daemon",
             &[
-                "--start", "--oknodo", "--background", "--exec", "/usr/sbin/nats-server", "--",
-                "-a", "127.0.0.1", "-p", "4222", "-js", "-sd", "/var/lib/nats-server", "-l",
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                "/usr/sbin/nats-server",
+                "--",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "4222",
+                "-js",
+                "-sd",
+                "/var/lib/nats-server",
+                "-l",
                 "/var/log/nats-server.log",
             ],
         )?;
     }
-    wait_for("NATS on 127.0.0.1:4222", Duration::from_secs(30), || answers(4222))
+    wait_for("NATS on 127.0.0.1:4222", Duration::from_secs(30), || {
+        answers(4222)
+    })
 }
 
 fn rabbitmq() -> Result<(), String> {
@@ -123,7 +139,11 @@ fn rabbitmq() -> Result<(), String> {
         if !answers(5672) {
             spawn("RabbitMQ", "rabbitmq-server", &["-detached"])?;
         }
-        return wait_for("RabbitMQ on 127.0.0.1:5672", Duration::from_secs(90), amqp_ready);
+        return wait_for(
+            "RabbitMQ on 127.0.0.1:5672",
+            Duration::from_secs(90),
+            amqp_ready,
+        );
     }
     println!("xtask: RabbitMQ on 127.0.0.1:5672 is answering");
     Ok(())
@@ -157,7 +177,10 @@ fn tansu() -> Result<(), String> {
     };
     let log = std::fs::File::create(std::env::temp_dir().join("tansu.log"))
         .map_err(|e| format!("tansu log: {e}"))?;
-    println!("xtask: starting tansu on 127.0.0.1:9092 (log: {})", std::env::temp_dir().join("tansu.log").display());
+    println!(
+        "xtask: starting tansu on 127.0.0.1:9092 (log: {})",
+        std::env::temp_dir().join("tansu.log").display()
+    );
     Command::new(bin)
         .args([
             "broker",
@@ -173,5 +196,7 @@ fn tansu() -> Result<(), String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("starting tansu: {e}"))?;
-    wait_for("tansu on 127.0.0.1:9092", Duration::from_secs(60), || answers(9092))
+    wait_for("tansu on 127.0.0.1:9092", Duration::from_secs(60), || {
+        answers(9092)
+    })
 }
