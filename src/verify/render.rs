@@ -78,7 +78,7 @@ fn id_len(trace: &Trace) -> usize {
     }
 }
 
-/// A duration in milliseconds (`18ms`, `12.5ms`, `0.42ms`), or seconds from one second up
+/// A duration in milliseconds (`18ms`, `12.5ms`, `0.42ms`, `0.004ms`), or seconds from one second up
 /// (`1.3s`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
@@ -86,8 +86,10 @@ pub fn format_duration(d: Duration) -> String {
         (format!("{:.2}", ms / 1000.0), "s")
     } else if ms >= 1.0 {
         (format!("{ms:.1}"), "ms")
-    } else {
+    } else if ms >= 0.01 {
         (format!("{ms:.2}"), "ms")
+    } else {
+        (format!("{ms:.3}"), "ms")
     };
     let text = text.trim_end_matches('0').trim_end_matches('.');
     format!("{text}{unit}")
@@ -179,7 +181,11 @@ impl Paint {
             let _ = write!(line, ", {}", plural(report.errors.len(), "failed span"));
         }
         if traces.duplicates() > 0 {
-            let _ = write!(line, " ({} duplicate records ignored)", traces.duplicates());
+            let _ = write!(
+                line,
+                " ({} ignored)",
+                plural(traces.duplicates(), "duplicate record")
+            );
         }
         line
     }

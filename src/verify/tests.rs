@@ -208,6 +208,7 @@ fn durations_and_ids_are_shortened_for_display() {
     assert_eq!(format_duration(Duration::from_micros(12_500)), "12.5ms");
     assert_eq!(format_duration(Duration::from_micros(420)), "0.42ms");
     assert_eq!(format_duration(Duration::from_millis(1300)), "1.3s");
+    assert_eq!(format_duration(Duration::from_micros(4)), "0.004ms");
     assert_eq!(format_duration(Duration::ZERO), "0ms");
     assert_eq!(short_id("00f067aa0ba902b7"), "00f067aa");
     assert_eq!(short_id("sp_worker_02"), "sp_worker_02");
