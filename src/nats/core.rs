@@ -233,7 +233,7 @@ impl TracedClient {
             extracted.context = request.clone();
             extracted.join_trace = None;
         }
-        let msg = incoming(&self.client, reply, None, None, self.policy)
+        let msg = incoming(&self.client, reply, None, None, self.policy, true)
             .attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
         let span = self.telemetry.process_span_extracted(msg, &extracted);
         span.record(&Ok::<(), Infallible>(()));
@@ -280,7 +280,7 @@ impl TracedClient {
     /// [`Subscriber`]): run your handler with [`ProcessSpan::run`], then
     /// [`end`](ProcessSpan::end) it.
     pub fn process_span(&self, message: &Message) -> ProcessSpan {
-        let msg = incoming(&self.client, message, None, None, self.policy);
+        let msg = incoming(&self.client, message, None, None, self.policy, true);
         self.telemetry.process_span(msg, &message.headers)
     }
 }
@@ -337,13 +337,16 @@ pub(crate) fn outgoing<'a>(
     msg
 }
 
-/// Describe an incoming core NATS message, with the names nats.net uses.
+/// Describe an incoming core NATS message, with the names nats.net uses. `reply_to` says
+/// whether to record the reply subject (not for JetStream deliveries, whose reply subject
+/// is the server's ack subject).
 pub(crate) fn incoming<'a>(
     client: &Client,
     message: &'a Message,
     subscription: Option<&str>,
     queue_group: Option<&str>,
     policy: ParentPolicy,
+    reply_to: bool,
 ) -> Incoming<'a> {
     let mut msg = Incoming::new(NATS, message.subject.as_str())
         .parent_policy(policy)
@@ -353,7 +356,7 @@ pub(crate) fn incoming<'a>(
             attr::MESSAGING_NATS_MESSAGE_SUBJECT,
             message.subject.to_string(),
         );
-    if let Some(reply) = &message.reply {
+    if let Some(reply) = message.reply.as_ref().filter(|_| reply_to) {
         msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
     }
     if let Some(subscription) = subscription {
@@ -473,6 +476,7 @@ impl TracedSubscriber {
             Some(&self.subscription),
             self.queue_group.as_deref(),
             self.client.policy,
+            true,
         );
         let span = self.client.telemetry.process_span(msg, &message.headers);
         Some(Delivery { message, span })

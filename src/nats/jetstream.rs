@@ -209,7 +209,7 @@ fn describe<'a>(
     message: &'a jetstream::Message,
     policy: ParentPolicy,
 ) -> Incoming<'a> {
-    let mut msg = incoming(client, &message.message, None, None, policy);
+    let mut msg = incoming(client, &message.message, None, None, policy, false);
     if let Ok(info) = message.info() {
         msg = msg
             .attribute(attr::MESSAGING_NATS_JS_STREAM, info.stream.to_owned())

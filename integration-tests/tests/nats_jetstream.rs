@@ -1,0 +1,539 @@
+#![cfg(feature = "nats")]
+//! JetStream against a real nats-server: acks on the send span, redeliveries as separate
+//! process spans under one send span, pull, fetch and push consumers, and settlement.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, push, AckPolicy, Consumer};
+use async_nats::jetstream::{self, stream};
+use async_nats::{HeaderMap, HeaderValue};
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::Context;
+use tracehop::journal::{Kind, Status};
+use tracehop::nats::{OnFailure, Settle, TracedJetStream};
+use tracehop::propagation::TRACEPARENT;
+use tracehop::{SpanCollector, SpanRecord, Telemetry};
+use tracehop_integration_tests::{nats_url, unique, WAIT};
+
+async fn jetstream_as(spans: &SpanCollector, name: &str) -> TracedJetStream {
+    let client = async_nats::connect(nats_url())
+        .await
+        .expect("nats-server with JetStream on TRACEHOP_NATS_URL (start it with .ci/run)");
+    let telemetry = Telemetry::builder(name)
+        .collector(spans)
+        .build()
+        .expect("telemetry");
+    TracedJetStream::new(jetstream::new(client), telemetry)
+}
+
+/// A stream of its own for one test, deleted when the test ends (even by panic).
+struct TestStream {
+    name: String,
+    subject: String,
+    stream: stream::Stream,
+}
+
+impl TestStream {
+    async fn create(js: &TracedJetStream, prefix: &str) -> TestStream {
+        let name = unique(prefix);
+        let subject = format!("{}.{}", prefix.replace('-', "."), name);
+        let stream = js
+            .context()
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                ..Default::default()
+            })
+            .await
+            .expect("create stream");
+        TestStream {
+            name,
+            subject,
+            stream,
+        }
+    }
+
+    async fn pull_consumer(&self) -> Consumer<pull::Config> {
+        self.stream
+            .create_consumer(pull::Config {
+                durable_name: Some(unique("pull")),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("pull consumer")
+    }
+
+    /// Wait until the consumer has nothing pending and nothing unacknowledged.
+    async fn wait_settled<C: jetstream::consumer::IntoConsumerConfig>(
+        &self,
+        consumer: &mut Consumer<C>,
+    ) -> jetstream::consumer::Info {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let info = consumer.info().await.expect("consumer info").clone();
+            if (info.num_ack_pending == 0 && info.num_pending == 0)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(client) = async_nats::connect(nats_url()).await {
+                    let _ = jetstream::new(client).delete_stream(&name).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn named<'a>(spans: &'a [SpanRecord], name: &str) -> Vec<&'a SpanRecord> {
+    spans
+        .iter()
+        .filter(|s| s.operation_name.as_deref() == Some(name))
+        .collect()
+}
+
+fn int(span: &SpanRecord, key: &str) -> Option<i64> {
+    span.attribute(key).and_then(|v| v.as_i64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_records_stream_and_sequence_from_the_ack() {
+    let spans = SpanCollector::new();
+    let js = jetstream_as(&spans, "producer").await;
+    let s = TestStream::create(&js, "js-ack").await;
+
+    let first = js
+        .publish(s.subject.clone(), "one".into())
+        .await
+        .expect("publish");
+    let second = js
+        .publish(s.subject.clone(), "two".into())
+        .await
+        .expect("publish");
+    assert_eq!((first.sequence, second.sequence), (1, 2));
+    assert_eq!(first.stream, s.name);
+
+    let mut dedup = HeaderMap::new();
+    dedup.insert("Nats-Msg-Id", "order-7");
+    let original = js
+        .publish_with_headers(s.subject.clone(), dedup.clone(), "three".into())
+        .await
+        .expect("publish");
+    let again = js
+        .publish_with_headers(s.subject.clone(), dedup, "three".into())
+        .await
+        .expect("publish");
+    assert!(!original.duplicate && again.duplicate);
+    assert_eq!(again.sequence, original.sequence);
+
+    let nowhere = unique("js.nostream");
+    let err = js
+        .publish(nowhere.clone(), "lost".into())
+        .await
+        .expect_err("no stream");
+
+    let spans = spans.records();
+    let sends = named(&spans, &format!("publish {}", s.subject));
+    assert_eq!(sends.len(), 4, "{spans:#?}");
+    for (send, sequence) in sends.iter().zip([1, 2, 3, 3]) {
+        assert_eq!(send.span_kind, Some(Kind::Producer));
+        assert_eq!(send.status, Status::Ok);
+        assert_eq!(send.attribute_str("messaging.system"), Some("nats"));
+        assert_eq!(
+            send.attribute_str("messaging.nats.js.stream"),
+            Some(s.name.as_str())
+        );
+        assert_eq!(
+            int(send, "messaging.nats.js.sequence.stream"),
+            Some(sequence)
+        );
+    }
+    assert_eq!(
+        sends[2].attribute_str("messaging.message.id"),
+        Some("order-7")
+    );
+    assert_eq!(sends[2].attribute("messaging.nats.js.duplicate"), None);
+    assert_eq!(
+        sends[3].attribute("messaging.nats.js.duplicate"),
+        Some(&true.into())
+    );
+
+    let failed = named(&spans, &format!("publish {nowhere}"));
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].status, Status::Error);
+    assert_eq!(
+        failed[0].attribute_str("error.type"),
+        Some(format!("{:?}", err.kind()).as_str())
+    );
+    assert_eq!(failed[0].attribute("messaging.nats.js.stream"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nak_twice_then_ack_shows_three_deliveries_under_one_send_span() {
+    let spans = SpanCollector::new();
+    let producer = jetstream_as(&spans, "producer").await;
+    let worker = jetstream_as(&spans, "worker").await;
+    let s = TestStream::create(&producer, "js-redeliver").await;
+    let mut consumer = s.pull_consumer().await;
+
+    let root = producer
+        .telemetry()
+        .provider()
+        .tracer("app")
+        .start("place_order");
+    let root_cx = Context::current_with_span(root);
+    producer
+        .publish(s.subject.clone(), "order 42".into())
+        .with_context(root_cx.clone())
+        .await
+        .expect("publish");
+    root_cx.span().end();
+
+    // Fails on the first two deliveries, succeeds on the third.
+    let seen: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    let sink = seen.clone();
+    let messages = consumer.messages().await.expect("messages");
+    let done = tokio::spawn(
+        worker
+            .messages(messages)
+            .on_failure(OnFailure::Nak)
+            .limit(3)
+            .process(move |message| {
+                let sink = sink.clone();
+                async move {
+                    let delivered = message.info().map_err(|e| e.to_string())?.delivered;
+                    let body = String::from_utf8_lossy(&message.payload).into_owned();
+                    sink.lock().unwrap().push((delivered, body));
+                    if delivered < 3 {
+                        Err(format!(
+                            "inventory service unavailable (delivery {delivered})"
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }),
+    )
+    .await
+    .expect("worker loop");
+    assert_eq!((done.messages, done.failed), (3, 2));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (1, "order 42".to_owned()),
+            (2, "order 42".to_owned()),
+            (3, "order 42".to_owned())
+        ]
+    );
+    let info = s.wait_settled(&mut consumer).await;
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "acked after success: {info:?}"
+    );
+
+    let spans = spans.records();
+    let send = named(&spans, &format!("publish {}", s.subject));
+    assert_eq!(send.len(), 1, "{spans:#?}");
+    let send = send[0];
+    let mut processes = named(&spans, &format!("process {}", s.subject));
+    processes.sort_by_key(|p| int(p, "tracehop.delivery.attempt"));
+    assert_eq!(processes.len(), 3, "{spans:#?}");
+    let attempts: Vec<_> = processes
+        .iter()
+        .map(|p| int(p, "tracehop.delivery.attempt"))
+        .collect();
+    assert_eq!(attempts, [Some(1), Some(2), Some(3)]);
+    let statuses: Vec<_> = processes.iter().map(|p| p.status).collect();
+    assert_eq!(statuses, [Status::Error, Status::Error, Status::Ok]);
+    let settlements: Vec<_> = processes
+        .iter()
+        .map(|p| p.attribute_str("tracehop.nats.settlement"))
+        .collect();
+    assert_eq!(settlements, [Some("nak"), Some("nak"), Some("ack")]);
+    for (p, consumer_sequence) in processes.iter().zip(1..) {
+        assert_eq!(
+            p.trace_id, send.trace_id,
+            "every delivery is in the producer's trace"
+        );
+        assert_eq!(
+            p.parent_span_id.as_ref(),
+            Some(&send.span_id),
+            "every delivery is a child of the one send span"
+        );
+        assert_eq!(p.service_name.as_deref(), Some("worker"));
+        assert_eq!(p.span_kind, Some(Kind::Consumer));
+        assert_eq!(
+            p.attribute_str("messaging.nats.js.stream"),
+            Some(s.name.as_str())
+        );
+        assert_eq!(
+            p.attribute_str("messaging.nats.js.consumer.name"),
+            consumer.cached_info().config.durable_name.as_deref()
+        );
+        assert_eq!(int(p, "messaging.nats.js.sequence.stream"), Some(1));
+        assert_eq!(
+            int(p, "messaging.nats.js.sequence.consumer"),
+            Some(consumer_sequence)
+        );
+        assert_eq!(int(p, "messaging.message.body.size"), Some(8));
+        assert!(p.attribute("tracehop.queue_time_ms").is_some());
+        assert_eq!(
+            p.attribute("messaging.nats.message.reply_to"),
+            None,
+            "the ack subject is not a reply subject"
+        );
+    }
+    assert_eq!(
+        processes[0].error.as_deref(),
+        Some("inventory service unavailable (delivery 1)")
+    );
+    assert_eq!(processes[0].attribute_str("error.type"), Some("String"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_naks_with_delay_then_acks() {
+    let spans = SpanCollector::new();
+    let producer = jetstream_as(&spans, "producer").await;
+    let worker = jetstream_as(&spans, "worker").await;
+    let s = TestStream::create(&producer, "js-push").await;
+    let mut consumer = s
+        .stream
+        .create_consumer(push::Config {
+            deliver_subject: worker.context().client().new_inbox(),
+            durable_name: Some(unique("push")),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("push consumer");
+    let messages = consumer.messages().await.expect("messages");
+    producer
+        .publish(s.subject.clone(), "resize 9".into())
+        .await
+        .expect("publish");
+
+    let done = tokio::spawn(
+        worker
+            .messages(messages)
+            .on_failure(OnFailure::NakAfter(Duration::from_millis(100)))
+            .limit(2)
+            .process(|message| async move {
+                match message.info().map_err(|e| e.to_string())?.delivered {
+                    1 => Err("first try fails".to_owned()),
+                    _ => Ok(()),
+                }
+            }),
+    )
+    .await
+    .expect("worker loop");
+    assert_eq!((done.messages, done.failed), (2, 1));
+    let info = s.wait_settled(&mut consumer).await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+
+    let spans = spans.records();
+    let send = named(&spans, &format!("publish {}", s.subject))[0];
+    let mut processes = named(&spans, &format!("process {}", s.subject));
+    processes.sort_by_key(|p| int(p, "tracehop.delivery.attempt"));
+    assert_eq!(processes.len(), 2, "{spans:#?}");
+    for (p, attempt) in processes.iter().zip(1..) {
+        assert_eq!(int(p, "tracehop.delivery.attempt"), Some(attempt));
+        assert_eq!(p.parent_span_id.as_ref(), Some(&send.span_id));
+        assert_eq!(p.trace_id, send.trace_id);
+    }
+    assert_eq!(
+        processes[0].attribute_str("tracehop.nats.settlement"),
+        Some("nak")
+    );
+    assert_eq!(
+        processes[1].attribute_str("tracehop.nats.settlement"),
+        Some("ack")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_batch_gives_each_message_its_own_parent() {
+    let spans = SpanCollector::new();
+    let producer = jetstream_as(&spans, "producer").await;
+    let worker = jetstream_as(&spans, "worker").await;
+    let s = TestStream::create(&producer, "js-fetch").await;
+    let mut consumer = s.pull_consumer().await;
+
+    let tracer = producer.telemetry().provider().tracer("app");
+    for i in 0..3 {
+        let cx = Context::current_with_span(tracer.start(format!("job-{i}")));
+        producer
+            .publish(s.subject.clone(), format!("job-{i}").into())
+            .with_context(cx.clone())
+            .await
+            .expect("publish");
+        cx.span().end();
+    }
+    let batch = consumer
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .expect("fetch");
+    let done = worker
+        .messages(batch)
+        .process(|_message| async { Ok::<(), String>(()) })
+        .await;
+    assert_eq!((done.messages, done.failed), (3, 0));
+    let info = s.wait_settled(&mut consumer).await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+
+    let spans = spans.records();
+    let sends: HashMap<&str, &SpanRecord> = named(&spans, &format!("publish {}", s.subject))
+        .into_iter()
+        .map(|s| (s.trace_id.as_str(), s))
+        .collect();
+    let processes = named(&spans, &format!("process {}", s.subject));
+    assert_eq!(
+        (sends.len(), processes.len()),
+        (3, 3),
+        "three traces: {spans:#?}"
+    );
+    for p in processes {
+        let send = sends[p.trace_id.as_str()];
+        assert_eq!(p.parent_span_id.as_ref(), Some(&send.span_id));
+        assert_eq!(
+            int(p, "messaging.nats.js.sequence.stream"),
+            int(send, "messaging.nats.js.sequence.stream"),
+            "the delivery of the message that send published"
+        );
+        assert_eq!(int(p, "tracehop.delivery.attempt"), Some(1));
+        assert_eq!(p.attribute_str("tracehop.nats.settlement"), Some("ack"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_policy_terms_after_the_last_delivery() {
+    let spans = SpanCollector::new();
+    let producer = jetstream_as(&spans, "producer").await;
+    let worker = jetstream_as(&spans, "worker").await;
+    let s = TestStream::create(&producer, "js-term").await;
+    let mut consumer = s.pull_consumer().await;
+    producer
+        .publish(s.subject.clone(), "poison".into())
+        .await
+        .expect("publish");
+
+    let messages = consumer.messages().await.expect("messages");
+    let done = worker
+        .messages(messages)
+        .on_failure(OnFailure::Retry {
+            max_deliveries: 2,
+            delay: None,
+        })
+        .limit(2)
+        .process(|_message| async { Err::<(), _>("cannot parse") })
+        .await;
+    assert_eq!((done.messages, done.failed), (2, 2));
+    let info = s.wait_settled(&mut consumer).await;
+    assert_eq!(
+        (info.num_ack_pending, info.num_pending),
+        (0, 0),
+        "terminated, not pending: {info:?}"
+    );
+
+    let spans = spans.records();
+    let mut processes = named(&spans, &format!("process {}", s.subject));
+    processes.sort_by_key(|p| int(p, "tracehop.delivery.attempt"));
+    let settlements: Vec<_> = processes
+        .iter()
+        .map(|p| p.attribute_str("tracehop.nats.settlement"))
+        .collect();
+    assert_eq!(settlements, [Some("nak"), Some("term")]);
+    assert!(processes.iter().all(|p| p.status == Status::Error));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closure_policy_and_handle_settle_one_message() {
+    let spans = SpanCollector::new();
+    let producer = jetstream_as(&spans, "producer").await;
+    let worker = jetstream_as(&spans, "worker").await;
+    let s = TestStream::create(&producer, "js-handle").await;
+    let mut consumer = s.pull_consumer().await;
+
+    let mut headers = HeaderMap::new();
+    headers.append("X-Tag", "one");
+    headers.append("X-Tag", "two");
+    headers.insert("Content-Type", "text/plain");
+    producer
+        .publish_with_headers(s.subject.clone(), headers.clone(), "bad input".into())
+        .await
+        .expect("publish");
+
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let message = futures_util::StreamExt::next(&mut batch)
+        .await
+        .expect("one message")
+        .expect("no error");
+    let mut permanent_errors_term = |error: &String, _delivered: u32| {
+        if error.starts_with("permanent") {
+            Settle::Term
+        } else {
+            Settle::Nak(None)
+        }
+    };
+    let received: Arc<Mutex<Option<HeaderMap>>> = Arc::default();
+    let sink = received.clone();
+    let outcome = worker
+        .handle(message, &mut permanent_errors_term, |message| async move {
+            *sink.lock().unwrap() = message.headers.clone();
+            Err::<(), _>("permanent: not a number".to_owned())
+        })
+        .await;
+    assert_eq!(outcome, Err("permanent: not a number".to_owned()));
+    let info = s.wait_settled(&mut consumer).await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+
+    let received = received.lock().unwrap().clone().expect("headers");
+    let tags: Vec<&str> = received.get_all("X-Tag").map(HeaderValue::as_str).collect();
+    assert_eq!(tags, ["one", "two"], "user headers survive JetStream");
+    assert_eq!(
+        received.get("Content-Type").map(HeaderValue::as_str),
+        Some("text/plain")
+    );
+    assert!(received.get(TRACEPARENT).is_some());
+
+    let spans = spans.records();
+    let send = named(&spans, &format!("publish {}", s.subject))[0];
+    let process = named(&spans, &format!("process {}", s.subject))[0];
+    assert_eq!(process.parent_span_id.as_ref(), Some(&send.span_id));
+    assert_eq!(
+        process.attribute_str("tracehop.nats.settlement"),
+        Some("term")
+    );
+    assert_eq!(process.error.as_deref(), Some("permanent: not a number"));
+}
