@@ -1,0 +1,237 @@
+//! Kafka record headers as tracehop carriers.
+//!
+//! [`ReadCarrier`] is implemented for rdkafka's [`BorrowedHeaders`] (a consumed message)
+//! and [`OwnedHeaders`] (a record being built or a detached message), and
+//! [`WriteCarrier`] for [`OwnedHeaders`].
+//!
+//! Writing keeps every header already present, in order and byte for byte, null values
+//! included: the context headers are appended. If a header with the name tracehop is
+//! writing already exists (a `traceparent` the user copied from an incoming message, a
+//! forwarded message's old context), its first occurrence is replaced in place and later
+//! duplicates of that name are dropped, so the record never carries two contexts. Only
+//! tracehop's own header names are ever replaced; rdkafka cannot remove a header, so a
+//! replacement rebuilds the header list (the only case in which headers are copied).
+//!
+//! Reading returns the value of the *last* header with the requested name (Kafka allows
+//! duplicates; this matches the Java client's `lastHeader`), or nothing when that value is
+//! null.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+
+use crate::propagation::{ReadCarrier, WriteCarrier};
+
+/// Every header of `headers`, in order, or `None` if they cannot be read.
+///
+/// rdkafka panics when it reads a header name that is not UTF-8 (a protocol violation a
+/// foreign producer can still commit). A message is never failed for its headers, so
+/// such a header list is treated as unreadable instead.
+pub(crate) fn entries<H: Headers>(headers: &H) -> Option<Vec<Header<'_, &[u8]>>> {
+    catch_unwind(AssertUnwindSafe(|| headers.iter().collect())).ok()
+}
+
+fn last_value<'h, H: Headers>(headers: &'h H, key: &str) -> Option<&'h [u8]> {
+    entries(headers)?
+        .into_iter()
+        .rev()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+}
+
+fn keys<H: Headers>(headers: &H) -> Vec<&str> {
+    entries(headers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| h.key)
+        .collect()
+}
+
+impl ReadCarrier for BorrowedHeaders {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        last_value(self, key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        keys(self)
+    }
+}
+
+impl ReadCarrier for OwnedHeaders {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        last_value(self, key)
+    }
+    fn keys(&self) -> Vec<&str> {
+        keys(self)
+    }
+}
+
+impl WriteCarrier for OwnedHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        let existing = entries(self);
+        let present = existing
+            .as_ref()
+            .is_some_and(|all| all.iter().any(|h| h.key == key));
+        if !present {
+            // The common case: append, leaving the user's headers untouched.
+            let headers = std::mem::take(self);
+            *self = headers.insert(Header {
+                key,
+                value: Some(&value),
+            });
+            return;
+        }
+        let mut rebuilt = OwnedHeaders::new_with_capacity(existing.as_ref().map_or(1, Vec::len));
+        let mut replaced = false;
+        for h in existing.into_iter().flatten() {
+            if h.key != key {
+                rebuilt = rebuilt.insert(h);
+            } else if !replaced {
+                rebuilt = rebuilt.insert(Header {
+                    key,
+                    value: Some(&value),
+                });
+                replaced = true;
+            }
+        }
+        *self = rebuilt;
+    }
+}
+
+/// The headers of one message, read once: what the consumer wrapper hands the core.
+///
+/// Reading through rdkafka's [`Headers`] calls into librdkafka for every header; a
+/// snapshot reads them once and answers every lookup from memory.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeaderSnapshot<'a> {
+    entries: Vec<Header<'a, &'a [u8]>>,
+}
+
+impl<'a> HeaderSnapshot<'a> {
+    pub(crate) fn of<H: Headers>(headers: Option<&'a H>) -> HeaderSnapshot<'a> {
+        HeaderSnapshot {
+            entries: headers.and_then(entries).unwrap_or_default(),
+        }
+    }
+}
+
+impl ReadCarrier for HeaderSnapshot<'_> {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.entries.iter().map(|h| h.key).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::propagation::{SENT_AT, TRACEPARENT};
+
+    fn all(h: &OwnedHeaders) -> Vec<(String, Option<Vec<u8>>)> {
+        h.iter()
+            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect()
+    }
+
+    fn user_headers() -> OwnedHeaders {
+        OwnedHeaders::new()
+            .insert(Header {
+                key: "b-first",
+                value: Some(&[0u8, 159, 146, 150][..]),
+            })
+            .insert(Header {
+                key: "nothing",
+                value: None::<&[u8]>,
+            })
+            .insert(Header {
+                key: "dup",
+                value: Some("1"),
+            })
+            .insert(Header {
+                key: "dup",
+                value: Some("2"),
+            })
+            .insert(Header {
+                key: "empty",
+                value: Some(""),
+            })
+    }
+
+    #[test]
+    fn set_appends_and_keeps_user_headers_byte_for_byte() {
+        let mut h = user_headers();
+        let before = all(&h);
+        h.set(TRACEPARENT, "00-x-y-01".to_owned());
+        h.set(SENT_AT, "1".to_owned());
+        let after = all(&h);
+        assert_eq!(&after[..before.len()], &before[..]);
+        assert_eq!(
+            &after[before.len()..],
+            &[
+                (TRACEPARENT.to_owned(), Some(b"00-x-y-01".to_vec())),
+                (SENT_AT.to_owned(), Some(b"1".to_vec())),
+            ]
+        );
+    }
+
+    #[test]
+    fn set_replaces_an_existing_header_in_place_without_duplicates() {
+        let mut h = OwnedHeaders::new()
+            .insert(Header {
+                key: "a",
+                value: Some("1"),
+            })
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some("old"),
+            })
+            .insert(Header {
+                key: "n",
+                value: None::<&[u8]>,
+            })
+            .insert(Header {
+                key: TRACEPARENT,
+                value: Some("older"),
+            });
+        h.set(TRACEPARENT, "new".to_owned());
+        assert_eq!(
+            all(&h),
+            vec![
+                ("a".to_owned(), Some(b"1".to_vec())),
+                (TRACEPARENT.to_owned(), Some(b"new".to_vec())),
+                ("n".to_owned(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn user_duplicates_of_other_names_are_kept() {
+        let mut h = user_headers();
+        h.set(TRACEPARENT, "v".to_owned());
+        let dups: Vec<_> = h.iter().filter(|x| x.key == "dup").collect();
+        assert_eq!(dups.len(), 2);
+    }
+
+    #[test]
+    fn get_returns_the_last_value_and_null_is_absent() {
+        let h = user_headers();
+        assert_eq!(ReadCarrier::get(&h, "dup"), Some(&b"2"[..]));
+        assert_eq!(ReadCarrier::get(&h, "nothing"), None);
+        assert_eq!(ReadCarrier::get(&h, "empty"), Some(&b""[..]));
+        assert_eq!(ReadCarrier::get(&h, "missing"), None);
+        assert_eq!(
+            ReadCarrier::keys(&h),
+            vec!["b-first", "nothing", "dup", "dup", "empty"]
+        );
+        let snap = HeaderSnapshot::of(Some(&h));
+        assert_eq!(snap.get("dup"), Some(&b"2"[..]));
+        assert_eq!(snap.get("nothing"), None);
+        assert_eq!(snap.keys(), ReadCarrier::keys(&h));
+        assert_eq!(HeaderSnapshot::of::<OwnedHeaders>(None).keys().len(), 0);
+    }
+}

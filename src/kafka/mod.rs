@@ -1,0 +1,157 @@
+//! The Kafka adapter (feature `kafka`): `rdkafka` producers and consumers whose every hop
+//! is one parent-child step in the trace.
+//!
+//! This module owns what is particular to Kafka, and nothing else: reading and writing
+//! record headers ([`carrier`](#headers)), the attributes a Kafka message exposes
+//! (topic, partition, offset, key, consumer group, client id, body size, tombstones,
+//! the record timestamp for queue time), and when offsets are committed. Spans and
+//! context come from the core ([`Telemetry`](crate::Telemetry)).
+//!
+//! - [`TracedProducer`] wraps a `FutureProducer`: each send is a `send <topic>` span
+//!   whose context travels in the record's headers.
+//! - [`TracedConsumer`] wraps a `StreamConsumer`: a loop that runs your async handler for
+//!   each message inside a `process <topic>` span, child of the producer's span, commits
+//!   after success, and hands failures to a [`FailurePolicy`] (stop, skip, retry in place,
+//!   forward to a retry or dead-letter topic from inside the failed span).
+//! - [`TracedConsumer::run_batches`] handles a [`Batch`] at once in one span linking every
+//!   message, with a child process span per message.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use rdkafka::consumer::Consumer;
+//! use rdkafka::producer::FutureRecord;
+//! use rdkafka::ClientConfig;
+//! use tracehop::kafka::{TracedConsumer, TracedProducer};
+//! use tracehop::Telemetry;
+//!
+//! let mut config = ClientConfig::new();
+//! config.set("bootstrap.servers", "localhost:9092");
+//!
+//! // Producer side: the send carries the current trace.
+//! let producer = TracedProducer::from_config(&config, Telemetry::builder("gateway").build()?)?;
+//! producer
+//!     .send(FutureRecord::to("tasks").key("run-1").payload("plan the trip"), Duration::from_secs(5))
+//!     .await
+//!     .map_err(|(e, _)| e)?;
+//!
+//! // Consumer side: each message is handled inside a child of that send span, and a send
+//! // made by the handler continues the same trace.
+//! let worker = Telemetry::builder("worker").build()?;
+//! let tools = TracedProducer::from_config(&config, worker.clone())?;
+//! config.set("group.id", "workers").set("enable.auto.commit", "false");
+//! let consumer = TracedConsumer::from_config(&config, worker)?;
+//! consumer.inner().subscribe(&["tasks"])?;
+//! consumer
+//!     .run(|task| {
+//!         let tools = tools.clone();
+//!         async move {
+//!             let record = FutureRecord::<str, [u8]>::to("tool.calls")
+//!                 .payload(rdkafka::Message::payload(&task).unwrap_or_default());
+//!             tools.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)?;
+//!             Ok::<_, rdkafka::error::KafkaError>(())
+//!         }
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Headers
+//!
+//! Kafka headers are bytes; [`ReadCarrier`](crate::ReadCarrier) is implemented for
+//! rdkafka's `BorrowedHeaders` and `OwnedHeaders`, and
+//! [`WriteCarrier`](crate::WriteCarrier) for `OwnedHeaders`. A traced send keeps every
+//! header the record already has, in order and byte for byte, null values included, and
+//! appends the context headers (`traceparent`, `tracestate`, `baggage` when present,
+//! `tracehop-sent-at`, optionally `x-trace-id` and friends). **If the record already has a
+//! header with one of those names, its first occurrence is replaced in place and later
+//! ones are dropped** — a record never carries two contexts. Reading takes the last header
+//! of a name, as the Java client's `lastHeader` does.
+//!
+//! # Attributes
+//!
+//! Send spans: `messaging.system=kafka`, `messaging.destination.name`,
+//! `messaging.destination.partition.id` (text) and `messaging.kafka.offset` once
+//! delivered, `messaging.kafka.message.key` (when UTF-8), `messaging.client.id`,
+//! `messaging.message.body.size`, `messaging.kafka.message.tombstone` (null payload).
+//! Process spans add `messaging.consumer.group.name`, `tracehop.delivery.attempt` and
+//! `tracehop.queue_time_ms`.
+
+mod batch;
+mod carrier;
+mod consumer;
+mod policy;
+mod producer;
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+
+pub use batch::{Batch, BatchOptions};
+pub use consumer::{ConsumeError, MessagePosition, RunSummary, TracedConsumer};
+pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
+pub use producer::TracedProducer;
+
+use crate::messaging::attributes::{self as attr, system};
+use crate::{Incoming, ParentPolicy};
+
+/// Which delivery of `message` this is, counting from 1: the `tracehop-attempt` header a
+/// forwarding consumer wrote (see [`Decision::Forward`]), or 1.
+pub fn delivery_attempt<M: Message>(message: &M) -> u32 {
+    crate::propagation::attempt(&carrier::HeaderSnapshot::of(message.headers())).unwrap_or(1)
+}
+
+/// The key's text form, when it has one.
+fn key_text(key: Option<&[u8]>) -> Option<&str> {
+    key.and_then(|k| std::str::from_utf8(k).ok())
+}
+
+/// A low-cardinality `error.type` for an rdkafka error: librdkafka's error code name.
+fn error_type(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "KafkaError".to_owned(),
+    }
+}
+
+/// How a consumed message is described to the core.
+fn describe<'m, M: Message>(
+    message: &'m M,
+    attempt: u32,
+    group: Option<&str>,
+    client_id: Option<&str>,
+    policy: ParentPolicy,
+) -> Incoming<'m> {
+    let payload = message.payload();
+    let mut incoming = Incoming::new(system::KAFKA, message.topic())
+        .parent_policy(policy)
+        .attempt(attempt)
+        .body_size(payload.map_or(0, <[u8]>::len))
+        .attribute(
+            attr::MESSAGING_DESTINATION_PARTITION_ID,
+            message.partition().to_string(),
+        )
+        .attribute(attr::MESSAGING_KAFKA_OFFSET, message.offset());
+    if payload.is_none() {
+        incoming = incoming.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
+    }
+    if let Some(key) = key_text(message.key()) {
+        incoming = incoming.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
+    }
+    if let Some(group) = group {
+        incoming = incoming.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned());
+    }
+    if let Some(id) = client_id {
+        incoming = incoming.attribute(attr::MESSAGING_CLIENT_ID, id.to_owned());
+    }
+    let stored = message
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
+    if let Some(at) = stored {
+        incoming = incoming.enqueued_at(at);
+    }
+    incoming
+}
