@@ -230,7 +230,8 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
 ///
 /// The loop stops when the consumer is cancelled (`basic_cancel` with its
 /// [`tag`](Self::tag), or the channel closes), after [`stop_after`](Self::stop_after)
-/// deliveries, or on a consumer error. Its future is `Send`: spawn it.
+/// deliveries, when the shutdown future given to [`run_until`](Self::run_until)
+/// completes, or on a consumer error. Its future is `Send`: spawn it.
 pub struct TracedConsumer {
     consumer: Consumer,
     telemetry: Telemetry,
@@ -266,11 +267,11 @@ impl TracedConsumer {
     /// Process the deliveries of `consumer` as service `telemetry`, acking by
     /// [`AckPolicy::NackRequeue`] and adopting the producer's span as parent until told
     /// otherwise.
-    pub fn new(telemetry: &Telemetry, consumer: Consumer) -> TracedConsumer {
+    pub fn new(consumer: Consumer, telemetry: Telemetry) -> TracedConsumer {
         TracedConsumer {
             queue: consumer.queue().as_str().to_owned(),
             consumer,
-            telemetry: telemetry.clone(),
+            telemetry,
             ack: AckPolicy::default(),
             parent: ParentPolicy::Child,
             limit: None,
@@ -312,15 +313,38 @@ impl TracedConsumer {
     /// settlement; it does not stop the loop. A consumer error (the channel or connection
     /// failed) stops the loop and is returned; deliveries not yet settled then go back to
     /// the queue, as the broker does for any closed channel.
-    pub async fn run<H, Fut, E>(mut self, mut handler: H) -> lapin::Result<ConsumeSummary>
+    pub async fn run<H, Fut, E>(self, handler: H) -> lapin::Result<ConsumeSummary>
     where
         H: FnMut(Delivery) -> Fut + Send,
         Fut: Future<Output = Result<(), E>> + Send,
         E: fmt::Display + Send,
     {
+        self.run_until(std::future::pending::<()>(), handler).await
+    }
+
+    /// Like [`run`](Self::run), and also stop when `shutdown` completes. The delivery
+    /// being handled then is finished and settled first; deliveries the client had
+    /// prefetched go back to the queue when you close the channel.
+    pub async fn run_until<S, H, Fut, E>(
+        mut self,
+        shutdown: S,
+        mut handler: H,
+    ) -> lapin::Result<ConsumeSummary>
+    where
+        S: Future<Output = ()> + Send,
+        H: FnMut(Delivery) -> Fut + Send,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: fmt::Display + Send,
+    {
         let mut summary = ConsumeSummary::default();
+        let mut shutdown = std::pin::pin!(shutdown);
         while self.limit.is_none_or(|n| summary.deliveries < n) {
-            let delivery = match self.consumer.next().await {
+            let next = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                next = self.consumer.next() => next,
+            };
+            let delivery = match next {
                 None => break,
                 Some(Err(e)) => return Err(e),
                 Some(Ok(delivery)) => delivery,

@@ -5,7 +5,7 @@
 //! deliveries with the RabbitMQ attributes, and settling deliveries by policy. Spans and
 //! context handling are the core's.
 //!
-//! - [`Publisher`] wraps a [`lapin::Channel`]: its `basic_publish` takes lapin's arguments,
+//! - [`TracedChannel`] wraps a [`lapin::Channel`]: its `basic_publish` takes lapin's arguments,
 //!   opens a send span and injects the context. With publisher confirms, the span ends at
 //!   the broker's ack (a nack or a returned message is an error).
 //! - [`TracedConsumer`] wraps a [`lapin::Consumer`]: it runs an async handler per delivery
@@ -13,13 +13,13 @@
 //!   [`ParentPolicy::Link`](crate::ParentPolicy::Link)), then acks, nacks or rejects by
 //!   [`AckPolicy`]. A message dead-lettered by a reject is processed by the dead-letter
 //!   queue's consumer in the same trace, since its headers travel with it.
-//! - [`RpcClient`] and [`Publisher::reply`] make a request/reply round trip one trace.
+//! - [`RpcClient`] and [`TracedChannel::reply`] make a request/reply round trip one trace.
 //!
 //! ```no_run
 //! use tracehop::amqp::lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 //! use tracehop::amqp::lapin::types::FieldTable;
 //! use tracehop::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
-//! use tracehop::amqp::{AckPolicy, Publisher, TracedConsumer};
+//! use tracehop::amqp::{AckPolicy, TracedChannel, TracedConsumer};
 //! use tracehop::Telemetry;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,8 +29,8 @@
 //! let channel = connection.create_channel().await?;
 //!
 //! // Publish: the same call, on the wrapped channel.
-//! let publisher = Publisher::new(&telemetry, channel.clone());
-//! publisher
+//! let traced = TracedChannel::new(channel.clone(), telemetry.clone());
+//! traced
 //!     .basic_publish(
 //!         "".into(),
 //!         "orders".into(),
@@ -50,7 +50,7 @@
 //!         FieldTable::default(),
 //!     )
 //!     .await?;
-//! TracedConsumer::new(&telemetry, consumer)
+//! TracedConsumer::new(consumer, telemetry)
 //!     .ack_policy(AckPolicy::Nack)
 //!     .run(|delivery| async move {
 //!         println!("{} bytes", delivery.data.len());
@@ -98,7 +98,7 @@ mod rpc;
 
 pub use consume::{attempt, describe, AckPolicy, ConsumeSummary, Settlement, TracedConsumer};
 pub use lapin;
-pub use publish::{PublishConfirm, Publisher};
+pub use publish::{PublishConfirm, TracedChannel};
 pub use rpc::{RpcClient, RpcError, DIRECT_REPLY_TO};
 
 /// The name a send span gives the default exchange (whose real name is empty).
@@ -144,10 +144,14 @@ mod tests {
 
     /// The futures users spawn must be `Send` (checked at compile time).
     #[allow(dead_code)]
-    fn futures_are_send(consumer: TracedConsumer, publisher: Publisher, rpc: RpcClient) {
+    fn futures_are_send(consumer: TracedConsumer, channel: TracedChannel, rpc: RpcClient) {
         fn send<T: Send>(_: T) {}
-        send(consumer.run(|_delivery| async { Ok::<(), String>(()) }));
-        send(publisher.basic_publish(
+        send(
+            consumer.run_until(std::future::ready(()), |_delivery| async {
+                Ok::<(), String>(())
+            }),
+        );
+        send(channel.basic_publish(
             "".into(),
             "q".into(),
             Default::default(),

@@ -20,27 +20,24 @@ use crate::{Outgoing, SendSpan, Telemetry};
 /// writes the span's context into the message's headers next to yours, and publishes.
 /// Cheap to clone; clones share the channel.
 #[derive(Clone)]
-pub struct Publisher {
+pub struct TracedChannel {
     channel: Channel,
     telemetry: Telemetry,
 }
 
-impl fmt::Debug for Publisher {
+impl fmt::Debug for TracedChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Publisher")
+        f.debug_struct("TracedChannel")
             .field("channel", &self.channel.id())
             .field("service", &self.telemetry.service_name())
             .finish()
     }
 }
 
-impl Publisher {
+impl TracedChannel {
     /// Trace the publishes made on `channel` as service `telemetry`.
-    pub fn new(telemetry: &Telemetry, channel: Channel) -> Publisher {
-        Publisher {
-            channel,
-            telemetry: telemetry.clone(),
-        }
+    pub fn new(channel: Channel, telemetry: Telemetry) -> TracedChannel {
+        TracedChannel { channel, telemetry }
     }
 
     /// The wrapped channel, for everything that is not a publish.

@@ -2,7 +2,7 @@
 //!
 //! The client publishes the request with `reply_to` and `correlation_id` from inside its
 //! own context; the server's process span is a child of the request's send span; the
-//! server's [`Publisher::reply`] is a publish inside that process span, so its context
+//! server's [`TracedChannel::reply`] is a publish inside that process span, so its context
 //! travels back with the reply and the client's span for the reply closes the round trip
 //! in the same trace.
 
@@ -19,7 +19,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::oneshot;
 
 use super::consume::describe;
-use super::publish::{PublishConfirm, Publisher};
+use super::publish::{PublishConfirm, TracedChannel};
 use crate::Telemetry;
 
 /// RabbitMQ's direct reply-to pseudo-queue: replies go straight back to the consuming
@@ -71,7 +71,7 @@ fn lock(pending: &Pending) -> MutexGuard<'_, HashMap<String, oneshot::Sender<Del
 /// `call` has no timeout of its own; wrap it in `tokio::time::timeout`. A reply that
 /// arrives after its caller gave up is discarded.
 pub struct RpcClient {
-    publisher: Publisher,
+    channel: TracedChannel,
     pending: Arc<Pending>,
     prefix: String,
     next: AtomicU64,
@@ -81,7 +81,7 @@ pub struct RpcClient {
 impl fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RpcClient")
-            .field("publisher", &self.publisher)
+            .field("channel", &self.channel)
             .field("waiting", &lock(&self.pending).len())
             .finish_non_exhaustive()
     }
@@ -96,7 +96,7 @@ impl Drop for RpcClient {
 impl RpcClient {
     /// Start consuming replies on `channel` (in a task on the current Tokio runtime) and
     /// trace calls as service `telemetry`.
-    pub async fn new(telemetry: &Telemetry, channel: Channel) -> lapin::Result<RpcClient> {
+    pub async fn new(channel: Channel, telemetry: Telemetry) -> lapin::Result<RpcClient> {
         let mut replies = channel
             .basic_consume(
                 DIRECT_REPLY_TO.into(),
@@ -126,7 +126,7 @@ impl RpcClient {
             lock(&dispatch_to).clear();
         });
         Ok(RpcClient {
-            publisher: Publisher::new(telemetry, channel),
+            channel: TracedChannel::new(channel, telemetry),
             pending,
             prefix: unique_prefix(),
             next: AtomicU64::new(0),
@@ -134,9 +134,9 @@ impl RpcClient {
         })
     }
 
-    /// The publisher of the requests (and its channel).
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
+    /// The traced channel the requests are published on.
+    pub fn channel(&self) -> &TracedChannel {
+        &self.channel
     }
 
     /// Send a request and wait for its reply.
@@ -176,7 +176,7 @@ impl RpcClient {
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(correlation_id.clone());
         let confirmation = self
-            .publisher
+            .channel
             .basic_publish(exchange, routing_key, options, payload, properties)
             .await?
             .await?;
@@ -192,7 +192,7 @@ impl RpcClient {
         }
         let reply = rx.await.map_err(|_| RpcError::Closed)?;
         let span = self
-            .publisher
+            .channel
             .telemetry()
             .process_span(describe(DIRECT_REPLY_TO, &reply), &reply.properties);
         span.record(&Ok::<(), std::convert::Infallible>(()));
@@ -228,7 +228,7 @@ fn unique_prefix() -> String {
     )
 }
 
-impl Publisher {
+impl TracedChannel {
     /// Reply to an RPC `request`: publish `payload` to its `reply_to` through the default
     /// exchange, with its correlation id unless `properties` has one.
     ///
