@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracehop::amqp::{
-    AckPolicy, ConsumeSummary, Publisher, RpcClient, RpcError, TracedConsumer, REDELIVERED,
+    AckPolicy, ConsumeSummary, RpcClient, RpcError, TracedChannel, TracedConsumer, REDELIVERED,
     SETTLEMENT,
 };
 use tracehop::journal::{Kind, Status};
@@ -210,9 +210,9 @@ async fn three_hops_across_two_queues_form_one_trace() {
 
     // worker: consumes tasks, publishes a tool call to the exchange from its handler.
     let worker_channel = confirm_channel(&connection).await;
-    let worker_publisher = Publisher::new(&worker, worker_channel.clone());
+    let worker_publisher = TracedChannel::new(worker_channel.clone(), worker.clone());
     let worker_exchange = exchange.clone();
-    let worker_loop = TracedConsumer::new(&worker, consumer(&worker_channel, &tasks).await)
+    let worker_loop = TracedConsumer::new(consumer(&worker_channel, &tasks).await, worker.clone())
         .ack_policy(AckPolicy::Nack)
         .stop_after(1)
         .run(move |delivery| {
@@ -240,7 +240,7 @@ async fn three_hops_across_two_queues_form_one_trace() {
     // tool: consumes the calls and hands the bodies back to the test.
     let (bodies, mut received) = mpsc::unbounded_channel();
     let tool_channel = channel(&connection).await;
-    let tool_loop = TracedConsumer::new(&tool, consumer(&tool_channel, &calls).await)
+    let tool_loop = TracedConsumer::new(consumer(&tool_channel, &calls).await, tool.clone())
         .stop_after(1)
         .run(move |delivery| {
             let bodies = bodies.clone();
@@ -252,7 +252,7 @@ async fn three_hops_across_two_queues_form_one_trace() {
     let tool_loop = tokio::spawn(tool_loop);
 
     // gateway: inside its request span, publish the task (publisher confirms on).
-    let gateway_publisher = Publisher::new(&gateway, confirm_channel(&connection).await);
+    let gateway_publisher = TracedChannel::new(confirm_channel(&connection).await, gateway.clone());
     let cx = root(&gateway, "handle_request");
     let confirmation = gateway_publisher
         .basic_publish(
@@ -374,7 +374,7 @@ async fn rejected_message_is_dead_lettered_and_processed_in_the_same_trace() {
     .await;
 
     let worker_channel = channel(&connection).await;
-    let worker_loop = TracedConsumer::new(&worker, consumer(&worker_channel, &work).await)
+    let worker_loop = TracedConsumer::new(consumer(&worker_channel, &work).await, worker.clone())
         .ack_policy(AckPolicy::Reject)
         .stop_after(1)
         .run(|_delivery| async { Err::<(), _>("unparseable order") });
@@ -382,18 +382,19 @@ async fn rejected_message_is_dead_lettered_and_processed_in_the_same_trace() {
 
     let (seen, mut dead_letters) = mpsc::unbounded_channel();
     let janitor_channel = channel(&connection).await;
-    let janitor_loop = TracedConsumer::new(&janitor, consumer(&janitor_channel, &dead).await)
-        .stop_after(1)
-        .run(move |delivery| {
-            let seen = seen.clone();
-            async move {
-                seen.send(delivery).map_err(|_| "test gone")?;
-                Ok::<(), &str>(())
-            }
-        });
+    let janitor_loop =
+        TracedConsumer::new(consumer(&janitor_channel, &dead).await, janitor.clone())
+            .stop_after(1)
+            .run(move |delivery| {
+                let seen = seen.clone();
+                async move {
+                    seen.send(delivery).map_err(|_| "test gone")?;
+                    Ok::<(), &str>(())
+                }
+            });
     let janitor_loop = tokio::spawn(janitor_loop);
 
-    let publisher = Publisher::new(&producer, confirm_channel(&connection).await);
+    let publisher = TracedChannel::new(confirm_channel(&connection).await, producer.clone());
     publisher
         .basic_publish(
             "".into(),
@@ -484,7 +485,7 @@ async fn dead_letter_retry_counts_attempts_from_x_death() {
     let calls = Arc::new(AtomicUsize::new(0));
     let handler_calls = Arc::clone(&calls);
     let worker_channel = channel(&connection).await;
-    let worker_loop = TracedConsumer::new(&worker, consumer(&worker_channel, &work).await)
+    let worker_loop = TracedConsumer::new(consumer(&worker_channel, &work).await, worker.clone())
         .ack_policy(AckPolicy::Nack)
         .stop_after(2)
         .run(move |_delivery| {
@@ -499,7 +500,7 @@ async fn dead_letter_retry_counts_attempts_from_x_death() {
         });
     let worker_loop = tokio::spawn(worker_loop);
 
-    Publisher::new(&producer, confirm_channel(&connection).await)
+    TracedChannel::new(confirm_channel(&connection).await, producer.clone())
         .basic_publish(
             "".into(),
             work.as_str().into(),
@@ -545,7 +546,7 @@ async fn requeued_redeliveries_are_separate_process_spans_in_the_same_trace() {
     let calls = Arc::new(AtomicUsize::new(0));
     let handler_calls = Arc::clone(&calls);
     let worker_channel = channel(&connection).await;
-    let worker_loop = TracedConsumer::new(&worker, consumer(&worker_channel, &queue).await)
+    let worker_loop = TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone())
         .ack_policy(AckPolicy::NackRequeue)
         .stop_after(3)
         .run(move |delivery| {
@@ -561,7 +562,7 @@ async fn requeued_redeliveries_are_separate_process_spans_in_the_same_trace() {
         });
     let worker_loop = tokio::spawn(worker_loop);
 
-    Publisher::new(&producer, confirm_channel(&connection).await)
+    TracedChannel::new(confirm_channel(&connection).await, producer.clone())
         .basic_publish(
             "".into(),
             queue.as_str().into(),
@@ -618,8 +619,8 @@ async fn rpc_round_trip_is_one_trace() {
     declare_queue(&admin, &queue, &[]).await;
 
     let server_channel = channel(&connection).await;
-    let replies = Publisher::new(&server, server_channel.clone());
-    let server_loop = TracedConsumer::new(&server, consumer(&server_channel, &queue).await)
+    let replies = TracedChannel::new(server_channel.clone(), server.clone());
+    let server_loop = TracedConsumer::new(consumer(&server_channel, &queue).await, server.clone())
         .stop_after(1)
         .run(move |request| {
             let replies = replies.clone();
@@ -635,7 +636,7 @@ async fn rpc_round_trip_is_one_trace() {
         });
     let server_loop = tokio::spawn(server_loop);
 
-    let rpc = RpcClient::new(&client, confirm_channel(&connection).await)
+    let rpc = RpcClient::new(confirm_channel(&connection).await, client.clone())
         .await
         .expect("rpc client");
     let cx = root(&client, "checkout");
@@ -745,7 +746,7 @@ async fn user_headers_and_their_types_survive() {
 
     let (seen, mut deliveries) = mpsc::unbounded_channel();
     let worker_channel = channel(&connection).await;
-    let worker_loop = TracedConsumer::new(&worker, consumer(&worker_channel, &queue).await)
+    let worker_loop = TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone())
         .stop_after(1)
         .run(move |delivery| {
             let seen = seen.clone();
@@ -757,7 +758,7 @@ async fn user_headers_and_their_types_survive() {
     let worker_loop = tokio::spawn(worker_loop);
 
     let body = br#"{"order":77}"#;
-    Publisher::new(&producer, confirm_channel(&connection).await)
+    TracedChannel::new(confirm_channel(&connection).await, producer.clone())
         .basic_publish(
             "".into(),
             queue.as_str().into(),
@@ -848,7 +849,7 @@ async fn context_written_by_other_clients_as_long_strings_or_byte_arrays_is_adop
 
     let worker_channel = channel(&connection).await;
     let summary = tokio::spawn(
-        TracedConsumer::new(&worker, consumer(&worker_channel, &queue).await)
+        TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone())
             .stop_after(2)
             .run(|_delivery| async { Ok::<(), String>(()) }),
     );
@@ -902,7 +903,7 @@ async fn no_context_or_bad_context_starts_a_new_root_and_the_message_is_processe
     let (seen, mut bodies) = mpsc::unbounded_channel();
     let worker_channel = channel(&connection).await;
     let summary = tokio::spawn(
-        TracedConsumer::new(&worker, consumer(&worker_channel, &queue).await)
+        TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone())
             .ack_policy(AckPolicy::Nack)
             .stop_after(4)
             .run(move |delivery| {
@@ -955,12 +956,12 @@ async fn link_mode_starts_a_new_trace_linked_to_the_send_span() {
 
     let worker_channel = channel(&connection).await;
     let worker_loop = tokio::spawn(
-        TracedConsumer::new(&worker, consumer(&worker_channel, &queue).await)
+        TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone())
             .parent_policy(ParentPolicy::Link)
             .stop_after(1)
             .run(|_delivery| async { Ok::<(), String>(()) }),
     );
-    Publisher::new(&producer, confirm_channel(&connection).await)
+    TracedChannel::new(confirm_channel(&connection).await, producer.clone())
         .basic_publish(
             "".into(),
             queue.as_str().into(),
@@ -1005,7 +1006,7 @@ async fn publisher_confirms_end_send_spans_with_the_brokers_answer() {
     )
     .await;
 
-    let publisher = Publisher::new(&producer, confirm_channel(&connection).await);
+    let publisher = TracedChannel::new(confirm_channel(&connection).await, producer.clone());
     let publish = |body: &'static [u8], routing_key: String, mandatory: bool| {
         let publisher = publisher.clone();
         async move {
@@ -1036,7 +1037,7 @@ async fn publisher_confirms_end_send_spans_with_the_brokers_answer() {
     );
 
     // Without confirms the span ends when the message is handed over.
-    let unconfirmed = Publisher::new(&producer, channel(&connection).await);
+    let unconfirmed = TracedChannel::new(channel(&connection).await, producer.clone());
     let answer = unconfirmed
         .basic_publish(
             "".into(),
@@ -1096,7 +1097,7 @@ async fn consume_loop_stops_when_cancelled_and_leaves_handler_settled_deliveries
     .await;
 
     let worker_channel = channel(&connection).await;
-    let traced = TracedConsumer::new(&worker, consumer(&worker_channel, &queue).await)
+    let traced = TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone())
         .ack_policy(AckPolicy::NackRequeue);
     let tag = traced.tag();
     let worker_loop = tokio::spawn(traced.run(|delivery| async move {
@@ -1131,6 +1132,42 @@ async fn consume_loop_stops_when_cancelled_and_leaves_handler_settled_deliveries
         .await
         .expect("passive declare");
     assert_eq!(left.message_count(), 0);
+
+    delete_queues(&admin, &[&queue]).await;
+}
+
+#[tokio::test]
+async fn run_until_stops_when_shutdown_completes() {
+    let capture = Capture::new();
+    let worker = capture.service("worker");
+    let connection = connect().await;
+    let admin = confirm_channel(&connection).await;
+    let queue = unique("shutdown");
+    declare_queue(&admin, &queue, &[]).await;
+    publish_raw(
+        &admin,
+        &queue,
+        b"before shutdown",
+        BasicProperties::default(),
+    )
+    .await;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker_channel = channel(&connection).await;
+    let worker_loop = tokio::spawn(
+        TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone()).run_until(
+            async move {
+                let _ = stopped.await;
+            },
+            |_delivery| async { Ok::<(), String>(()) },
+        ),
+    );
+    let spans = capture.wait_until(WAIT, |spans| !spans.is_empty()).await;
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    stop.send(()).expect("loop alive");
+    let summary = finished(worker_loop).await;
+    assert_eq!((summary.deliveries, summary.failed), (1, 0));
+    assert_eq!(spans[0].attribute_str(SETTLEMENT), Some("ack"));
 
     delete_queues(&admin, &[&queue]).await;
 }
