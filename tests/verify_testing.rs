@@ -129,6 +129,37 @@ async fn rejected_context_in_one_trace_is_reported() {
     assert!(err.contains("uppercase"), "{err}");
 }
 
+#[tokio::test]
+async fn a_consumer_joining_by_trace_id_alone_makes_a_flat_trace() {
+    let capture = Capture::new();
+    let gateway = capture.service("gateway");
+    let worker = capture.service("worker");
+    let mut h = Headers::new();
+    gateway
+        .send_span(Outgoing::new("nats", "tasks"), &mut h)
+        .end();
+    let send = capture.records().pop().unwrap();
+    // Only the article's x-trace-id crosses the hop: same trace id, no parent.
+    let mut simple = Headers::new();
+    simple.insert("x-trace-id".into(), send.trace_id.clone());
+    worker
+        .process_span(Incoming::new("nats", "tasks"), &simple)
+        .end();
+    let records = capture.records();
+    assert_eq!(records[1].trace_id, send.trace_id);
+    assert_eq!(records[1].parent_span_id, None);
+
+    let err = capture.check_one_trace().unwrap_err();
+    assert!(
+        err.contains("[flat-trace] 2 spans share the trace id"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("(span {})", records[1].span_id)),
+        "{err}"
+    );
+}
+
 #[test]
 fn nothing_captured_is_not_one_trace() {
     let err = Capture::new().check_one_trace().unwrap_err();

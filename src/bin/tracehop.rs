@@ -92,8 +92,12 @@ fn run(input: &Input, check: bool, tree: bool) -> Result<ExitCode, String> {
     let mut read = ReadReport::default();
     let mut unreadable = Vec::new();
     for path in &input.files {
-        match verify::read_path(path) {
-            Ok((name, bytes)) => verify::merge(&mut read, verify::read_bytes(&name, &bytes)),
+        match verify::read_files(std::slice::from_ref(path)) {
+            Ok(more) => {
+                read.spans.extend(more.spans);
+                read.malformed.extend(more.malformed);
+                read.skipped += more.skipped;
+            }
             Err(tracehop::Error::JournalIo { path, source }) => {
                 unreadable.push(format!("cannot read {path}: {source}"));
             }

@@ -1,5 +1,6 @@
 //! Rules: where context broke, which spans are involved and what to fix.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -295,12 +296,14 @@ fn check_trace(trace: &Trace, options: &CheckOptions, out: &mut Vec<Finding>) {
     // Parents that no input contains, grouped by the missing parent.
     // In tree order of the first span naming each missing parent.
     let mut orphans: Vec<(&str, Vec<Node<'_>>)> = Vec::new();
+    let mut group: HashMap<&str, usize> = HashMap::new();
     for node in trace.nodes().filter(Node::parent_missing) {
         if let Some(parent) = node.span().parent_span_id.as_deref() {
-            match orphans.iter_mut().find(|(p, _)| *p == parent) {
-                Some((_, nodes)) => nodes.push(node),
-                None => orphans.push((parent, vec![node])),
-            }
+            let i = *group.entry(parent).or_insert_with(|| {
+                orphans.push((parent, Vec::new()));
+                orphans.len() - 1
+            });
+            orphans[i].1.push(node);
         }
     }
     for (parent, nodes) in orphans {

@@ -24,7 +24,7 @@ pub fn read_files<P: AsRef<Path>>(paths: &[P]) -> Result<ReadReport> {
 }
 
 /// The contents of `path` (`-` is standard input) and the name to report it by.
-pub fn read_path(path: &Path) -> Result<(String, Vec<u8>)> {
+fn read_path(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path.display().to_string();
     let mut bytes = Vec::new();
     let result = if name == "-" {
@@ -39,7 +39,7 @@ pub fn read_path(path: &Path) -> Result<(String, Vec<u8>)> {
 }
 
 /// Add `more` to `report`.
-pub fn merge(report: &mut ReadReport, more: ReadReport) {
+fn merge(report: &mut ReadReport, more: ReadReport) {
     report.spans.extend(more.spans);
     report.malformed.extend(more.malformed);
     report.skipped += more.skipped;

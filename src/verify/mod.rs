@@ -33,7 +33,7 @@ pub mod render;
 mod tree;
 
 pub use findings::{CheckOptions, FailedSpan, Finding, Report, Rule};
-pub use input::{merge, read_bytes, read_files, read_path};
+pub use input::{read_bytes, read_files};
 pub use render::RenderOptions;
 pub use tree::{Node, ServiceTime, Summary, Trace, Traces};
 

@@ -12,15 +12,19 @@
 //! followed by where the time went (slowest span, self time per service, queue time, the
 //! critical path), the spans that failed, and where context broke.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::findings::{describe, label, operation_of, service_of, Report};
+use super::findings::{describe, label, operation_of, service_of, FailedSpan, Finding, Report};
 use super::tree::{queue_time_of, Node, Trace, Traces};
 use crate::journal::Status;
 use crate::messaging::attributes as attr;
+
+/// Indentation stops growing at this depth.
+const MAX_INDENT: usize = 32;
 
 /// How to render text.
 #[derive(Debug, Clone, Default)]
@@ -136,11 +140,12 @@ pub fn text(traces: &Traces, report: &Report, options: &RenderOptions) -> String
         out.push_str("no spans\n");
         return out;
     }
+    let by_trace = ByTrace::new(report);
     for (i, trace) in traces.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        trace_text(&mut out, trace, report, &paint);
+        trace_text(&mut out, trace, &by_trace, &paint);
     }
     out.push('\n');
     out.push_str(&paint.total(traces, report));
@@ -191,7 +196,37 @@ impl Paint {
     }
 }
 
-fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
+/// A report's findings and failed spans grouped by trace.
+struct ByTrace<'a> {
+    findings: HashMap<&'a str, Vec<&'a Finding>>,
+    errors: HashMap<&'a str, Vec<&'a FailedSpan>>,
+}
+
+impl<'a> ByTrace<'a> {
+    fn new(report: &'a Report) -> ByTrace<'a> {
+        let mut by = ByTrace {
+            findings: HashMap::new(),
+            errors: HashMap::new(),
+        };
+        for f in &report.findings {
+            by.findings.entry(f.trace_id.as_str()).or_default().push(f);
+        }
+        for e in &report.errors {
+            by.errors.entry(e.trace_id.as_str()).or_default().push(e);
+        }
+        by
+    }
+
+    fn findings(&self, trace_id: &str) -> &[&'a Finding] {
+        self.findings.get(trace_id).map_or(&[], Vec::as_slice)
+    }
+
+    fn errors(&self, trace_id: &str) -> &[&'a FailedSpan] {
+        self.errors.get(trace_id).map_or(&[], Vec::as_slice)
+    }
+}
+
+fn trace_text(out: &mut String, trace: &Trace, report: &ByTrace<'_>, p: &Paint) {
     let summary = trace.summary();
     let len = id_len(trace);
     let _ = writeln!(
@@ -267,7 +302,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
         let _ = writeln!(out, "critical path: {}", steps.join(" > "));
     }
 
-    let errors: Vec<_> = report.errors_for(trace.trace_id()).collect();
+    let errors = report.errors(trace.trace_id());
     if errors.is_empty() {
         let _ = writeln!(out, "errors: none");
     } else {
@@ -290,7 +325,7 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
         }
     }
 
-    let findings: Vec<_> = report.findings_for(trace.trace_id()).collect();
+    let findings = report.findings(trace.trace_id());
     if findings.is_empty() {
         let _ = writeln!(out, "context: {}", p.green("whole"));
     } else {
@@ -309,7 +344,13 @@ fn trace_text(out: &mut String, trace: &Trace, report: &Report, p: &Paint) {
 
 fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint) {
     let span = node.span();
-    let indent = "  ".repeat(node.depth());
+    // Deep chains (a retry loop, a recursive agent) would make lines quadratic in size:
+    // beyond MAX_INDENT levels, say the depth instead of indenting further.
+    let indent = if node.depth() <= MAX_INDENT {
+        "  ".repeat(node.depth())
+    } else {
+        format!("{}(depth {}) ", "  ".repeat(MAX_INDENT), node.depth())
+    };
     let blank = |name: &Option<String>| name.as_deref().is_none_or(|n| n.trim().is_empty());
     let service = if blank(&span.service_name) {
         p.yellow(service_of(span))
@@ -400,6 +441,7 @@ fn ms(d: Duration) -> Value {
 ///  "findings": [...], "errors": [...], "total": {"traces", "spans", ...}}
 /// ```
 pub fn json(traces: &Traces, report: &Report) -> Value {
+    let by_trace = ByTrace::new(report);
     let traces_json: Vec<Value> = traces
         .iter()
         .map(|trace| {
@@ -429,7 +471,7 @@ pub fn json(traces: &Traces, report: &Report) -> Value {
                 .collect();
             json!({
                 "trace_id": trace.trace_id(),
-                "whole": report.findings_for(trace.trace_id()).next().is_none(),
+                "whole": by_trace.findings(trace.trace_id()).is_empty(),
                 "spans": spans,
                 "summary": {
                     "spans": summary.spans,

@@ -277,3 +277,28 @@ fn read_bytes_mixes_journal_and_otlp_lines_keeping_line_numbers() {
     assert_eq!(worker.attribute("n"), Some(&json!(42)));
     assert_eq!(worker.attribute("kv"), Some(&json!({"k": true})));
 }
+
+#[test]
+fn deep_chains_stop_indenting_and_say_their_depth() {
+    let mut spans = vec![span("s0", None, "svc", 0, 1)];
+    for i in 1..40 {
+        spans.push(span(
+            &format!("s{i}"),
+            Some(&format!("s{}", i - 1)),
+            "svc",
+            i,
+            1,
+        ));
+    }
+    let traces = Traces::from_records(spans);
+    let report = traces.check(&CheckOptions::default());
+    let text = render::text(&traces, &report, &RenderOptions::plain());
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" span {id} ")))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(line("s32").starts_with(&format!("{}svc op_s32", " ".repeat(64))));
+    assert!(line("s39").starts_with(&format!("{}(depth 39) svc op_s39", " ".repeat(64))));
+}

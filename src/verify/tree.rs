@@ -15,6 +15,7 @@ use crate::messaging::attributes as attr;
 #[derive(Debug, Clone, Default)]
 pub struct Traces {
     traces: Vec<Trace>,
+    by_id: HashMap<String, usize>,
     duplicates: usize,
 }
 
@@ -40,7 +41,16 @@ impl Traces {
             .map(|(id, spans)| Trace::build(id, spans))
             .collect();
         traces.sort_by(|a, b| (a.first_start(), &a.trace_id).cmp(&(b.first_start(), &b.trace_id)));
-        Traces { traces, duplicates }
+        let by_id = traces
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.trace_id.clone(), i))
+            .collect();
+        Traces {
+            traces,
+            by_id,
+            duplicates,
+        }
     }
 
     /// The traces, in order.
@@ -50,7 +60,7 @@ impl Traces {
 
     /// The trace with id `trace_id`.
     pub fn get(&self, trace_id: &str) -> Option<&Trace> {
-        self.traces.iter().find(|t| t.trace_id == trace_id)
+        self.by_id.get(trace_id).map(|&i| &self.traces[i])
     }
 
     /// How many traces there are.
@@ -122,15 +132,17 @@ pub struct Trace {
     depth: Vec<usize>,
     /// Pre-order: every span once, parents before children.
     order: Vec<usize>,
+    /// Span id to index in `spans`.
+    index: HashMap<String, usize>,
 }
 
 impl Trace {
     fn build(trace_id: String, mut spans: Vec<SpanRecord>) -> Trace {
         spans.sort_by(|a, b| (a.start(), &a.span_id).cmp(&(b.start(), &b.span_id)));
-        let index: HashMap<&str, usize> = spans
+        let index: HashMap<String, usize> = spans
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.span_id.as_str(), i))
+            .map(|(i, s)| (s.span_id.clone(), i))
             .collect();
         let mut place: Vec<Place> = spans
             .iter()
@@ -142,7 +154,6 @@ impl Trace {
                 },
             })
             .collect();
-        drop(index);
         let n = spans.len();
         let mut children = vec![Vec::new(); n];
         for (i, p) in place.iter().enumerate() {
@@ -174,6 +185,7 @@ impl Trace {
             children,
             depth,
             order,
+            index,
         }
     }
 
@@ -213,10 +225,9 @@ impl Trace {
 
     /// The span with id `span_id`.
     pub fn find(&self, span_id: &str) -> Option<Node<'_>> {
-        self.spans
-            .iter()
-            .position(|s| s.span_id == span_id)
-            .map(|index| Node { trace: self, index })
+        self.index
+            .get(span_id)
+            .map(|&index| Node { trace: self, index })
     }
 
     /// Every span in tree order: each top-level span followed by its descendants, depth
