@@ -74,6 +74,7 @@ pub(crate) fn with_headers<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::propagation::TRACEPARENT;
     use lapin::types::{ByteArray, FieldArray, LongString};
 
     fn user_table() -> FieldTable {
@@ -96,12 +97,12 @@ mod tests {
     fn set_writes_long_strings_and_keeps_other_entries_and_types() {
         let original = user_table();
         let mut t = original.clone();
-        WriteCarrier::set(&mut t, "traceparent", "00-abc".to_owned());
+        WriteCarrier::set(&mut t, TRACEPARENT, "00-abc".to_owned());
         for (k, v) in original.inner() {
             assert_eq!(t.inner().get(k), Some(v), "entry {k} unchanged");
         }
         assert_eq!(
-            t.inner().get("traceparent"),
+            t.inner().get(TRACEPARENT),
             Some(&AMQPValue::LongString(LongString::from("00-abc")))
         );
         assert_eq!(t.inner().len(), original.inner().len() + 1);
@@ -111,13 +112,13 @@ mod tests {
     fn set_replaces_a_same_named_header_of_any_type() {
         let mut t = FieldTable::default();
         t.insert(
-            "traceparent".into(),
+            TRACEPARENT.into(),
             AMQPValue::ByteArray(b"old".to_vec().into()),
         );
-        WriteCarrier::set(&mut t, "traceparent", "new".to_owned());
-        assert_eq!(ReadCarrier::get(&t, "traceparent"), Some(&b"new"[..]));
+        WriteCarrier::set(&mut t, TRACEPARENT, "new".to_owned());
+        assert_eq!(ReadCarrier::get(&t, TRACEPARENT), Some(&b"new"[..]));
         assert!(matches!(
-            t.inner().get("traceparent"),
+            t.inner().get(TRACEPARENT),
             Some(AMQPValue::LongString(_))
         ));
     }
@@ -154,7 +155,7 @@ mod tests {
     #[test]
     fn properties_without_headers_read_as_empty() {
         let p = BasicProperties::default();
-        assert_eq!(ReadCarrier::get(&p, "traceparent"), None);
+        assert_eq!(ReadCarrier::get(&p, TRACEPARENT), None);
         assert!(ReadCarrier::keys(&p).is_empty());
     }
 
