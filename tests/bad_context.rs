@@ -146,10 +146,10 @@ fn arbitrary_header_bytes_never_panic() {
             "x-span-id",
             "tracehop-sent-at",
         ] {
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 continue;
             }
-            let value: Vec<u8> = if key == "traceparent" && rng.next() % 2 == 0 {
+            let value: Vec<u8> = if key == "traceparent" && rng.next().is_multiple_of(2) {
                 // Mutate a valid value in one place, the most interesting neighbourhood.
                 let mut v = valid.to_vec();
                 let i = (rng.next() as usize) % v.len();

@@ -143,7 +143,7 @@ fn normalize(text: &str) -> String {
         if start_ok {
             let hex = chars[i..]
                 .iter()
-                .take_while(|c| c.is_ascii_digit() || ('a'..='f').contains(c))
+                .take_while(|c| c.is_ascii_digit() || ('a'..='f').contains(*c))
                 .count();
             if hex >= 8 && boundary(i + hex) {
                 let key: String = chars[i..i + 8].iter().collect();

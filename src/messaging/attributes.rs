@@ -2,7 +2,7 @@
 //! `opentelemetry-semantic-conventions` at the pinned version) and tracehop's own.
 //!
 //! NATS has no official convention; tracehop uses the names the nats.net client emits
-//! (`messaging.nats.*`, see [`crate::nats`]).
+//! (`messaging.nats.*`, see the `nats` module).
 
 pub use opentelemetry_semantic_conventions::attribute::{
     ERROR_TYPE, EXCEPTION_MESSAGE, EXCEPTION_TYPE, MESSAGING_BATCH_MESSAGE_COUNT,

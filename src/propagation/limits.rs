@@ -55,23 +55,22 @@ pub fn limit_baggage(value: &str) -> Cow<'_, str> {
         return Cow::Borrowed(value);
     }
     let mut out = String::with_capacity(value.len().min(BAGGAGE_MAX_LEN));
-    let mut count = 0;
-    for m in value
+    let members = value
         .split(',')
         .map(|m| m.trim_matches([' ', '\t']))
         .filter(|m| !m.is_empty())
-    {
-        let add = m.len() + usize::from(count > 0);
-        if count == BAGGAGE_MAX_MEMBERS || out.len() + add > BAGGAGE_MAX_LEN {
-            // A later, shorter member could still fit, but the spec asks us to keep a
-            // prefix so that the members a sender put first survive.
+        .take(BAGGAGE_MAX_MEMBERS);
+    for m in members {
+        let add = m.len() + usize::from(!out.is_empty());
+        if out.len() + add > BAGGAGE_MAX_LEN {
+            // A later, shorter member might still fit, but the sender's order is the only
+            // priority we know: keep a prefix of whole members.
             break;
         }
-        if count > 0 {
+        if !out.is_empty() {
             out.push(',');
         }
         out.push_str(m);
-        count += 1;
     }
     Cow::Owned(out)
 }
