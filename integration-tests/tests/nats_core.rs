@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_nats::{Client, HeaderMap, HeaderValue};
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{
@@ -477,6 +477,92 @@ async fn a_queue_group_of_two_yields_correct_parents() {
             Some(subject.as_str())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_queue_member_leaves_the_rest_to_the_group() {
+    const AT_MOST: usize = 200;
+    let spans = SpanCollector::new();
+    let producer = service(&spans, "producer").await;
+    let subject = unique("nats.queue.limit");
+    let group = unique("workers");
+    let handled: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let record = |name: &'static str| {
+        let handled = handled.clone();
+        move |message: async_nats::Message| {
+            let handled = handled.clone();
+            async move {
+                let body = String::from_utf8_lossy(&message.payload).into_owned();
+                handled.lock().unwrap().push((name.to_owned(), body));
+                Ok::<(), String>(())
+            }
+        }
+    };
+
+    let a = service(&spans, "worker-a").await;
+    let mut a_sub = a
+        .queue_subscribe(subject.clone(), group.clone())
+        .await
+        .expect("queue subscribe")
+        .limit(1);
+    // The first step of the loop asks the server to stop after one message; nothing has
+    // arrived yet.
+    assert!(a_sub.next().now_or_never().is_none());
+    ready(&a).await;
+    let b = service(&spans, "worker-b").await;
+    let stop = Stop::new();
+    let b_sub = b
+        .queue_subscribe(subject.clone(), group.clone())
+        .await
+        .expect("queue subscribe")
+        .stop_on(&stop);
+    ready(&b).await;
+    // worker-a takes its one message and keeps its subscription open.
+    let handle_a = record("worker-a");
+    let a_task = tokio::spawn(async move {
+        let delivery = a_sub.next().await.expect("a message");
+        let outcome = delivery.span.run(handle_a(delivery.message)).await;
+        delivery.span.end();
+        outcome.expect("handler");
+        assert!(a_sub.next().await.is_none(), "the limit is reached");
+        a_sub
+    });
+    let b_loop = tokio::spawn(b_sub.process(record("worker-b")));
+
+    // Publish one at a time until worker-a has had its one message, then five more.
+    let process_name = format!("process {subject}");
+    let mut published = 0;
+    let mut after_a = 0;
+    while published < AT_MOST && after_a < 5 {
+        if handled.lock().unwrap().iter().any(|(w, _)| w == "worker-a") {
+            after_a += 1;
+        }
+        producer
+            .publish(subject.clone(), format!("job-{published}").into())
+            .await
+            .expect("publish");
+        published += 1;
+        spans
+            .wait_until(WAIT, |s| named(s, &process_name).len() >= published)
+            .await;
+    }
+    let _still_subscribed = a_task.await.expect("worker-a");
+    stop.stop();
+    let b_done = b_loop.await.expect("worker-b");
+    assert_eq!(
+        b_done.messages,
+        published - 1,
+        "worker-b got everything else"
+    );
+    let handled = handled.lock().unwrap().clone();
+    let mut bodies: Vec<&str> = handled.iter().map(|(_, b)| b.as_str()).collect();
+    bodies.sort_unstable();
+    bodies.dedup();
+    assert_eq!(
+        bodies.len(),
+        published,
+        "no message was lost or handled twice: {handled:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

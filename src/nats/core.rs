@@ -410,6 +410,8 @@ pub struct TracedSubscriber {
     subscription: String,
     queue_group: Option<String>,
     until: Until,
+    limit_requested: bool,
+    draining: bool,
 }
 
 impl fmt::Debug for TracedSubscriber {
@@ -435,16 +437,23 @@ impl TracedSubscriber {
             subscription,
             queue_group,
             until: Until::default(),
+            limit_requested: false,
+            draining: false,
         }
     }
 
     /// Stop after `messages` messages.
+    ///
+    /// The server is asked to stop delivering to this subscription after that many
+    /// messages (NATS auto-unsubscribe, sent when the loop starts), so in a queue group the
+    /// remaining messages go to the other members instead of being left unprocessed here.
     pub fn limit(mut self, messages: usize) -> TracedSubscriber {
         self.until.limit(messages);
         self
     }
 
-    /// Stop when `stop` fires (after the message in hand).
+    /// Stop when `stop` fires: finish the message in hand, then drain the subscription
+    /// (unsubscribe and process what had already arrived) and return.
     pub fn stop_on(mut self, stop: &Stop) -> TracedSubscriber {
         self.until.stop_on(stop);
         self
@@ -466,9 +475,32 @@ impl TracedSubscriber {
     }
 
     /// The next message with its process span open; `None` when the subscription has
-    /// ended, the limit is reached or the stop signal fired.
+    /// ended, the limit is reached, or the stop signal fired and the subscription is
+    /// drained.
     pub async fn next(&mut self) -> Option<Delivery> {
-        let message = self.until.next(&mut self.subscriber).await?;
+        if !self.limit_requested {
+            self.limit_requested = true;
+            if let Some(limit) = self.until.limit_value().filter(|n| *n > 0) {
+                // Best effort: without it the limit still holds on this side.
+                let _ = self
+                    .subscriber
+                    .unsubscribe_after(u64::try_from(limit).unwrap_or(u64::MAX))
+                    .await;
+            }
+        }
+        let message = loop {
+            match self.until.next(&mut self.subscriber).await {
+                Some(message) => break message,
+                None if self.until.stopped() && !self.draining => {
+                    self.draining = true;
+                    self.until.forget_stop();
+                    if self.subscriber.drain().await.is_err() {
+                        return None;
+                    }
+                }
+                None => return None,
+            }
+        };
         self.until.count();
         let msg = incoming(
             &self.client.client,

@@ -109,7 +109,10 @@
 //! [`TracedSubscriber::process`] and [`TracedMessages::process`] return `Send` futures:
 //! spawn them. They return when the subscription or stream ends, after
 //! [`limit`](TracedSubscriber::limit) messages, or when a [`Stop`] fires, with a
-//! [`Processed`] count.
+//! [`Processed`] count. A core NATS subscription with a limit asks the server to stop
+//! delivering after that many messages, and one told to stop drains first, so no message
+//! that reached it is left unprocessed. A JetStream loop that stops leaves unsettled
+//! whatever it has not processed; the server redelivers it after the ack wait.
 
 mod carrier;
 mod core;

@@ -8,7 +8,9 @@ use tokio::sync::watch;
 /// Stops processing loops from another task.
 ///
 /// A loop told to stop finishes the message in hand (its handler, settlement and span),
-/// then returns. Clones share the same signal; one `Stop` can stop several loops.
+/// then returns; a core NATS subscription first drains (unsubscribes and processes the
+/// messages that had already reached the client, so none is dropped). Clones share the
+/// same signal; one `Stop` can stop several loops.
 #[derive(Clone, Debug)]
 pub struct Stop {
     tx: Arc<watch::Sender<bool>>,
@@ -91,6 +93,21 @@ impl Until {
             },
         };
         item
+    }
+
+    /// The limit, if one was set.
+    pub(crate) fn limit_value(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// Whether the stop signal has fired.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(Stop::is_stopped)
+    }
+
+    /// Stop watching the stop signal (to drain what already arrived).
+    pub(crate) fn forget_stop(&mut self) {
+        self.stop = None;
     }
 
     /// Count one item towards the limit (messages, not stream errors).
