@@ -16,11 +16,15 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
+};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracehop::journal::{Kind, Status};
 use tracehop::kafka::{
     delivery_attempt, BatchOptions, ConsumeError, OnFailure, TracedConsumer, TracedProducer,
+    TracingProducerContext,
 };
 use tracehop::propagation::{ATTEMPT, SENT_AT, TRACEPARENT, TRACESTATE};
 use tracehop::{ParentPolicy, SpanCollector, SpanRecord, Telemetry};
@@ -101,6 +105,25 @@ impl Broker {
             }
         }
         name
+    }
+
+    /// A topic whose next produce fails at the broker, and a producer config that gives up
+    /// quickly: on MockCluster the broker answers the produce request with a permanent
+    /// error; tansu does not create topics on demand, so a topic nobody created times out.
+    async fn failing_topic(&self) -> (String, ClientConfig) {
+        let mut config = self.producer_config();
+        config.set("message.timeout.ms", "2000");
+        match &self.mock {
+            Some(mock) => {
+                let topic = self.topic("refused", 1).await;
+                mock.request_errors(
+                    RDKafkaApiKey::Produce,
+                    &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+                );
+                (topic, config)
+            }
+            None => (unique("never-created"), config),
+        }
     }
 
     fn client(&self) -> ClientConfig {
@@ -492,7 +515,7 @@ async fn user_headers_survive_unchanged(broker: Broker) {
         .iter()
         .find(|(k, _)| k == TRACEPARENT)
         .and_then(|(_, v)| v.clone())
-        .expect("traceparent");
+        .expect("context header");
     let expected = format!("00-{}-{}-01", sends[0].trace_id, sends[0].span_id);
     assert_eq!(String::from_utf8(traceparent).unwrap(), expected);
 
@@ -1081,6 +1104,178 @@ async fn consumer_group_of_two_keeps_one_trace_per_run(broker: Broker) {
     );
 }
 
+/// A delivery the broker refuses ends the send span as an error, and the caller gets
+/// rdkafka's error and the message back unchanged.
+async fn delivery_failure_ends_send_span_as_error(broker: Broker) {
+    let spans = SpanCollector::new();
+    let gateway = service(&spans, "gateway");
+    let (topic, config) = broker.failing_topic().await;
+    let producer = TracedProducer::from_config(&config, gateway.clone()).expect("producer");
+    let result = producer
+        .send(FutureRecord::to(&topic).key("k").payload("lost"), SEND)
+        .await;
+    let (error, message) = result.expect_err("the broker refuses the record");
+    assert_eq!(message.payload(), Some(&b"lost"[..]));
+    assert_eq!(message.key(), Some(&b"k"[..]));
+    let code = error.rdkafka_error_code().expect("an rdkafka error code");
+    let all = spans.records();
+    let send = one(&all, "gateway", &format!("send {topic}"));
+    assert_eq!(send.status, Status::Error);
+    assert_eq!(
+        send.attribute_str("error.type"),
+        Some(format!("{code:?}").as_str())
+    );
+    assert_eq!(send.error.as_deref(), Some(error.to_string().as_str()));
+    assert_eq!(send.attribute("messaging.kafka.offset"), None);
+}
+
+/// A `ThreadedProducer` with the tracing context: the send span ends on delivery with its
+/// offset, and the consumer's process span is its child.
+async fn threaded_producer_is_traced_too(broker: Broker) {
+    let spans = SpanCollector::new();
+    let (gateway, worker) = (service(&spans, "gateway"), service(&spans, "worker"));
+    let topic = broker.topic("threaded", 1).await;
+    let context = TracingProducerContext::new(DefaultProducerContext, gateway.clone())
+        .client_id("threaded-gateway");
+    let producer: ThreadedProducer<_> = broker
+        .producer_config()
+        .create_with_context(context)
+        .expect("threaded producer");
+    let request = root(&gateway, "handle_request");
+    let record = {
+        let _current = request.clone().attach();
+        producer
+            .context()
+            .trace(BaseRecord::to(&topic).key("t-1").payload("threaded"))
+    };
+    producer.send(record).map_err(|(e, _)| e).expect("queued");
+    producer.flush(SEND).expect("flushed");
+    request.span().end();
+
+    let consumer = broker
+        .consumer(&worker, &topic, &unique("threaded"))
+        .stop_after(1);
+    let task = tokio::spawn(async move { consumer.run(|_m| async { Ok::<_, String>(()) }).await });
+    finish(task, "consumer").await.expect("consumer loop");
+
+    let all = spans.records();
+    let request = one(&all, "gateway", "handle_request");
+    let send = one(&all, "gateway", &format!("send {topic}"));
+    let process = one(&all, "worker", &format!("process {topic}"));
+    parent_is(send, request);
+    parent_is(process, send);
+    assert_eq!(send.status, Status::Ok);
+    assert_eq!(send.attribute("messaging.kafka.offset"), Some(&0.into()));
+    assert_eq!(
+        send.attribute_str("messaging.destination.partition.id"),
+        Some("0")
+    );
+    assert_eq!(
+        send.attribute_str("messaging.client.id"),
+        Some("threaded-gateway")
+    );
+}
+
+/// A failed batch with the dead-letter policy forwards only the message whose work failed,
+/// from inside that message's own process span, and commits the whole batch.
+async fn batch_forwards_only_failed_messages(broker: Broker) {
+    let spans = SpanCollector::new();
+    let (gateway, worker, janitor) = (
+        service(&spans, "gateway"),
+        service(&spans, "worker"),
+        service(&spans, "janitor"),
+    );
+    let topic = broker.topic("batch", 1).await;
+    let dlq = broker.topic("batch-dlq", 1).await;
+    let producer = broker.producer(&gateway);
+    for key in ["good-0", "bad-1", "good-2"] {
+        producer
+            .send(FutureRecord::to(&topic).key(key).payload(key), SEND)
+            .await
+            .expect("delivered");
+    }
+    let consumer = Arc::new(
+        broker
+            .consumer(&worker, &topic, &unique("batch"))
+            .commit(Some(CommitMode::Sync))
+            .on_failure(OnFailure::dead_letter(dlq.clone()))
+            .forward_with(broker.producer(&worker))
+            .stop_after(3),
+    );
+    let running = consumer.clone();
+    let task = tokio::spawn(async move {
+        running
+            .run_batches(BatchOptions::new(3, WAIT), |batch| async move {
+                let mut failed = 0;
+                for (i, m) in batch.messages().iter().enumerate() {
+                    let bad = m.key() == Some(&b"bad-1"[..]);
+                    let outcome = batch
+                        .process(i, async move {
+                            if bad {
+                                Err("bad record".to_owned())
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .await;
+                    failed += usize::from(outcome.is_err());
+                }
+                match failed {
+                    0 => Ok(()),
+                    n => Err(format!("{n} failed")),
+                }
+            })
+            .await
+    });
+    let summary = finish(task, "batch consumer").await.expect("batch loop");
+    assert_eq!((summary.succeeded, summary.forwarded), (2, 1));
+    assert_eq!(committed(&consumer, &topic, 0), Offset::Offset(3));
+
+    let dead = broker
+        .consumer(&janitor, &dlq, &unique("janitor"))
+        .stop_after(1);
+    let seen = Captured::default();
+    let captured = seen.clone();
+    let task = tokio::spawn(async move {
+        dead.run(move |m| {
+            captured.lock().unwrap().push(m);
+            async { Ok::<_, String>(()) }
+        })
+        .await
+    });
+    finish(task, "janitor").await.expect("janitor loop");
+    let dead_letter = seen.lock().unwrap()[0].clone();
+    assert_eq!(dead_letter.key(), Some(&b"bad-1"[..]));
+    assert_eq!(delivery_attempt(&dead_letter), 2);
+
+    let all = spans.records();
+    let send_bad = find(&all, "gateway", &format!("send {topic}"))
+        .into_iter()
+        .find(|s| s.attribute_str("messaging.kafka.message.key") == Some("bad-1"))
+        .expect("send of bad-1");
+    let processes = find(&all, "worker", &format!("process {topic}"));
+    let batch = processes
+        .iter()
+        .find(|s| s.attribute("messaging.batch.message_count").is_some())
+        .expect("batch span");
+    assert_eq!(batch.status, Status::Error);
+    let failed_child = processes
+        .iter()
+        .find(|s| s.attribute_str("messaging.kafka.message.key") == Some("bad-1"))
+        .expect("process of bad-1");
+    parent_is(failed_child, batch);
+    assert!(links_to(failed_child, send_bad));
+    assert_eq!(failed_child.status, Status::Error);
+    let forward = one(&all, "worker", &format!("send {dlq}"));
+    parent_is(forward, failed_child);
+    let dead_process = one(&all, "janitor", &format!("process {dlq}"));
+    parent_is(dead_process, forward);
+    assert_eq!(
+        dead_process.attribute("tracehop.delivery.attempt"),
+        Some(&2.into())
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Each scenario on both brokers
 // ---------------------------------------------------------------------------------------
@@ -1118,4 +1313,7 @@ on_both_brokers!(
     batch_links_every_message,
     link_mode_links_instead_of_adopting,
     consumer_group_of_two_keeps_one_trace_per_run,
+    delivery_failure_ends_send_span_as_error,
+    threaded_producer_is_traced_too,
+    batch_forwards_only_failed_messages,
 );

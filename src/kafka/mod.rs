@@ -8,7 +8,8 @@
 //! context come from the core ([`Telemetry`](crate::Telemetry)).
 //!
 //! - [`TracedProducer`] wraps a `FutureProducer`: each send is a `send <topic>` span
-//!   whose context travels in the record's headers.
+//!   whose context travels in the record's headers. [`TracingProducerContext`] does the
+//!   same for `BaseProducer` and `ThreadedProducer`.
 //! - [`TracedConsumer`] wraps a `StreamConsumer`: a loop that runs your async handler for
 //!   each message inside a `process <topic>` span, child of the producer's span, commits
 //!   after success, and hands failures to a [`FailurePolicy`] (stop, skip, retry in place,
@@ -82,6 +83,7 @@ mod carrier;
 mod consumer;
 mod policy;
 mod producer;
+mod producer_context;
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -92,6 +94,7 @@ pub use batch::{Batch, BatchOptions};
 pub use consumer::{ConsumeError, MessagePosition, RunSummary, TracedConsumer};
 pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
 pub use producer::TracedProducer;
+pub use producer_context::{Traced, TracingProducerContext};
 
 use crate::messaging::attributes::{self as attr, system};
 use crate::{Incoming, ParentPolicy};

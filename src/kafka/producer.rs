@@ -7,7 +7,7 @@ use opentelemetry::Context;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::FromClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::ToBytes;
+use rdkafka::message::{OwnedHeaders, ToBytes};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::{AsyncRuntime, DefaultRuntime, Timeout};
@@ -172,32 +172,18 @@ where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
-        let payload = record.payload.map(ToBytes::to_bytes);
-        let mut msg =
-            Outgoing::new(system::KAFKA, record.topic).body_size(payload.map_or(0, <[u8]>::len));
-        if payload.is_none() {
-            msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
-        }
-        if let Some(key) = key_text(record.key.map(ToBytes::to_bytes)) {
-            msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
-        }
-        if let Some(partition) = record.partition {
-            msg = msg.attribute(
-                attr::MESSAGING_DESTINATION_PARTITION_ID,
-                partition.to_string(),
-            );
-        }
-        if let Some(id) = &self.client_id {
-            msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
-        }
-        let mut headers = record.headers.take().unwrap_or_default();
-        let span = match parent {
-            Some(parent) => self
-                .telemetry
-                .send_span_with_parent(msg, parent, &mut headers),
-            None => self.telemetry.send_span(msg, &mut headers),
-        };
-        record.headers = Some(headers);
+        let span = open_send_span(
+            &self.telemetry,
+            self.client_id.as_deref(),
+            Record {
+                topic: record.topic,
+                partition: record.partition,
+                key: record.key.map(ToBytes::to_bytes),
+                payload: record.payload.map(ToBytes::to_bytes),
+            },
+            &mut record.headers,
+            parent,
+        );
         (record, span)
     }
 
@@ -214,16 +200,215 @@ where
     {
         let result = self.producer.send(record, queue_timeout).await;
         match &result {
-            Ok(delivery) => {
-                span.set_attribute(
-                    attr::MESSAGING_DESTINATION_PARTITION_ID,
-                    delivery.partition.to_string(),
-                );
-                span.set_attribute(attr::MESSAGING_KAFKA_OFFSET, delivery.offset);
-                span.end();
-            }
-            Err((error, _)) => span.end_with_error(&error_type(error), error),
+            Ok(delivery) => settle(span, Ok((delivery.partition, delivery.offset))),
+            Err((error, _)) => settle(span, Err(error)),
         }
         result
+    }
+}
+
+/// What a send span needs to know about a record.
+pub(crate) struct Record<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: Option<i32>,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) payload: Option<&'a [u8]>,
+}
+
+/// Open the send span of `record` (a child of `parent`, else of the current context) and
+/// write its context into `headers`, keeping the headers already there.
+pub(crate) fn open_send_span(
+    telemetry: &Telemetry,
+    client_id: Option<&str>,
+    record: Record<'_>,
+    headers: &mut Option<OwnedHeaders>,
+    parent: Option<&Context>,
+) -> SendSpan {
+    let mut msg =
+        Outgoing::new(system::KAFKA, record.topic).body_size(record.payload.map_or(0, <[u8]>::len));
+    if record.payload.is_none() {
+        msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
+    }
+    if let Some(key) = key_text(record.key) {
+        msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
+    }
+    if let Some(partition) = record.partition {
+        msg = msg.attribute(
+            attr::MESSAGING_DESTINATION_PARTITION_ID,
+            partition.to_string(),
+        );
+    }
+    if let Some(id) = client_id {
+        msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.to_owned());
+    }
+    let mut carrier = headers.take().unwrap_or_default();
+    let span = match parent {
+        Some(parent) => telemetry.send_span_with_parent(msg, parent, &mut carrier),
+        None => telemetry.send_span(msg, &mut carrier),
+    };
+    *headers = Some(carrier);
+    span
+}
+
+/// End a send span with the delivery's partition and offset, or as failed.
+pub(crate) fn settle(span: SendSpan, delivery: Result<(i32, i64), &KafkaError>) {
+    match delivery {
+        Ok((partition, offset)) => {
+            span.set_attribute(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                partition.to_string(),
+            );
+            span.set_attribute(attr::MESSAGING_KAFKA_OFFSET, offset);
+            span.end();
+        }
+        Err(error) => span.end_with_error(&error_type(error), error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::error::RDKafkaErrorCode;
+    use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+    use rdkafka::producer::{
+        BaseProducer, BaseRecord, DefaultProducerContext, FutureRecord, Producer,
+    };
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::journal::Status;
+    use crate::kafka::TracingProducerContext;
+    use crate::propagation::TRACEPARENT;
+    use crate::SpanCollector;
+
+    /// A producer config whose records over 1000 bytes are refused before they are queued
+    /// (no broker needed).
+    fn config() -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.max.bytes", "1000")
+            .set("client.id", "unit");
+        config
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_ends_the_span_as_error_and_returns_rdkafkas_error() {
+        let spans = SpanCollector::new();
+        let telemetry = Telemetry::builder("svc").collector(&spans).build().unwrap();
+        let producer = TracedProducer::from_config(&config(), telemetry).unwrap();
+        let payload = vec![7u8; 2000];
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "user",
+            value: None::<&[u8]>,
+        });
+        let result = producer
+            .send(
+                FutureRecord::to("t")
+                    .key("k")
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::ZERO,
+            )
+            .await;
+        let (error, message) = result.expect_err("oversized");
+        assert_eq!(
+            error,
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+        );
+        assert_eq!(message.payload(), Some(&payload[..]));
+        let returned = message.headers().expect("headers");
+        assert_eq!(returned.get(0).key, "user");
+        assert_eq!(returned.get(0).value, None);
+
+        let records = spans.records();
+        assert_eq!(records.len(), 1);
+        let span = &records[0];
+        assert_eq!(span.operation_name.as_deref(), Some("send t"));
+        assert_eq!(span.status, Status::Error);
+        assert_eq!(
+            span.attribute_str("error.type"),
+            Some("MessageSizeTooLarge")
+        );
+        assert_eq!(span.error.as_deref(), Some(error.to_string().as_str()));
+        assert_eq!(span.attribute_str("messaging.client.id"), Some("unit"));
+        assert_eq!(span.attribute_str("messaging.kafka.message.key"), Some("k"));
+        assert_eq!(
+            span.attribute("messaging.message.body.size"),
+            Some(&2000.into())
+        );
+        assert_eq!(span.attribute("messaging.kafka.offset"), None);
+    }
+
+    #[test]
+    fn a_record_refused_by_a_base_producer_can_fail_its_span() {
+        let spans = SpanCollector::new();
+        let telemetry = Telemetry::builder("svc").collector(&spans).build().unwrap();
+        let context =
+            TracingProducerContext::new(DefaultProducerContext, telemetry).client_id("unit");
+        let producer: BaseProducer<_> = config().create_with_context(context).unwrap();
+        let payload = vec![7u8; 2000];
+        let record = producer
+            .context()
+            .trace(BaseRecord::<(), _>::to("t").payload(&payload));
+        let headers = record.headers.as_ref().expect("context headers");
+        assert!(headers.iter().any(|h| h.key == TRACEPARENT));
+        let (error, record) = producer.send(record).expect_err("oversized");
+        assert!(spans.is_empty(), "the span stays open until settled");
+        record.delivery_opaque.fail(&error);
+        let records = spans.records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].status, Status::Error);
+        assert_eq!(
+            records[0].attribute_str("error.type"),
+            Some("MessageSizeTooLarge")
+        );
+        assert_eq!(
+            records[0].attribute("messaging.kafka.message.tombstone"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_tombstone_is_marked() {
+        let spans = SpanCollector::new();
+        let telemetry = Telemetry::builder("svc").collector(&spans).build().unwrap();
+        let mut headers = None;
+        let span = open_send_span(
+            &telemetry,
+            None,
+            Record {
+                topic: "t",
+                partition: Some(3),
+                key: Some(&[0xff, 0xfe]),
+                payload: None,
+            },
+            &mut headers,
+            None,
+        );
+        settle(span, Ok((3, 42)));
+        assert!(headers.is_some_and(|h| h.iter().any(|h| h.key == TRACEPARENT)));
+        let records = spans.records();
+        let span = &records[0];
+        assert_eq!(
+            span.attribute("messaging.kafka.message.tombstone"),
+            Some(&true.into())
+        );
+        assert_eq!(
+            span.attribute("messaging.message.body.size"),
+            Some(&0.into())
+        );
+        assert_eq!(
+            span.attribute("messaging.kafka.message.key"),
+            None,
+            "not UTF-8"
+        );
+        assert_eq!(
+            span.attribute_str("messaging.destination.partition.id"),
+            Some("3")
+        );
+        assert_eq!(span.attribute("messaging.kafka.offset"), Some(&42.into()));
+        assert_eq!(span.status, Status::Ok);
     }
 }
