@@ -1276,6 +1276,54 @@ async fn batch_forwards_only_failed_messages(broker: Broker) {
     );
 }
 
+/// A policy that forwards with no producer configured stops the loop with the handler's
+/// error and leaves the message uncommitted.
+async fn forward_without_producer_stops_uncommitted(broker: Broker) {
+    let spans = SpanCollector::new();
+    let (gateway, worker) = (service(&spans, "gateway"), service(&spans, "worker"));
+    let topic = broker.topic("orphan", 1).await;
+    broker
+        .producer(&gateway)
+        .send(FutureRecord::to(&topic).key("o").payload("x"), SEND)
+        .await
+        .expect("delivered");
+    let consumer = Arc::new(
+        broker
+            .consumer(&worker, &topic, &unique("orphan"))
+            .commit(Some(CommitMode::Sync))
+            .on_failure(OnFailure::dead_letter("nowhere")),
+    );
+    let running = consumer.clone();
+    let task = tokio::spawn(async move {
+        running
+            .run(|_m| async { Err::<(), _>("broken".to_owned()) })
+            .await
+    });
+    match finish(task, "consumer").await {
+        Err(ConsumeError::NoForwarder {
+            handler_error,
+            destination,
+            position,
+        }) => {
+            assert_eq!(handler_error, "broken");
+            assert_eq!(destination, "nowhere");
+            assert_eq!(position.offset, 0);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        committed(&consumer, &topic, 0),
+        Offset::Invalid,
+        "nothing committed"
+    );
+    let all = spans.records();
+    assert_eq!(
+        one(&all, "worker", &format!("process {topic}")).status,
+        Status::Error
+    );
+    assert!(find(&all, "worker", "send nowhere").is_empty());
+}
+
 // ---------------------------------------------------------------------------------------
 // Each scenario on both brokers
 // ---------------------------------------------------------------------------------------
@@ -1316,4 +1364,5 @@ on_both_brokers!(
     delivery_failure_ends_send_span_as_error,
     threaded_producer_is_traced_too,
     batch_forwards_only_failed_messages,
+    forward_without_producer_stops_uncommitted,
 );

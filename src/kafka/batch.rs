@@ -344,12 +344,12 @@ where
                         if let Err(e) = self.forward(&messages[i], &topic, attempt, span).await {
                             batch.finish(Err(&error));
                             batch_span.end(failed.len());
-                            return Err(ConsumeError::Forward {
-                                error: e,
-                                handler_error: error,
-                                destination: topic,
-                                position: MessagePosition::of(&messages[i]),
-                            });
+                            return Err(ConsumeError::forward(
+                                e,
+                                error,
+                                topic,
+                                MessagePosition::of(&messages[i]),
+                            ));
                         }
                     }
                     batch.finish(Err(&error));

@@ -72,9 +72,21 @@ pub enum ConsumeError<E> {
         "forwarding {position} to {destination} failed: {error} (handler error: {handler_error})"
     )]
     Forward {
-        /// rdkafka's error, unchanged (no producer configured gives
-        /// `KafkaError::ClientCreation`).
+        /// rdkafka's error, unchanged.
         error: KafkaError,
+        /// The handler's error.
+        handler_error: E,
+        /// The topic it was to be forwarded to.
+        destination: String,
+        /// The message.
+        position: MessagePosition,
+    },
+    /// The failure policy said [`Decision::Forward`], but no producer was given to
+    /// [`TracedConsumer::forward_with`].
+    #[error(
+        "cannot forward {position} to {destination}: no producer (TracedConsumer::forward_with); handler error: {handler_error}"
+    )]
+    NoForwarder {
         /// The handler's error.
         handler_error: E,
         /// The topic it was to be forwarded to.
@@ -85,6 +97,30 @@ pub enum ConsumeError<E> {
     /// The consumer hit a fatal error.
     #[error("kafka consumer: {0}")]
     Kafka(KafkaError),
+}
+
+impl<E> ConsumeError<E> {
+    /// The error for a forward that failed (`None`: there was no producer).
+    pub(crate) fn forward(
+        error: Option<KafkaError>,
+        handler_error: E,
+        destination: String,
+        position: MessagePosition,
+    ) -> ConsumeError<E> {
+        match error {
+            Some(error) => ConsumeError::Forward {
+                error,
+                handler_error,
+                destination,
+                position,
+            },
+            None => ConsumeError::NoForwarder {
+                handler_error,
+                destination,
+                position,
+            },
+        }
+    }
 }
 
 /// What a consumer loop did before it returned.
@@ -481,12 +517,12 @@ where
                     let forwarded = self.forward(message, &topic, attempt, &span).await;
                     if let Err(e) = forwarded {
                         span.end();
-                        return Err(ConsumeError::Forward {
-                            error: e,
-                            handler_error: error,
-                            destination: topic,
-                            position: MessagePosition::of(message),
-                        });
+                        return Err(ConsumeError::forward(
+                            e,
+                            error,
+                            topic,
+                            MessagePosition::of(message),
+                        ));
                     }
                     self.commit_one(message, summary);
                     summary.forwarded += 1;
@@ -498,19 +534,17 @@ where
     }
 
     /// Send `message` to `topic` from inside `span`: key, payload and headers as they
-    /// were, `tracehop-attempt` set to the next attempt, fresh context.
+    /// were, `tracehop-attempt` set to the next attempt, fresh context. Fails with `None`
+    /// when there is no producer to forward with.
     pub(crate) async fn forward(
         &self,
         message: &BorrowedMessage<'_>,
         topic: &str,
         attempt: u32,
         span: &ProcessSpan,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), Option<KafkaError>> {
         let Some(forwarder) = &self.forwarder else {
-            return Err(KafkaError::ClientCreation(format!(
-                "tracehop: the failure policy forwards to {topic:?} but the consumer has no \
-                 producer (TracedConsumer::forward_with)"
-            )));
+            return Err(None);
         };
         let mut headers = message
             .headers()
@@ -525,7 +559,7 @@ where
             .forward(record, self.forward_timeout, span.context())
             .await
             .map(|_| ())
-            .map_err(|(e, _)| e)
+            .map_err(|(e, _)| Some(e))
     }
 
     fn commit_one(&self, message: &BorrowedMessage<'_>, summary: &mut RunSummary) {

@@ -173,8 +173,8 @@ impl<D> Traced<D> {
     /// For a record the producer refused outright (`send` returned it with an error): end
     /// its send span as failed with `error` and return your opaque. (Send the record again
     /// instead to keep the span open until that attempt's delivery.)
-    pub fn fail(self: Box<Self>, error: &KafkaError) -> D {
-        let Traced { span, opaque } = *self;
+    pub fn fail(self, error: &KafkaError) -> D {
+        let Traced { span, opaque } = self;
         settle(span, Err(error));
         opaque
     }
