@@ -121,6 +121,25 @@ fn traces_are_ordered_by_first_start_then_id() {
 }
 
 #[test]
+fn waiting_for_downstream_work_over_a_queue_is_not_self_time() {
+    // An agent (0..200) sends a tool call (a 1 ms send span at 10); the message waits
+    // 29 ms in a queue, then the tool works 40..190. The agent only worked 10 + 10 ms,
+    // the send span its own 1 ms.
+    let mut process = span("tool", Some("send"), "tools", 40, 150);
+    process
+        .attributes
+        .insert("tracehop.queue_time_ms".into(), serde_json::json!(29.0));
+    let traces = Traces::from_records(vec![
+        span("agent", None, "runtime", 0, 200),
+        span("send", Some("agent"), "runtime", 10, 1),
+        process,
+    ]);
+    let trace = traces.get("t").unwrap();
+    assert_eq!(trace.find("agent").unwrap().self_time(), Duration::from_millis(20));
+    assert_eq!(trace.find("send").unwrap().self_time(), Duration::from_millis(1));
+}
+
+#[test]
 fn self_time_subtracts_the_union_of_children_clipped_to_the_span() {
     let traces = Traces::from_records(vec![
         span("p", None, "a", 0, 100),

@@ -337,9 +337,10 @@ impl Trace {
         }
     }
 
-    /// A span's self time: its duration minus the part of it its children cover. When
-    /// start times are unknown, its duration minus its children's durations. Never
-    /// negative.
+    /// A span's self time: its duration minus the part of it that its subtree covers
+    /// (every descendant span, and the time each descendant process span's message
+    /// waited in a queue). Waiting for downstream work is not work. When start times are
+    /// unknown, its duration minus its children's durations. Never negative.
     pub fn self_time(&self, index: usize) -> Duration {
         let span = &self.spans[index];
         let Some(duration) = span.duration() else {
@@ -354,16 +355,30 @@ impl Trace {
             return duration.saturating_sub(sum);
         };
         let end = start + duration;
-        // Union of children's intervals clipped to [start, end].
-        let mut intervals: Vec<(SystemTime, SystemTime)> = children
-            .iter()
-            .filter_map(|&c| {
-                let s = self.spans[c].start()?;
-                let e = s + self.spans[c].duration()?;
-                let (s, e) = (s.max(start), e.min(end));
-                (s < e).then_some((s, e))
-            })
-            .collect();
+        // What happened further down this span's subtree is not this span's own time:
+        // the union of every descendant's interval, and of the time each descendant
+        // process span's message waited in a queue, clipped to [start, end]. A parent
+        // that waits for downstream work (an agent awaiting a tool's answer over a queue)
+        // is waiting, not working.
+        let mut intervals: Vec<(SystemTime, SystemTime)> = Vec::new();
+        let mut stack: Vec<usize> = children.clone();
+        while let Some(c) = stack.pop() {
+            stack.extend(self.children[c].iter().copied());
+            let span = &self.spans[c];
+            let Some(s) = span.start() else { continue };
+            let queued = span
+                .attribute("tracehop.queue_time_ms")
+                .and_then(|v| v.as_f64())
+                .filter(|ms| ms.is_finite() && *ms > 0.0)
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+                .unwrap_or_default();
+            let e = s + span.duration().unwrap_or_default();
+            let s = s.checked_sub(queued).unwrap_or(s);
+            let (s, e) = (s.max(start), e.min(end));
+            if s < e {
+                intervals.push((s, e));
+            }
+        }
         intervals.sort();
         let mut covered = Duration::ZERO;
         let mut current: Option<(SystemTime, SystemTime)> = None;
@@ -485,7 +500,8 @@ pub struct Summary {
     pub duration: Option<Duration>,
     /// The span that took longest, and how long.
     pub slowest: Option<(String, Duration)>,
-    /// Self time per service (durations minus time covered by child spans), most first.
+    /// Self time per service (durations minus time covered by descendant spans and their
+    /// queue waits), most first.
     /// Queue time is in no service's self time.
     pub service_times: Vec<ServiceTime>,
     /// Total time messages spent in queues before being processed.
