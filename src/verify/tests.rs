@@ -135,8 +135,14 @@ fn waiting_for_downstream_work_over_a_queue_is_not_self_time() {
         process,
     ]);
     let trace = traces.get("t").unwrap();
-    assert_eq!(trace.find("agent").unwrap().self_time(), Duration::from_millis(20));
-    assert_eq!(trace.find("send").unwrap().self_time(), Duration::from_millis(1));
+    assert_eq!(
+        trace.find("agent").unwrap().self_time(),
+        Duration::from_millis(20)
+    );
+    assert_eq!(
+        trace.find("send").unwrap().self_time(),
+        Duration::from_millis(1)
+    );
 }
 
 #[test]
