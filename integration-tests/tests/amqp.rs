@@ -1156,10 +1156,10 @@ async fn run_until_stops_when_shutdown_completes() {
     let worker_channel = channel(&connection).await;
     let worker_loop = tokio::spawn(
         TracedConsumer::new(consumer(&worker_channel, &queue).await, worker.clone()).run_until(
+            |_delivery| async { Ok::<(), String>(()) },
             async move {
                 let _ = stopped.await;
             },
-            |_delivery| async { Ok::<(), String>(()) },
         ),
     );
     let spans = capture.wait_until(WAIT, |spans| !spans.is_empty()).await;

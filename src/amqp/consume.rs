@@ -319,16 +319,16 @@ impl TracedConsumer {
         Fut: Future<Output = Result<(), E>> + Send,
         E: fmt::Display + Send,
     {
-        self.run_until(std::future::pending::<()>(), handler).await
+        self.run_until(handler, std::future::pending::<()>()).await
     }
 
     /// Like [`run`](Self::run), and also stop when `shutdown` completes. The delivery
     /// being handled then is finished and settled first; deliveries the client had
     /// prefetched go back to the queue when you close the channel.
-    pub async fn run_until<S, H, Fut, E>(
+    pub async fn run_until<H, Fut, E, S>(
         mut self,
-        shutdown: S,
         mut handler: H,
+        shutdown: S,
     ) -> lapin::Result<ConsumeSummary>
     where
         S: Future<Output = ()> + Send,

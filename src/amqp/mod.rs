@@ -146,11 +146,10 @@ mod tests {
     #[allow(dead_code)]
     fn futures_are_send(consumer: TracedConsumer, channel: TracedChannel, rpc: RpcClient) {
         fn send<T: Send>(_: T) {}
-        send(
-            consumer.run_until(std::future::ready(()), |_delivery| async {
-                Ok::<(), String>(())
-            }),
-        );
+        send(consumer.run_until(
+            |_delivery| async { Ok::<(), String>(()) },
+            std::future::ready(()),
+        ));
         send(channel.basic_publish(
             "".into(),
             "q".into(),

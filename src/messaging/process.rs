@@ -173,9 +173,9 @@ impl ProcessSpan {
             Err(e) => {
                 let error_type = short_type_name::<E>();
                 let message = e.to_string();
-                record_error(&span, error_type, &message);
+                record_error(&span, &error_type, &message);
                 ProcessOutcome::Error {
-                    error_type: error_type.to_owned(),
+                    error_type,
                     message,
                 }
             }
@@ -201,15 +201,28 @@ pub(crate) fn record_error(span: &SpanRef<'_>, error_type: &str, message: &str) 
     span.set_status(Status::error(message.to_owned()));
 }
 
-/// The type name without its module path, generics kept (`anyhow::Error` -> `Error`,
-/// `my::HandlerError` -> `HandlerError`), a stable low-cardinality `error.type`.
-fn short_type_name<E>() -> &'static str {
+/// The type name with every module path removed, generics kept (`my::HandlerError` ->
+/// `HandlerError`, `Box<dyn core::error::Error + Send>` -> `Box<dyn Error + Send>`): a
+/// stable, low-cardinality, readable `error.type`.
+fn short_type_name<E>() -> String {
     let full = std::any::type_name::<E>();
-    let base = full.split('<').next().unwrap_or(full);
-    match base.rfind("::") {
-        Some(i) => &full[i + 2..],
-        None => full,
+    let mut out = String::with_capacity(full.len());
+    // Where the identifier being copied started in `out`; a `::` after it means it was a
+    // path segment, so it is dropped.
+    let mut word_start = 0;
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            out.truncate(word_start);
+        } else {
+            out.push(c);
+            if !(c.is_alphanumeric() || c == '_') {
+                word_start = out.len();
+            }
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -223,8 +236,12 @@ mod tests {
         assert_eq!(short_type_name::<std::io::Error>(), "Error");
         assert_eq!(short_type_name::<String>(), "String");
         assert_eq!(
-            short_type_name::<Box<dyn std::error::Error>>(),
-            "Box<dyn core::error::Error>"
+            short_type_name::<Result<std::io::Error, Vec<u8>>>(),
+            "Result<Error, Vec<u8>>"
+        );
+        assert_eq!(
+            short_type_name::<Box<dyn std::error::Error + Send + Sync>>(),
+            "Box<dyn Error + Send + Sync>"
         );
     }
 }
