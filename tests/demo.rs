@@ -114,7 +114,7 @@ fn assert_whole_run(spans: &[SpanRecord], runs: usize) {
         assert_eq!(ids, 17, "spans in trace {}", trace.trace_id());
         let services: BTreeSet<&str> = trace.services().into_iter().collect();
         assert_eq!(services, SERVICES.iter().copied().collect());
-        let records: Vec<SpanRecord> = trace.spans().into_iter().cloned().collect();
+        let records: Vec<SpanRecord> = trace.spans().to_vec();
         tracehop::testing::check_chain(&records, &["gateway", "agent_runtime", "tool_service"])
             .unwrap_or_else(|e| panic!("{e}"));
         tracehop::testing::check_chain(&records, &["gateway", "agent_runtime", "llm_provider"])
