@@ -316,11 +316,13 @@ impl Bus for KafkaBus {
                 .group_id(group)
                 .stop_after(count);
             let run: BoxFuture<'static, Result<(), Error>> = Box::pin(async move {
-                consumer
+                let result = consumer
                     .run(|m| handler(m.payload().unwrap_or_default().to_vec()))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string().into())
+                    .await;
+                // Closing an rdkafka consumer blocks while it leaves the group: do it off
+                // the async workers, or a task woken just before waits for it.
+                let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+                result.map(|_| ()).map_err(|e| e.to_string().into())
             });
             Ok(run)
         })
