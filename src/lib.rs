@@ -35,11 +35,34 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Broker adapters live behind features: `kafka` (rdkafka), `nats` (async-nats, core and
-//! JetStream) and `amqp` (lapin). Spans go to a JSON-lines [`journal`] by default and, with
-//! the `otlp` feature, to any OpenTelemetry collector. The [`verify`] module and the
-//! `tracehop` command line tool read journals back, draw the trace tree and report where a
-//! trace broke.
+//! # Quick start per broker
+//!
+//! Wrap producers before publish, wrap consumers around handlers; the rest of the client
+//! code stays as it is.
+//!
+//! | feature | producer | consumer | more |
+//! |---|---|---|---|
+//! | `kafka` (rdkafka) | `kafka::TracedProducer::new(future_producer, telemetry)` then `.send(record, timeout)` | `kafka::TracedConsumer::new(stream_consumer, telemetry).run(handler)` | failure policies (retry, dead letter), `run_batches`, `TracingProducerContext` for `BaseProducer`/`ThreadedProducer` |
+//! | `nats` (async-nats) | `nats::TracedClient::new(client, telemetry).publish(subject, payload)` | `.subscribe(subject).await?.process(handler)` | `request`/`respond` round trips, `nats::TracedJetStream` publish with ack and consumers with nak/term policies |
+//! | `amqp` (lapin) | `amqp::TracedChannel::new(channel, telemetry).basic_publish(..)` | `amqp::TracedConsumer::new(consumer, telemetry).run(handler)` | ack policies, dead-lettering, `amqp::RpcClient` |
+//!
+//! Each adapter's module documentation has a complete example, its span names and its
+//! attributes; `examples/` has a runnable one per broker and the article's multi-agent
+//! run (`cargo run --example agent_pipeline --features full`).
+//!
+//! # Where spans go
+//!
+//! Spans go to a JSON-lines [`journal`] by default and, with the `otlp` feature, to any
+//! OpenTelemetry collector. The [`verify`] module and the `tracehop` command line tool
+//! read journals back, draw the trace tree and report where a trace broke; with the
+//! `testing` feature, `testing::Capture` asserts in one line that a test's run is one
+//! unbroken trace.
+//!
+//! # Features
+//!
+//! `kafka`, `nats`, `amqp`: the adapters. `otlp` (and `otlp-tls` for HTTPS): OTLP export.
+//! `testing`: in-memory capture and trace assertions. `cli` (default): the `tracehop`
+//! binary. `full`: all of them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(rust_2018_idioms, missing_debug_implementations)]
