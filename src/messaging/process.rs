@@ -205,20 +205,23 @@ pub(crate) fn record_error(span: &SpanRef<'_>, error_type: &str, message: &str) 
 /// `HandlerError`, `Box<dyn core::error::Error + Send>` -> `Box<dyn Error + Send>`): a
 /// stable, low-cardinality, readable `error.type`.
 fn short_type_name<E>() -> String {
-    let full = std::any::type_name::<E>();
+    strip_paths(std::any::type_name::<E>())
+}
+
+fn strip_paths(full: &str) -> String {
     let mut out = String::with_capacity(full.len());
-    // Where the identifier being copied started in `out`; a `::` after it means it was a
-    // path segment, so it is dropped.
-    let mut word_start = 0;
+    // Where the path segment being copied started in `out`; a `::` after it means it was
+    // a module (or `{{closure}}`) segment, so it is dropped.
+    let mut segment_start = 0;
     let mut chars = full.chars().peekable();
     while let Some(c) = chars.next() {
         if c == ':' && chars.peek() == Some(&':') {
             chars.next();
-            out.truncate(word_start);
+            out.truncate(segment_start);
         } else {
             out.push(c);
-            if !(c.is_alphanumeric() || c == '_') {
-                word_start = out.len();
+            if !(c.is_alphanumeric() || matches!(c, '_' | '{' | '}')) {
+                segment_start = out.len();
             }
         }
     }
@@ -227,7 +230,7 @@ fn short_type_name<E>() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::short_type_name;
+    use super::{short_type_name, strip_paths};
 
     #[test]
     fn error_type_is_the_short_type_name() {
@@ -235,6 +238,14 @@ mod tests {
         assert_eq!(short_type_name::<HandlerError>(), "HandlerError");
         assert_eq!(short_type_name::<std::io::Error>(), "Error");
         assert_eq!(short_type_name::<String>(), "String");
+        assert_eq!(
+            strip_paths("chain::handler_error::{{closure}}::ToolTimeout"),
+            "ToolTimeout"
+        );
+        assert_eq!(
+            strip_paths("alloc::boxed::Box<dyn core::error::Error + core::marker::Send>"),
+            "Box<dyn Error + Send>"
+        );
         assert_eq!(
             short_type_name::<Result<std::io::Error, Vec<u8>>>(),
             "Result<Error, Vec<u8>>"
