@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     process.end();
 
-    // Shutting down flushes the batch exporters.
+    // Shutting down flushes the batch exporters; an unreachable collector is reported.
     for service in [&gateway, &worker] {
         if let Err(e) = service.shutdown() {
             eprintln!(

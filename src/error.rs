@@ -28,6 +28,16 @@ pub enum Error {
         /// The first write error seen.
         message: String,
     },
+    /// An exporter (OTLP) failed to deliver spans; they were lost.
+    #[error("{exporter} export failed for {dropped} spans: {message}")]
+    Export {
+        /// Which exporter.
+        exporter: String,
+        /// Spans in the batches that failed.
+        dropped: u64,
+        /// The first failure.
+        message: String,
+    },
     /// The OpenTelemetry SDK reported an error (export, flush or shutdown).
     #[error("opentelemetry: {0}")]
     Sdk(String),

@@ -43,6 +43,7 @@ pub(crate) struct Inner {
     pub(crate) provider: SdkTracerProvider,
     pub(crate) propagation: Propagation,
     journals: Vec<JournalHealth>,
+    exports: Vec<ExportHealth>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -63,6 +64,7 @@ impl Telemetry {
             resource: Vec::new(),
             propagation: Propagation::default(),
             journals: Vec::new(),
+            exports: Vec::new(),
             has_processor: false,
         }
     }
@@ -81,6 +83,7 @@ impl Telemetry {
                 provider: provider.clone(),
                 propagation,
                 journals: Vec::new(),
+                exports: Vec::new(),
             }),
         }
     }
@@ -171,7 +174,8 @@ impl Telemetry {
         self.inner
             .journals
             .iter()
-            .try_for_each(JournalHealth::check)
+            .try_for_each(JournalHealth::check)?;
+        self.inner.exports.iter().try_for_each(ExportHealth::check)
     }
 }
 
@@ -183,6 +187,7 @@ pub struct TelemetryBuilder {
     resource: Vec<KeyValue>,
     propagation: Propagation,
     journals: Vec<JournalHealth>,
+    exports: Vec<ExportHealth>,
     has_processor: bool,
 }
 
@@ -214,12 +219,21 @@ impl TelemetryBuilder {
     /// default).
     #[cfg(feature = "otlp")]
     #[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
-    pub fn otlp(self) -> Result<Self> {
+    ///
+    /// Export failures (an unreachable collector) are counted; [`Telemetry::flush`] and
+    /// [`Telemetry::shutdown`] report them as [`Error::Export`].
+    pub fn otlp(mut self) -> Result<Self> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
             .map_err(|e| Error::Otlp(e.to_string()))?;
-        Ok(self.span_processor(batch_processor(exporter)))
+        let health = ExportHealth::default();
+        self.exports.push(health.clone());
+        Ok(self.span_processor(batch_processor(Monitored {
+            inner: exporter,
+            name: "otlp",
+            health,
+        })))
     }
 
     /// Add any span processor (an exporter of your own, a filter).
@@ -275,6 +289,7 @@ impl TelemetryBuilder {
                 provider,
                 propagation: self.propagation,
                 journals: self.journals,
+                exports: self.exports,
             }),
         })
     }
@@ -291,6 +306,78 @@ fn batch_processor<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
                 .build(),
         )
         .build()
+}
+
+/// Export failures of one exporter: spans lost and the first error.
+#[derive(Clone, Debug, Default)]
+struct ExportHealth(Arc<std::sync::Mutex<Option<(&'static str, u64, String)>>>);
+
+impl ExportHealth {
+    fn failed(&self, exporter: &'static str, spans: u64, message: String) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *state {
+            Some((_, dropped, _)) => *dropped += spans,
+            None => *state = Some((exporter, spans, message)),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*state {
+            None => Ok(()),
+            Some((exporter, dropped, message)) => Err(Error::Export {
+                exporter: (*exporter).to_owned(),
+                dropped: *dropped,
+                message: message.clone(),
+            }),
+        }
+    }
+}
+
+/// An exporter whose failures are remembered in an [`ExportHealth`]: the SDK's batch
+/// processor only logs them, and a service should be able to tell that its spans never
+/// reached the collector.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+struct Monitored<E> {
+    inner: E,
+    name: &'static str,
+    health: ExportHealth,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Monitored<E>
+{
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        let spans = batch.len() as u64;
+        let export = self.inner.export(batch);
+        let (health, name) = (self.health.clone(), self.name);
+        async move {
+            let result = export.await;
+            if let Err(e) = &result {
+                health.failed(name, spans, e.to_string());
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 thread_local! {
