@@ -44,15 +44,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     process.end();
 
     // Shutting down flushes the batch exporters; an unreachable collector is reported.
+    let mut exported = true;
     for service in [&gateway, &worker] {
         if let Err(e) = service.shutdown() {
             eprintln!(
                 "{}: {e} (is a collector listening on {endpoint}?)",
                 service.service_name()
             );
+            exported = false;
         }
     }
-    println!("exported to {endpoint}");
-    println!("open http://localhost:16686/trace/{trace_id}");
+    if exported {
+        println!("exported to {endpoint}");
+        println!("open http://localhost:16686/trace/{trace_id}");
+    }
     Ok(())
 }
