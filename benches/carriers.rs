@@ -1,0 +1,150 @@
+//! Per-message propagation cost on each broker's own header type: inject + extract of W3C
+//! trace context, alone and with a small baggage (3 members), through tracehop's default
+//! [`Propagation`] (which also writes `tracehop-sent-at`), next to the bare OpenTelemetry
+//! propagators over a `HashMap` as the baseline.
+//!
+//! ```text
+//! cargo bench --bench carriers --features kafka,nats,amqp
+//! ```
+//!
+//! Each carrier group has three functions per format: `inject+extract` (one message's
+//! round trip: a fresh, empty header container, the context written into it, then read
+//! back), and `inject` and `extract` alone to show where the time goes. Without a broker
+//! feature its group is left out, so `cargo bench --no-run` builds with any features.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use tracehop::{Propagation, ReadCarrier, WriteCarrier};
+
+/// A sampled remote span context, with the three-member baggage if `baggage`.
+fn context(baggage: bool) -> Context {
+    let cx = Context::new().with_remote_span_context(SpanContext::new(
+        TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+        SpanId::from(0x00f0_67aa_0ba9_02b7),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    ));
+    if baggage {
+        cx.with_baggage(vec![
+            KeyValue::new("run_id", "run-7a31"),
+            KeyValue::new("tenant", "acme"),
+            KeyValue::new("user_query", "find-vendor-invoices"),
+        ])
+    } else {
+        cx
+    }
+}
+
+const FORMATS: [(&str, bool); 2] = [("w3c", false), ("w3c+baggage", true)];
+
+/// The baseline: OpenTelemetry's own propagators over a `HashMap<String, String>`.
+fn baseline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("carrier/hashmap-otel-baseline");
+    let bare = TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]);
+    for (label, baggage) in FORMATS {
+        let cx = context(baggage);
+        group.bench_function(format!("inject+extract/{label}"), |b| {
+            b.iter(|| {
+                let mut h: HashMap<String, String> = HashMap::new();
+                bare.inject_context(black_box(&cx), &mut h);
+                black_box(bare.extract(&h))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// inject+extract, inject and extract of one carrier type through tracehop.
+///
+/// `fresh` makes the empty container a message starts with; `read` turns the written
+/// container into what the consumer side reads.
+fn carrier<W, R>(
+    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    fresh: impl Fn() -> W,
+    read: impl Fn(W) -> R,
+) where
+    W: WriteCarrier,
+    R: ReadCarrier,
+{
+    let propagation = Propagation::default();
+    for (label, baggage) in FORMATS {
+        let cx = context(baggage);
+        group.bench_function(format!("inject+extract/{label}"), |b| {
+            b.iter(|| {
+                let mut headers = fresh();
+                propagation.inject(black_box(&cx), &mut headers);
+                let incoming = read(headers);
+                black_box(propagation.extract(&incoming))
+            })
+        });
+        group.bench_function(format!("inject/{label}"), |b| {
+            b.iter(|| {
+                let mut headers = fresh();
+                propagation.inject(black_box(&cx), &mut headers);
+                headers
+            })
+        });
+        let mut written = fresh();
+        propagation.inject(&cx, &mut written);
+        let incoming = read(written);
+        group.bench_function(format!("extract/{label}"), |b| {
+            b.iter(|| black_box(propagation.extract(black_box(&incoming))))
+        });
+    }
+}
+
+fn hashmap(c: &mut Criterion) {
+    let mut group = c.benchmark_group("carrier/hashmap");
+    carrier(&mut group, HashMap::<String, String>::new, |h| h);
+    group.finish();
+}
+
+#[cfg(feature = "kafka")]
+fn kafka(c: &mut Criterion) {
+    use rdkafka::message::OwnedHeaders;
+    // A produced record starts without headers (rdkafka's `FutureRecord::headers` is
+    // `None`); the wrapper starts from an empty `OwnedHeaders`, as here.
+    let mut group = c.benchmark_group("carrier/rdkafka-OwnedHeaders");
+    carrier(&mut group, OwnedHeaders::new, |h| h);
+    group.finish();
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka(_: &mut Criterion) {}
+
+#[cfg(feature = "nats")]
+fn nats(c: &mut Criterion) {
+    use async_nats::HeaderMap;
+    // The consumer reads `Message::headers`, an `Option<HeaderMap>`.
+    let mut group = c.benchmark_group("carrier/async-nats-HeaderMap");
+    carrier(&mut group, HeaderMap::new, Some);
+    group.finish();
+}
+
+#[cfg(not(feature = "nats"))]
+fn nats(_: &mut Criterion) {}
+
+#[cfg(feature = "amqp")]
+fn amqp(c: &mut Criterion) {
+    use lapin::types::FieldTable;
+    let mut group = c.benchmark_group("carrier/lapin-FieldTable");
+    carrier(&mut group, FieldTable::default, |h| h);
+    group.finish();
+}
+
+#[cfg(not(feature = "amqp"))]
+fn amqp(_: &mut Criterion) {}
+
+criterion_group!(benches, baseline, hashmap, kafka, nats, amqp);
+criterion_main!(benches);
