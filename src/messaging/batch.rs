@@ -64,7 +64,7 @@ impl BatchSpan {
         ]);
         let span = inner
             .tracer
-            .span_builder(format!("{} {}", batch.operation_name, batch.destination))
+            .span_builder(super::span_name(batch.operation_name, batch.destination))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .with_links(links)

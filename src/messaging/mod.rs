@@ -37,3 +37,12 @@ pub use batch::BatchSpan;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
 pub use process::{ProcessOutcome, ProcessSpan};
 pub use send::SendSpan;
+
+/// A span name, `<operation> <destination>` (`send tasks`, `process tasks`).
+pub(crate) fn span_name(operation: &str, destination: &str) -> String {
+    let mut name = String::with_capacity(operation.len() + 1 + destination.len());
+    name.push_str(operation);
+    name.push(' ');
+    name.push_str(destination);
+    name
+}

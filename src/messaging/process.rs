@@ -60,9 +60,15 @@ impl ProcessSpan {
     ) -> ProcessSpan {
         let now = SystemTime::now();
         let mut attributes = msg.attributes;
+        let destination = match msg.destination_value {
+            Some(value) => KeyValue::new(attr::MESSAGING_DESTINATION_NAME, value),
+            None => KeyValue::new(attr::MESSAGING_DESTINATION_NAME, msg.destination.to_owned()),
+        };
+        // The core's attributes below, at most 7.
+        attributes.reserve(7);
         attributes.extend([
             KeyValue::new(attr::MESSAGING_SYSTEM, msg.system),
-            KeyValue::new(attr::MESSAGING_DESTINATION_NAME, msg.destination.to_owned()),
+            destination,
             KeyValue::new(
                 attr::MESSAGING_OPERATION_TYPE,
                 attr::operation_type::PROCESS,
@@ -115,7 +121,7 @@ impl ProcessSpan {
 
         let builder = inner
             .tracer
-            .span_builder(format!("{} {}", msg.operation_name, msg.destination))
+            .span_builder(super::span_name(msg.operation_name, msg.destination))
             .with_kind(SpanKind::Consumer)
             .with_start_time(now)
             .with_attributes(attributes)

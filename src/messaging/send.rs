@@ -1,6 +1,7 @@
 //! Send spans: the producer side of a hop.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
@@ -43,15 +44,27 @@ impl SendSpan {
             KeyValue::new(attr::MESSAGING_OPERATION_TYPE, attr::operation_type::SEND),
             KeyValue::new(attr::MESSAGING_OPERATION_NAME, msg.operation_name),
         ]);
-        let span = inner
+        let mut builder = inner
             .tracer
-            .span_builder(format!("{} {}", msg.operation_name, msg.destination))
+            .span_builder(super::span_name(msg.operation_name, msg.destination))
             .with_kind(SpanKind::Producer)
-            .with_attributes(attributes)
-            .start_with_context(&inner.tracer, parent);
+            .with_attributes(attributes);
+        // One clock read for the span's start and the `tracehop-sent-at` header.
+        let now = inner.propagation.writes_sent_at().then(SystemTime::now);
+        if let Some(now) = now {
+            builder = builder.with_start_time(now);
+        }
+        let span = builder.start_with_context(&inner.tracer, parent);
         let cx = parent.with_span(span);
-        inner.propagation.inject(&cx, carrier);
+        inner.propagation.inject_sent_at(&cx, carrier, now);
         SendSpan { cx }
+    }
+
+    /// Whether the span is recorded (sampled): attributes set on a span that is not are
+    /// dropped, so callers can skip building them.
+    #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
+    pub(crate) fn is_recording(&self) -> bool {
+        self.cx.span().is_recording()
     }
 
     /// The context of this span: its span context and the baggage that was sent.

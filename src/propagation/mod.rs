@@ -62,6 +62,41 @@ pub fn attempt(carrier: &dyn ReadCarrier) -> Option<u32> {
         .filter(|n| *n > 0)
 }
 
+/// The `&'static` name of a header tracehop writes or reads, if `key` is one: carriers
+/// that store header names use it to skip copying the name.
+#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
+pub(crate) fn known_header(key: &str) -> Option<&'static str> {
+    [
+        TRACEPARENT,
+        TRACESTATE,
+        BAGGAGE,
+        SENT_AT,
+        ATTEMPT,
+        simple::X_TRACE_ID,
+        simple::X_SPAN_ID,
+        simple::X_PARENT_SPAN_ID,
+    ]
+    .into_iter()
+    .find(|name| *name == key)
+}
+
+/// `n` in decimal, without going through the formatting machinery.
+fn decimal(mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(digits.len() - start);
+    out.extend(digits[start..].iter().map(|&d| char::from(d)));
+    out
+}
+
 /// How trace context crosses a hop: the propagator, the optional simple headers and the
 /// send timestamp.
 ///
@@ -199,6 +234,17 @@ impl Propagation {
     /// Write the context of `cx` into `carrier`. Never fails; headers the carrier cannot
     /// store are skipped by the carrier.
     pub fn inject(&self, cx: &Context, carrier: &mut dyn WriteCarrier) {
+        self.inject_sent_at(cx, carrier, None);
+    }
+
+    /// [`inject`](Self::inject), with `sent_at` as the send time when the caller already
+    /// read the clock (a send span's start time), so it is read once per message.
+    pub(crate) fn inject_sent_at(
+        &self,
+        cx: &Context,
+        carrier: &mut dyn WriteCarrier,
+        sent_at: Option<SystemTime>,
+    ) {
         match &self.codec {
             Codec::W3c { baggage } => w3c::inject(cx, *baggage, carrier),
             Codec::Custom(p) => p.inject_context(cx, &mut InjectBridge(&mut *carrier)),
@@ -214,11 +260,14 @@ impl Propagation {
             }
         }
         if self.sent_at {
-            carrier.set(
-                SENT_AT,
-                crate::time::unix_micros(SystemTime::now()).to_string(),
-            );
+            let now = sent_at.unwrap_or_else(SystemTime::now);
+            carrier.set(SENT_AT, decimal(crate::time::unix_micros(now)));
         }
+    }
+
+    /// Whether [`inject`](Self::inject) writes `tracehop-sent-at` (and so reads the clock).
+    pub(crate) fn writes_sent_at(&self) -> bool {
+        self.sent_at
     }
 
     /// Read the context a message carries. Never fails and never panics: bad context is

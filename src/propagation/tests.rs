@@ -234,3 +234,30 @@ fn attempt_header_reads_positive_numbers_only() {
     assert_eq!(attempt(&headers(&[(ATTEMPT, "x")])), None);
     assert_eq!(attempt(&headers(&[])), None);
 }
+
+#[test]
+fn sent_at_is_written_in_decimal() {
+    for n in [0, 7, 10, 1_700_000_000_123_456, u64::MAX] {
+        assert_eq!(super::decimal(n), n.to_string());
+    }
+    let mut h: HashMap<String, String> = HashMap::new();
+    Propagation::default().inject(&remote(1, 1), &mut h);
+    let micros: u64 = h[SENT_AT].parse().expect("decimal micros");
+    assert!(micros > 1_600_000_000_000_000);
+}
+
+#[test]
+fn known_headers_are_ours_only() {
+    for name in [
+        TRACEPARENT,
+        TRACESTATE,
+        BAGGAGE,
+        SENT_AT,
+        ATTEMPT,
+        "x-trace-id",
+    ] {
+        assert_eq!(super::known_header(name), Some(name));
+    }
+    assert_eq!(super::known_header("Traceparent"), None);
+    assert_eq!(super::known_header("x-user"), None);
+}

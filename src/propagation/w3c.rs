@@ -67,9 +67,15 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
 /// Percent-encode what a baggage value may not contain: controls, space, `"`, `,`, `;`,
 /// `=`, `\`, `%` and everything outside ASCII.
 fn encode_into(out: &mut String, s: &str) {
+    let plain =
+        |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
+    if s.bytes().all(plain) {
+        // The usual case: nothing to escape.
+        out.push_str(s);
+        return;
+    }
     for &b in s.as_bytes() {
-        let plain = b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
-        if plain {
+        if plain(b) {
             out.push(b as char);
         } else {
             out.push('%');
@@ -101,21 +107,29 @@ pub(crate) fn span_context(valid: &str, tracestate: Option<&str>) -> Option<Span
 /// Decode a `baggage` header (already limited to the W3C sizes) into `cx`.
 pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
     let mut baggage = Baggage::new();
-    for member in header.split(',') {
-        let (pair, metadata) = match member.split_once(';') {
-            Some((pair, metadata)) => (pair, metadata.trim()),
+    // Members are short: plain byte loops beat the general string searchers here.
+    let mut rest = header;
+    loop {
+        let (member, next) = match find(rest, b',') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (pair, metadata) = match find(member, b';') {
+            Some(i) => (&member[..i], member[i + 1..].trim()),
             None => (member, ""),
         };
-        let Some((name, value)) = pair.split_once('=') else {
-            continue;
-        };
-        let (Some(name), Some(value)) = (decode(name.trim()), decode(value.trim())) else {
-            continue;
-        };
-        if name.is_empty() {
-            continue;
+        if let Some(eq) = find(pair, b'=') {
+            let decoded = (decode(pair[..eq].trim()), decode(pair[eq + 1..].trim()));
+            if let (Some(name), Some(value)) = decoded {
+                if !name.is_empty() {
+                    let _ = baggage.insert_with_metadata(name, value, metadata);
+                }
+            }
         }
-        let _ = baggage.insert_with_metadata(name, value, metadata.to_owned());
+        match next {
+            Some(next) => rest = next,
+            None => break,
+        }
     }
     if baggage.is_empty() {
         cx
@@ -124,9 +138,14 @@ pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
     }
 }
 
+/// The index of the first `byte` (an ASCII character) in `s`.
+fn find(s: &str, byte: u8) -> Option<usize> {
+    s.bytes().position(|b| b == byte)
+}
+
 /// Percent-decode to UTF-8 text; `None` if the result is not UTF-8.
 fn decode(s: &str) -> Option<String> {
-    if !s.contains('%') {
+    if find(s, b'%').is_none() {
         return Some(s.to_owned());
     }
     let bytes = s.as_bytes();
