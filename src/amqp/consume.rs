@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
@@ -10,6 +11,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{Acker, BasicProperties, Consumer};
+use opentelemetry::StringValue;
 
 use super::{carrier, REDELIVERED, SETTLEMENT};
 use crate::messaging::attributes as attr;
@@ -236,6 +238,8 @@ pub struct TracedConsumer {
     consumer: Consumer,
     telemetry: Telemetry,
     queue: String,
+    /// `queue` as the process spans' `messaging.destination.name`, shared by all of them.
+    queue_value: StringValue,
     ack: AckPolicy,
     parent: ParentPolicy,
     limit: Option<u64>,
@@ -270,6 +274,7 @@ impl TracedConsumer {
     pub fn new(consumer: Consumer, telemetry: Telemetry) -> TracedConsumer {
         TracedConsumer {
             queue: consumer.queue().as_str().to_owned(),
+            queue_value: StringValue::from(Arc::<str>::from(consumer.queue().as_str())),
             consumer,
             telemetry,
             ack: AckPolicy::default(),
@@ -350,10 +355,9 @@ impl TracedConsumer {
                 Some(Ok(delivery)) => delivery,
             };
             let acker = delivery.acker.clone();
-            let span = self.telemetry.process_span(
-                describe(&self.queue, &delivery).parent_policy(self.parent),
-                &delivery.properties,
-            );
+            let mut msg = describe(&self.queue, &delivery).parent_policy(self.parent);
+            msg.destination_value = Some(self.queue_value.clone());
+            let span = self.telemetry.process_span(msg, &delivery.properties);
             let succeeded = span.run(handler(delivery)).await.is_ok();
             summary.deliveries += 1;
             if !succeeded {

@@ -32,11 +32,19 @@ pub(crate) fn entries<H: Headers>(headers: &H) -> Option<Vec<Header<'_, &[u8]>>>
 }
 
 fn last_value<'h, H: Headers>(headers: &'h H, key: &str) -> Option<&'h [u8]> {
-    entries(headers)?
-        .into_iter()
-        .rev()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
+    // As `entries`, without collecting them: a header list that cannot be read (even
+    // after the match) reads as empty.
+    catch_unwind(AssertUnwindSafe(|| {
+        headers.iter().filter(|h| h.key == key).last()
+    }))
+    .ok()
+    .flatten()
+    .and_then(|h| h.value)
+}
+
+/// Whether `headers` has a header named `key` (`false` if they cannot be read).
+fn contains<H: Headers>(headers: &H, key: &str) -> bool {
+    catch_unwind(AssertUnwindSafe(|| headers.iter().any(|h| h.key == key))).unwrap_or(false)
 }
 
 fn keys<H: Headers>(headers: &H) -> Vec<&str> {
@@ -67,11 +75,7 @@ impl ReadCarrier for OwnedHeaders {
 
 impl WriteCarrier for OwnedHeaders {
     fn set(&mut self, key: &str, value: String) {
-        let existing = entries(self);
-        let present = existing
-            .as_ref()
-            .is_some_and(|all| all.iter().any(|h| h.key == key));
-        if !present {
+        if !contains(self, key) {
             // The common case: append, leaving the user's headers untouched.
             let headers = std::mem::take(self);
             *self = headers.insert(Header {
@@ -80,21 +84,91 @@ impl WriteCarrier for OwnedHeaders {
             });
             return;
         }
-        let mut rebuilt = OwnedHeaders::new_with_capacity(existing.as_ref().map_or(1, Vec::len));
-        let mut replaced = false;
-        for h in existing.into_iter().flatten() {
-            if h.key != key {
-                rebuilt = rebuilt.insert(h);
-            } else if !replaced {
-                rebuilt = rebuilt.insert(Header {
-                    key,
-                    value: Some(&value),
-                });
-                replaced = true;
-            }
-        }
-        *self = rebuilt;
+        *self = replace(self, &[(key, &value)]);
     }
+}
+
+/// `headers` with each `(key, value)` of `context` in place of the first header of that
+/// name and later ones of the name dropped, every other header kept in order; names not
+/// present are appended in `context` order. The same as setting them one by one.
+fn replace<K: AsRef<str>, V: AsRef<str>>(
+    headers: &OwnedHeaders,
+    context: &[(K, V)],
+) -> OwnedHeaders {
+    let existing = entries(headers).unwrap_or_default();
+    let mut rebuilt = OwnedHeaders::new_with_capacity(existing.len() + context.len());
+    let mut written = vec![false; context.len()];
+    for h in existing {
+        match context.iter().position(|(k, _)| k.as_ref() == h.key) {
+            None => rebuilt = rebuilt.insert(h),
+            Some(i) if !written[i] => {
+                written[i] = true;
+                rebuilt = rebuilt.insert(Header {
+                    key: context[i].0.as_ref(),
+                    value: Some(context[i].1.as_ref()),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for (i, (key, value)) in context.iter().enumerate() {
+        if !written[i] {
+            rebuilt = rebuilt.insert(Header {
+                key: key.as_ref(),
+                value: Some(value.as_ref()),
+            });
+        }
+    }
+    rebuilt
+}
+
+/// The context headers of one record, collected before they go into its `OwnedHeaders`
+/// in one pass: no placeholder header list per header, no scan of the user's headers per
+/// header, and a list of the right size when the record had none.
+#[derive(Debug, Default)]
+pub(crate) struct ContextHeaders {
+    headers: Vec<(std::borrow::Cow<'static, str>, String)>,
+}
+
+impl WriteCarrier for ContextHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        let key = match crate::propagation::known_header(key) {
+            Some(name) => std::borrow::Cow::Borrowed(name),
+            None => std::borrow::Cow::Owned(key.to_owned()),
+        };
+        match self.headers.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.headers.push((key, value)),
+        }
+    }
+}
+
+impl ContextHeaders {
+    /// `user`'s headers (kept as they are) with the context headers added, as
+    /// [`WriteCarrier::set`] on `OwnedHeaders` would add them one by one.
+    pub(crate) fn add_to(self, user: Option<OwnedHeaders>) -> OwnedHeaders {
+        let context = &self.headers;
+        match user {
+            None => append(OwnedHeaders::new_with_capacity(context.len()), context),
+            Some(user) if context.iter().any(|(k, _)| contains(&user, k)) => {
+                replace(&user, context)
+            }
+            Some(user) => append(user, context),
+        }
+    }
+}
+
+fn append<K: AsRef<str>, V: AsRef<str>>(
+    mut headers: OwnedHeaders,
+    context: &[(K, V)],
+) -> OwnedHeaders {
+    for (key, value) in context {
+        headers = headers.insert(Header {
+            key: key.as_ref(),
+            value: Some(value.as_ref()),
+        });
+    }
+    headers
 }
 
 /// The headers of one message, read once: what the consumer wrapper hands the core.
@@ -207,6 +281,45 @@ mod tests {
                 ("n".to_owned(), None),
             ]
         );
+    }
+
+    /// Collecting the context headers and adding them at once gives what setting them one
+    /// by one gives, with and without user headers, replacing or not.
+    #[test]
+    fn context_headers_added_at_once_equal_setting_them_one_by_one() {
+        fn with_old_context() -> OwnedHeaders {
+            user_headers()
+                .insert(Header {
+                    key: SENT_AT,
+                    value: Some("old"),
+                })
+                .insert(Header {
+                    key: "z",
+                    value: Some("last"),
+                })
+                .insert(Header {
+                    key: SENT_AT,
+                    value: Some("older"),
+                })
+        }
+        let starts: [fn() -> Option<OwnedHeaders>; 3] = [
+            || None,
+            || Some(user_headers()),
+            || Some(with_old_context()),
+        ];
+        for start in starts {
+            let mut one_by_one = start().unwrap_or_default();
+            let mut collected = ContextHeaders::default();
+            for (k, v) in [
+                (TRACEPARENT, "00-a-b-01"),
+                (SENT_AT, "42"),
+                ("custom-key", "c"),
+            ] {
+                one_by_one.set(k, v.to_owned());
+                collected.set(k, v.to_owned());
+            }
+            assert_eq!(all(&collected.add_to(start())), all(&one_by_one));
+        }
     }
 
     #[test]

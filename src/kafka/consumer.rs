@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::Context;
+use opentelemetry::{Context, StringValue};
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfig;
 use rdkafka::consumer::{
@@ -238,8 +238,8 @@ where
 {
     pub(crate) consumer: StreamConsumer<C, R>,
     pub(crate) telemetry: Telemetry,
-    pub(crate) group_id: Option<String>,
-    pub(crate) client_id: Option<String>,
+    pub(crate) group_id: Option<StringValue>,
+    pub(crate) client_id: Option<StringValue>,
     pub(crate) parent_policy: ParentPolicy,
     pub(crate) commit: Option<CommitMode>,
     pub(crate) on_failure: Arc<dyn FailurePolicy>,
@@ -276,8 +276,8 @@ impl TracedConsumer {
             .get("enable.auto.commit")
             .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
         let mut traced = TracedConsumer::new(consumer, telemetry);
-        traced.group_id = config.get("group.id").map(str::to_owned);
-        traced.client_id = config.get("client.id").map(str::to_owned);
+        traced.group_id = config.get("group.id").map(super::shared);
+        traced.client_id = config.get("client.id").map(super::shared);
         traced.commit = (!auto_commit).then_some(CommitMode::Async);
         Ok(traced)
     }
@@ -307,13 +307,13 @@ where
 
     /// The consumer group recorded on spans (`messaging.consumer.group.name`).
     pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
-        self.group_id = Some(group_id.into());
+        self.group_id = Some(super::shared(group_id));
         self
     }
 
     /// The client id recorded on spans (`messaging.client.id`).
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
+        self.client_id = Some(super::shared(client_id));
         self
     }
 
@@ -386,8 +386,8 @@ where
         describe(
             message,
             attempt,
-            self.group_id.as_deref(),
-            self.client_id.as_deref(),
+            self.group_id.as_ref(),
+            self.client_id.as_ref(),
             self.parent_policy,
         )
     }

@@ -85,7 +85,10 @@ mod policy;
 mod producer;
 mod producer_context;
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+
+use opentelemetry::StringValue;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -105,6 +108,12 @@ pub fn delivery_attempt<M: Message>(message: &M) -> u32 {
     crate::propagation::attempt(&carrier::HeaderSnapshot::of(message.headers())).unwrap_or(1)
 }
 
+/// A name recorded on every span (client id, consumer group), shared by them rather
+/// than copied per message.
+fn shared(name: impl Into<String>) -> StringValue {
+    StringValue::from(Arc::<str>::from(name.into()))
+}
+
 /// The key's text form, when it has one.
 fn key_text(key: Option<&[u8]>) -> Option<&str> {
     key.and_then(|k| std::str::from_utf8(k).ok())
@@ -122,8 +131,8 @@ fn error_type(error: &KafkaError) -> String {
 fn describe<'m, M: Message>(
     message: &'m M,
     attempt: u32,
-    group: Option<&str>,
-    client_id: Option<&str>,
+    group: Option<&StringValue>,
+    client_id: Option<&StringValue>,
     policy: ParentPolicy,
 ) -> Incoming<'m> {
     let payload = message.payload();
@@ -143,10 +152,10 @@ fn describe<'m, M: Message>(
         incoming = incoming.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
     }
     if let Some(group) = group {
-        incoming = incoming.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned());
+        incoming = incoming.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
     }
     if let Some(id) = client_id {
-        incoming = incoming.attribute(attr::MESSAGING_CLIENT_ID, id.to_owned());
+        incoming = incoming.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
     }
     let stored = message
         .timestamp()

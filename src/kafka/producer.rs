@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 
-use opentelemetry::Context;
+use opentelemetry::{Context, StringValue};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::FromClientConfig;
 use rdkafka::error::KafkaError;
@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::{AsyncRuntime, DefaultRuntime, Timeout};
 use rdkafka::ClientConfig;
 
+use super::carrier::ContextHeaders;
 use super::{error_type, key_text};
 use crate::messaging::attributes::{self as attr, system};
 use crate::{Outgoing, SendSpan, Telemetry};
@@ -58,7 +59,7 @@ where
 {
     producer: FutureProducer<C, R>,
     telemetry: Telemetry,
-    client_id: Option<String>,
+    client_id: Option<StringValue>,
 }
 
 impl<C: ClientContext + 'static, R> fmt::Debug for TracedProducer<C, R> {
@@ -86,7 +87,7 @@ impl TracedProducer {
     /// runtime, create the `FutureProducer` yourself and use [`new`](Self::new).)
     pub fn from_config(config: &ClientConfig, telemetry: Telemetry) -> Result<Self, KafkaError> {
         let producer = FutureProducer::from_config(config)?;
-        let client_id = config.get("client.id").map(str::to_owned);
+        let client_id = config.get("client.id").map(super::shared);
         Ok(TracedProducer {
             producer,
             telemetry,
@@ -112,7 +113,7 @@ where
     /// The client id recorded on spans (`messaging.client.id`); rdkafka does not expose
     /// the one it was configured with.
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
+        self.client_id = Some(super::shared(client_id));
         self
     }
 
@@ -174,7 +175,7 @@ where
     {
         let span = open_send_span(
             &self.telemetry,
-            self.client_id.as_deref(),
+            self.client_id.as_ref(),
             Record {
                 topic: record.topic,
                 partition: record.partition,
@@ -219,7 +220,7 @@ pub(crate) struct Record<'a> {
 /// write its context into `headers`, keeping the headers already there.
 pub(crate) fn open_send_span(
     telemetry: &Telemetry,
-    client_id: Option<&str>,
+    client_id: Option<&StringValue>,
     record: Record<'_>,
     headers: &mut Option<OwnedHeaders>,
     parent: Option<&Context>,
@@ -239,14 +240,14 @@ pub(crate) fn open_send_span(
         );
     }
     if let Some(id) = client_id {
-        msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.to_owned());
+        msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
     }
-    let mut carrier = headers.take().unwrap_or_default();
+    let mut context = ContextHeaders::default();
     let span = match parent {
-        Some(parent) => telemetry.send_span_with_parent(msg, parent, &mut carrier),
-        None => telemetry.send_span(msg, &mut carrier),
+        Some(parent) => telemetry.send_span_with_parent(msg, parent, &mut context),
+        None => telemetry.send_span(msg, &mut context),
     };
-    *headers = Some(carrier);
+    *headers = Some(context.add_to(headers.take()));
     span
 }
 
@@ -254,11 +255,14 @@ pub(crate) fn open_send_span(
 pub(crate) fn settle(span: SendSpan, delivery: Result<(i32, i64), &KafkaError>) {
     match delivery {
         Ok((partition, offset)) => {
-            span.set_attribute(
-                attr::MESSAGING_DESTINATION_PARTITION_ID,
-                partition.to_string(),
-            );
-            span.set_attribute(attr::MESSAGING_KAFKA_OFFSET, offset);
+            // Skipped, not just dropped by the SDK, when the span is not recorded.
+            if span.is_recording() {
+                span.set_attribute(
+                    attr::MESSAGING_DESTINATION_PARTITION_ID,
+                    partition.to_string(),
+                );
+                span.set_attribute(attr::MESSAGING_KAFKA_OFFSET, offset);
+            }
             span.end();
         }
         Err(error) => span.end_with_error(&error_type(error), error),

@@ -4,7 +4,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use opentelemetry::Context;
+use opentelemetry::{Context, StringValue};
 use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -54,7 +54,7 @@ use crate::{SendSpan, Telemetry};
 pub struct TracingProducerContext<C = DefaultProducerContext> {
     inner: C,
     telemetry: Telemetry,
-    client_id: Option<String>,
+    client_id: Option<StringValue>,
 }
 
 impl<C> fmt::Debug for TracingProducerContext<C> {
@@ -78,7 +78,7 @@ impl<C> TracingProducerContext<C> {
 
     /// The client id recorded on spans (`messaging.client.id`).
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(client_id.into());
+        self.client_id = Some(super::shared(client_id));
         self
     }
 
@@ -128,7 +128,7 @@ impl<C> TracingProducerContext<C> {
     {
         let span = open_send_span(
             &self.telemetry,
-            self.client_id.as_deref(),
+            self.client_id.as_ref(),
             Record {
                 topic: record.topic,
                 partition: record.partition,

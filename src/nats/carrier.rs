@@ -12,11 +12,20 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::propagation::{ReadCarrier, WriteCarrier};
 
+/// The header name for `key`: tracehop's own names without copying them, others checked
+/// by async-nats' fallible parser.
+fn header_name(key: &str) -> Option<HeaderName> {
+    match crate::propagation::known_header(key) {
+        Some(name) => Some(HeaderName::from_static(name)),
+        None => HeaderName::from_str(key).ok(),
+    }
+}
+
 impl ReadCarrier for HeaderMap {
     /// The first value of the header named exactly `key` (names are case-sensitive in
     /// NATS, and this lookup is too).
     fn get(&self, key: &str) -> Option<&[u8]> {
-        let name = HeaderName::from_str(key).ok()?;
+        let name = header_name(key)?;
         HeaderMap::get(self, name).map(|v| v.as_str().as_bytes())
     }
 
@@ -42,11 +51,14 @@ impl WriteCarrier for HeaderMap {
     /// Replace header `key` with `value`; skip it if async-nats would reject the name or the
     /// value (it would panic on them).
     fn set(&mut self, key: &str, value: String) {
-        let (Ok(name), Ok(value)) = (HeaderName::from_str(key), HeaderValue::from_str(&value))
-        else {
+        // async-nats rejects (and its infallible conversion panics on) CR and LF in values.
+        if value.contains(['\r', '\n']) {
+            return;
+        }
+        let Some(name) = header_name(key) else {
             return;
         };
-        self.insert(name, value);
+        self.insert(name, HeaderValue::from(value));
     }
 }
 
@@ -108,7 +120,10 @@ pub(crate) fn merge(
             return (user, true);
         }
     }
-    let mut headers = user.unwrap_or_default();
+    let Some(mut headers) = user else {
+        // Nothing to merge with: the context headers are the message's headers.
+        return (Some(context), false);
+    };
     for (name, values) in context.iter() {
         if let Some(value) = values.first() {
             headers.insert(name.clone(), value.clone());

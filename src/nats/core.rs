@@ -3,11 +3,13 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use async_nats::client::{PublishError, PublishErrorKind, RequestError, SubscribeError};
 use async_nats::{Client, HeaderMap, Message, Request, Subject, Subscriber, ToSubject};
 use bytes::Bytes;
-use opentelemetry::Context;
+use opentelemetry::{Context, StringValue};
 
 use super::attributes as attr;
 use super::carrier::merge;
@@ -26,6 +28,7 @@ use crate::{Incoming, Outgoing, ParentPolicy, ProcessSpan, SendSpan, Telemetry};
 #[derive(Debug, Clone)]
 pub struct TracedClient {
     client: Client,
+    server: Server,
     telemetry: Telemetry,
     policy: ParentPolicy,
 }
@@ -35,6 +38,7 @@ impl TracedClient {
     pub fn new(client: Client, telemetry: Telemetry) -> TracedClient {
         TracedClient {
             client,
+            server: Server::default(),
             telemetry,
             policy: ParentPolicy::Child,
         }
@@ -140,8 +144,14 @@ impl TracedClient {
         to_reply_subject: bool,
     ) -> Result<(), PublishError> {
         let mut context = HeaderMap::new();
-        let mut msg = outgoing(&self.client, subject.as_str(), headers.as_ref(), &payload)
-            .operation_name("publish");
+        let mut msg = outgoing(
+            &self.server,
+            &self.client,
+            subject.as_str(),
+            headers.as_ref(),
+            &payload,
+        )
+        .operation_name("publish");
         if let Some(reply) = &reply {
             msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
         }
@@ -205,8 +215,14 @@ impl TracedClient {
         payload: Bytes,
     ) -> Result<Message, RequestError> {
         let mut context = HeaderMap::new();
-        let msg = outgoing(&self.client, subject.as_str(), headers.as_ref(), &payload)
-            .operation_name("request");
+        let msg = outgoing(
+            &self.server,
+            &self.client,
+            subject.as_str(),
+            headers.as_ref(),
+            &payload,
+        )
+        .operation_name("request");
         let send = self.telemetry.send_span(msg, &mut context);
         let headers = with_context(&send, headers, context, &payload, &self.client);
         let mut request = Request::new().payload(payload);
@@ -233,8 +249,16 @@ impl TracedClient {
             extracted.context = request.clone();
             extracted.join_trace = None;
         }
-        let msg = incoming(&self.client, reply, None, None, self.policy, true)
-            .attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
+        let msg = incoming(
+            &self.server,
+            &self.client,
+            reply,
+            None,
+            None,
+            self.policy,
+            true,
+        )
+        .attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
         let span = self.telemetry.process_span_extracted(msg, &extracted);
         span.record(&Ok::<(), Infallible>(()));
         span.end();
@@ -280,7 +304,15 @@ impl TracedClient {
     /// [`Subscriber`]): run your handler with [`ProcessSpan::run`], then
     /// [`end`](ProcessSpan::end) it.
     pub fn process_span(&self, message: &Message) -> ProcessSpan {
-        let msg = incoming(&self.client, message, None, None, self.policy, true);
+        let msg = incoming(
+            &self.server,
+            &self.client,
+            message,
+            None,
+            None,
+            self.policy,
+            true,
+        );
         self.telemetry.process_span(msg, &message.headers)
     }
 }
@@ -310,16 +342,65 @@ fn with_context(
     headers
 }
 
-/// `server.address` and `server.port` of the server the client is connected to.
-pub(crate) fn server(client: &Client) -> Option<(String, i64)> {
-    client
-        .try_server_info()
-        .filter(|info| !info.host.is_empty())
-        .map(|info| (info.host, i64::from(info.port)))
+/// `server.address` and `server.port` of the server a client is connected to, cached.
+///
+/// async-nats only hands out a copy of the whole server `INFO` (a dozen strings), so the
+/// address is read from it when the client has (re)connected since the last read, and
+/// otherwise at most every [`Server::RECHECK`] messages; in between every message shares
+/// the cached value. Clones share the cache.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Server(Arc<ServerCache>);
+
+#[derive(Debug, Default)]
+struct ServerCache {
+    address: RwLock<Option<ServerAddress>>,
+    uses: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ServerAddress {
+    /// The client's connect count when the address was read.
+    connects: u64,
+    host: StringValue,
+    port: i64,
+}
+
+impl Server {
+    /// Messages between two reads of the server `INFO` while the client stays connected
+    /// (async-nats counts a reconnect before it publishes the new server's `INFO`).
+    const RECHECK: u64 = 1024;
+
+    /// The address of the server `client` is connected to, if it has told us.
+    pub(crate) fn address(&self, client: &Client) -> Option<(StringValue, i64)> {
+        let cache = &self.0;
+        let connects = client.statistics().connects.load(Ordering::Relaxed);
+        let recheck = cache
+            .uses
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(Self::RECHECK);
+        if !recheck {
+            let cached = cache.address.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = cached.as_ref().filter(|a| a.connects == connects) {
+                return Some((a.host.clone(), a.port));
+            }
+        }
+        let info = client
+            .try_server_info()
+            .filter(|info| !info.host.is_empty());
+        let fresh = info.map(|info| ServerAddress {
+            connects,
+            host: StringValue::from(Arc::<str>::from(info.host)),
+            port: i64::from(info.port),
+        });
+        let out = fresh.as_ref().map(|a| (a.host.clone(), a.port));
+        *cache.address.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        out
+    }
 }
 
 /// Describe an outgoing core NATS message (operation name left to the caller).
 pub(crate) fn outgoing<'a>(
+    server: &Server,
     client: &Client,
     subject: &'a str,
     headers: Option<&HeaderMap>,
@@ -329,7 +410,7 @@ pub(crate) fn outgoing<'a>(
     if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
         msg = msg.message_id(id.as_str().to_owned());
     }
-    if let Some((host, port)) = server(client) {
+    if let Some((host, port)) = server.address(client) {
         msg = msg
             .attribute(attr::SERVER_ADDRESS, host)
             .attribute(attr::SERVER_PORT, port);
@@ -341,32 +422,30 @@ pub(crate) fn outgoing<'a>(
 /// whether to record the reply subject (not for JetStream deliveries, whose reply subject
 /// is the server's ack subject).
 pub(crate) fn incoming<'a>(
+    server: &Server,
     client: &Client,
     message: &'a Message,
-    subscription: Option<&str>,
-    queue_group: Option<&str>,
+    subscription: Option<&StringValue>,
+    queue_group: Option<&StringValue>,
     policy: ParentPolicy,
     reply_to: bool,
 ) -> Incoming<'a> {
-    let mut msg = Incoming::new(NATS, message.subject.as_str())
+    // One copy of the subject, shared by `messaging.destination.name` and
+    // `messaging.nats.message.subject`.
+    let subject = StringValue::from(Arc::<str>::from(message.subject.as_str()));
+    let mut msg = Incoming::with_destination_value(NATS, message.subject.as_str(), subject.clone())
         .parent_policy(policy)
         .body_size(message.payload.len())
         .attribute(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64)
-        .attribute(
-            attr::MESSAGING_NATS_MESSAGE_SUBJECT,
-            message.subject.to_string(),
-        );
+        .attribute(attr::MESSAGING_NATS_MESSAGE_SUBJECT, subject);
     if let Some(reply) = message.reply.as_ref().filter(|_| reply_to) {
         msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
     }
     if let Some(subscription) = subscription {
-        msg = msg.attribute(
-            attr::MESSAGING_DESTINATION_TEMPLATE,
-            subscription.to_owned(),
-        );
+        msg = msg.attribute(attr::MESSAGING_DESTINATION_TEMPLATE, subscription.clone());
     }
     if let Some(group) = queue_group {
-        msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned());
+        msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
     }
     if let Some(id) = message
         .headers
@@ -378,7 +457,7 @@ pub(crate) fn incoming<'a>(
     if let Some(attempt) = crate::propagation::attempt(&message.headers) {
         msg = msg.attempt(attempt);
     }
-    if let Some((host, port)) = server(client) {
+    if let Some((host, port)) = server.address(client) {
         msg = msg
             .attribute(attr::SERVER_ADDRESS, host)
             .attribute(attr::SERVER_PORT, port);
@@ -407,8 +486,8 @@ pub struct Delivery {
 pub struct TracedSubscriber {
     client: TracedClient,
     subscriber: Subscriber,
-    subscription: String,
-    queue_group: Option<String>,
+    subscription: StringValue,
+    queue_group: Option<StringValue>,
     until: Until,
     limit_requested: bool,
     draining: bool,
@@ -434,8 +513,8 @@ impl TracedSubscriber {
         TracedSubscriber {
             client,
             subscriber,
-            subscription,
-            queue_group,
+            subscription: StringValue::from(Arc::<str>::from(subscription)),
+            queue_group: queue_group.map(|g| StringValue::from(Arc::<str>::from(g))),
             until: Until::default(),
             limit_requested: false,
             draining: false,
@@ -461,12 +540,12 @@ impl TracedSubscriber {
 
     /// The subscription subject (may hold wildcards).
     pub fn subject(&self) -> &str {
-        &self.subscription
+        self.subscription.as_str()
     }
 
     /// The queue group, for a queue subscription.
     pub fn queue_group(&self) -> Option<&str> {
-        self.queue_group.as_deref()
+        self.queue_group.as_ref().map(StringValue::as_str)
     }
 
     /// The wrapped subscriber (to unsubscribe or drain it).
@@ -503,10 +582,11 @@ impl TracedSubscriber {
         };
         self.until.count();
         let msg = incoming(
+            &self.client.server,
             &self.client.client,
             &message,
             Some(&self.subscription),
-            self.queue_group.as_deref(),
+            self.queue_group.as_ref(),
             self.client.policy,
             true,
         );

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::attributes as attr;
-use super::core::{incoming, outgoing};
+use super::core::{incoming, outgoing, Server};
 use super::run::{Processed, Stop, Until};
 use crate::{Incoming, ParentPolicy, ProcessSpan, Telemetry};
 
@@ -30,6 +30,7 @@ use crate::{Incoming, ParentPolicy, ProcessSpan, Telemetry};
 pub struct TracedJetStream {
     context: jetstream::Context,
     client: Client,
+    server: Server,
     telemetry: Telemetry,
     policy: ParentPolicy,
 }
@@ -39,6 +40,7 @@ impl TracedJetStream {
     pub fn new(context: jetstream::Context, telemetry: Telemetry) -> TracedJetStream {
         TracedJetStream {
             client: context.client(),
+            server: Server::default(),
             context,
             telemetry,
             policy: ParentPolicy::Child,
@@ -92,8 +94,14 @@ impl TracedJetStream {
         payload: Bytes,
     ) -> Result<PublishAck, PublishError> {
         let mut context = HeaderMap::new();
-        let msg = outgoing(&self.client, subject.as_str(), headers.as_ref(), &payload)
-            .operation_name("publish");
+        let msg = outgoing(
+            &self.server,
+            &self.client,
+            subject.as_str(),
+            headers.as_ref(),
+            &payload,
+        )
+        .operation_name("publish");
         let send = self.telemetry.send_span(msg, &mut context);
         let (headers, dropped) =
             super::carrier::merge(headers, context, payload.len(), self.client.max_payload());
@@ -114,13 +122,16 @@ impl TracedJetStream {
         };
         match &acked {
             Ok(ack) => {
-                send.set_attribute(attr::MESSAGING_NATS_JS_STREAM, ack.stream.clone());
-                send.set_attribute(
-                    attr::MESSAGING_NATS_JS_STREAM_SEQUENCE,
-                    i64::try_from(ack.sequence).unwrap_or(i64::MAX),
-                );
-                if ack.duplicate {
-                    send.set_attribute(attr::MESSAGING_NATS_JS_DUPLICATE, true);
+                // Skipped, not just dropped by the SDK, when the span is not recorded.
+                if send.is_recording() {
+                    send.set_attribute(attr::MESSAGING_NATS_JS_STREAM, ack.stream.clone());
+                    send.set_attribute(
+                        attr::MESSAGING_NATS_JS_STREAM_SEQUENCE,
+                        i64::try_from(ack.sequence).unwrap_or(i64::MAX),
+                    );
+                    if ack.duplicate {
+                        send.set_attribute(attr::MESSAGING_NATS_JS_DUPLICATE, true);
+                    }
                 }
                 send.end();
             }
@@ -134,7 +145,7 @@ impl TracedJetStream {
     /// consumer and sequences. Run your handler with [`ProcessSpan::run`], settle the
     /// message, then [`end`](ProcessSpan::end) it.
     pub fn process_span(&self, message: &jetstream::Message) -> ProcessSpan {
-        let msg = describe(&self.client, message, self.policy);
+        let msg = describe(&self.server, &self.client, message, self.policy);
         self.telemetry.process_span(msg, &message.headers)
     }
 
@@ -205,11 +216,12 @@ fn delivery_count(message: &jetstream::Message) -> Option<u32> {
 /// Describe a JetStream message: the core NATS attributes plus stream, consumer,
 /// sequences and delivery count from the message's ack subject.
 fn describe<'a>(
+    server: &Server,
     client: &Client,
     message: &'a jetstream::Message,
     policy: ParentPolicy,
 ) -> Incoming<'a> {
-    let mut msg = incoming(client, &message.message, None, None, policy, false);
+    let mut msg = incoming(server, client, &message.message, None, None, policy, false);
     if let Ok(info) = message.info() {
         msg = msg
             .attribute(attr::MESSAGING_NATS_JS_STREAM, info.stream.to_owned())
