@@ -180,6 +180,8 @@ enum Target {
     Writer {
         name: String,
         out: BufWriter<Box<dyn Write + Send>>,
+        /// Reused between spans to put their attributes in order.
+        order: Vec<usize>,
     },
     Memory(SpanCollector),
 }
@@ -206,6 +208,7 @@ impl JournalExporter {
             target: Mutex::new(Target::Writer {
                 name: journal.name,
                 out: BufWriter::with_capacity(64 * 1024, journal.writer),
+                order: Vec::new(),
             }),
             service_name: None,
             health: JournalHealth::new(),
@@ -226,20 +229,18 @@ impl JournalExporter {
 
     fn write(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        let records = batch
-            .iter()
-            .map(|s| to_record(s, self.service_name.as_deref()));
+        let service_name = self.service_name.as_deref();
         match &mut *target {
             Target::Memory(collector) => {
-                collector.push_all(records);
+                collector.push_all(batch.iter().map(|s| to_record(s, service_name)));
                 Ok(())
             }
-            Target::Writer { name, out } => {
+            Target::Writer { name, out, order } => {
                 let n = batch.len() as u64;
-                let result = records
-                    .into_iter()
-                    .try_for_each(|r| {
-                        serde_json::to_writer(&mut *out, &r).map_err(io::Error::other)?;
+                let result = batch
+                    .iter()
+                    .try_for_each(|span| {
+                        write_line(&mut *out, span, service_name, order)?;
                         out.write_all(b"\n")
                     })
                     .and_then(|()| out.flush());
@@ -261,7 +262,7 @@ impl JournalExporter {
 
     fn flush(&self) -> OTelSdkResult {
         let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        if let Target::Writer { name, out } = &mut *target {
+        if let Target::Writer { name, out, .. } = &mut *target {
             if let Err(e) = out.flush() {
                 self.health.failed(name, &e, 0);
                 return Err(OTelSdkError::InternalFailure(format!(
@@ -350,6 +351,157 @@ pub(crate) fn to_record(span: &SpanData, service_name: Option<&str>) -> SpanReco
     }
 }
 
+/// Write `span` as one journal line (without the newline): byte for byte what serializing
+/// [`to_record`]'s record writes, without building the record's strings, map and vectors
+/// first. `order` is scratch space.
+pub(crate) fn write_line<W: Write>(
+    out: &mut W,
+    span: &SpanData,
+    service_name: Option<&str>,
+    order: &mut Vec<usize>,
+) -> io::Result<()> {
+    let sc = &span.span_context;
+    let duration = span
+        .end_time
+        .duration_since(span.start_time)
+        .unwrap_or_default();
+    write!(
+        out,
+        "{{\"timestamp\":\"{}\",\"event\":\"span_finished\",\"trace_id\":\"{}\",\"span_id\":\"{}\",\"parent_span_id\":",
+        humantime::format_rfc3339_nanos(span.end_time),
+        sc.trace_id(),
+        sc.span_id(),
+    )?;
+    if span.parent_span_id == SpanId::INVALID {
+        out.write_all(b"null")?;
+    } else {
+        write!(out, "\"{}\"", span.parent_span_id)?;
+    }
+    out.write_all(b",\"service_name\":")?;
+    match service_name {
+        Some(name) => json_str(out, name)?,
+        None => out.write_all(b"null")?,
+    }
+    out.write_all(b",\"operation_name\":")?;
+    json_str(out, &span.name)?;
+    let kind = match span.span_kind {
+        SpanKind::Client => "client",
+        SpanKind::Server => "server",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+        SpanKind::Internal => "internal",
+    };
+    write!(
+        out,
+        ",\"span_kind\":\"{kind}\",\"start_time\":\"{}\",\"latency_ms\":",
+        humantime::format_rfc3339_nanos(span.start_time)
+    )?;
+    json_value(out, &crate::time::millis_f64(duration))?;
+    write!(
+        out,
+        ",\"duration_ns\":{}",
+        u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+    )?;
+    match &span.status {
+        OtelStatus::Ok => out.write_all(b",\"status\":\"ok\",\"error\":null")?,
+        OtelStatus::Unset => out.write_all(b",\"status\":\"unset\",\"error\":null")?,
+        OtelStatus::Error { description } => {
+            out.write_all(b",\"status\":\"error\",\"error\":")?;
+            if !description.is_empty() {
+                json_str(out, description)?;
+            } else {
+                match exception_message_value(span) {
+                    Some(message) => json_str(out, &message.as_str())?,
+                    None => out.write_all(b"\"error\"")?,
+                }
+            }
+        }
+    }
+    if !span.attributes.is_empty() {
+        out.write_all(b",\"attributes\":")?;
+        json_attributes(out, &span.attributes, order)?;
+    }
+    if !span.links.links.is_empty() {
+        out.write_all(b",\"links\":[")?;
+        for (i, link) in span.links.links.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            write!(
+                out,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                link.span_context.trace_id(),
+                link.span_context.span_id()
+            )?;
+            if !link.attributes.is_empty() {
+                out.write_all(b",\"attributes\":")?;
+                json_attributes(out, &link.attributes, order)?;
+            }
+            out.write_all(b"}")?;
+        }
+        out.write_all(b"]")?;
+    }
+    out.write_all(b"}")
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_str<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
+    json_value(out, s)
+}
+
+fn json_value<W: Write, T: serde::Serialize + ?Sized>(out: &mut W, value: &T) -> io::Result<()> {
+    serde_json::to_writer(out, value).map_err(io::Error::other)
+}
+
+/// An attribute list as the record's map: ordered by key, the last value of a key
+/// repeated in the list winning.
+fn json_attributes<W: Write>(
+    out: &mut W,
+    attributes: &[KeyValue],
+    order: &mut Vec<usize>,
+) -> io::Result<()> {
+    order.clear();
+    order.extend(0..attributes.len());
+    // Stable: among equal keys the list order stays, so the last one is the later value.
+    order.sort_by(|a, b| attributes[*a].key.as_str().cmp(attributes[*b].key.as_str()));
+    out.write_all(b"{")?;
+    let mut first = true;
+    for (i, &at) in order.iter().enumerate() {
+        let kv = &attributes[at];
+        let superseded = order
+            .get(i + 1)
+            .is_some_and(|next| attributes[*next].key.as_str() == kv.key.as_str());
+        if superseded {
+            continue;
+        }
+        if !first {
+            out.write_all(b",")?;
+        }
+        first = false;
+        json_str(out, kv.key.as_str())?;
+        out.write_all(b":")?;
+        match &kv.value {
+            Value::Bool(b) => json_value(out, b)?,
+            Value::I64(n) => json_value(out, n)?,
+            // Not finite: `null`, as the record's `Number::from_f64` gives.
+            Value::F64(f) => json_value(out, f)?,
+            Value::String(s) => json_str(out, s.as_str())?,
+            other => json_str(out, &other.as_str())?,
+        }
+    }
+    out.write_all(b"}")
+}
+
+fn exception_message_value(span: &SpanData) -> Option<&Value> {
+    span.events
+        .events
+        .iter()
+        .filter(|e| e.name == "exception")
+        .flat_map(|e| e.attributes.iter())
+        .find(|kv| kv.key.as_str() == "exception.message")
+        .map(|kv| &kv.value)
+}
+
 fn exception_message(span: &SpanData) -> Option<String> {
     span.events
         .events
@@ -369,4 +521,101 @@ fn attribute(kv: &KeyValue) -> (String, Json) {
         other => Json::String(other.as_str().into_owned()),
     };
     (kv.key.as_str().to_owned(), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{
+        Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
+        Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry::{Context, KeyValue};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{
+        SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter,
+    };
+
+    use super::{to_record, write_line};
+
+    /// Keeps the finished spans as the SDK hands them over.
+    #[derive(Debug, Clone, Default)]
+    struct Keep(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Keep {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().expect("lock").extend(batch);
+            Ok(())
+        }
+    }
+
+    /// The direct writer writes exactly what serializing the record writes, for spans
+    /// with every kind of field: escapes, non-ASCII, repeated and unsorted attribute
+    /// keys, every value type, non-finite floats, links, each status.
+    #[test]
+    fn direct_lines_equal_serialized_records() {
+        let keep = Keep::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
+            .build();
+        let tracer = provider.tracer("t");
+        let remote = SpanContext::new(
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128.into(),
+            0x00f0_67aa_0ba9_02b7_u64.into(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let parent = Context::new().with_remote_span_context(remote.clone());
+        let mut span = tracer
+            .span_builder("send \"odd\" \\ naïve\u{1}")
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("z.last", "v\n\t\"q\""),
+                KeyValue::new("a.first", 1_i64),
+                KeyValue::new("dup", "old"),
+                KeyValue::new("m.float", 0.1_f64),
+                KeyValue::new("m.nan", f64::NAN),
+                KeyValue::new("m.inf", f64::INFINITY),
+                KeyValue::new("b.bool", true),
+                KeyValue::new("dup", "new"),
+                KeyValue::new("neg", -42_i64),
+                KeyValue::new("arr", opentelemetry::Value::Array(vec![1_i64, 2].into())),
+                KeyValue::new("big", 1e21_f64),
+            ])
+            .with_links(vec![
+                Link::with_context(remote.clone()),
+                Link::new(remote.clone(), vec![KeyValue::new("k", "v")], 0),
+            ])
+            .start_with_context(&tracer, &parent);
+        span.set_status(Status::error("broke: \"x\""));
+        span.end();
+        let mut span = tracer.start("plain");
+        span.set_status(Status::Ok);
+        span.end();
+        tracer.start("unset").end();
+        let mut span = tracer.start_with_context("failed", &Context::new());
+        span.add_event(
+            "exception",
+            vec![KeyValue::new("exception.message", "from the event ☃")],
+        );
+        span.set_status(Status::error(""));
+        span.end();
+        let mut span = tracer.start("failed quietly");
+        span.set_status(Status::error(""));
+        span.end();
+
+        let spans = keep.0.lock().expect("lock").clone();
+        assert_eq!(spans.len(), 5);
+        let mut order = Vec::new();
+        for service in [Some("svc \"q\""), None] {
+            for span in &spans {
+                let mut direct = Vec::new();
+                write_line(&mut direct, span, service, &mut order).expect("write");
+                let record = serde_json::to_string(&to_record(span, service)).expect("json");
+                assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
+            }
+        }
+    }
 }
