@@ -308,9 +308,12 @@ fn batch_processor<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
         .build()
 }
 
+/// The first failure of an exporter: its name, spans lost so far, the first error.
+type ExportFailure = (&'static str, u64, String);
+
 /// Export failures of one exporter: spans lost and the first error.
 #[derive(Clone, Debug, Default)]
-struct ExportHealth(Arc<std::sync::Mutex<Option<(&'static str, u64, String)>>>);
+struct ExportHealth(Arc<std::sync::Mutex<Option<ExportFailure>>>);
 
 impl ExportHealth {
     fn failed(&self, exporter: &'static str, spans: u64, message: String) {
