@@ -367,15 +367,17 @@ pub(crate) fn write_line<W: Write>(
         .unwrap_or_default();
     write!(
         out,
-        "{{\"timestamp\":\"{}\",\"event\":\"span_finished\",\"trace_id\":\"{}\",\"span_id\":\"{}\",\"parent_span_id\":",
+        "{{\"timestamp\":\"{}\",\"event\":\"span_finished\",\"trace_id\":",
         humantime::format_rfc3339_nanos(span.end_time),
-        sc.trace_id(),
-        sc.span_id(),
     )?;
+    json_hex(out, &sc.trace_id().to_bytes())?;
+    out.write_all(b",\"span_id\":")?;
+    json_hex(out, &sc.span_id().to_bytes())?;
+    out.write_all(b",\"parent_span_id\":")?;
     if span.parent_span_id == SpanId::INVALID {
         out.write_all(b"null")?;
     } else {
-        write!(out, "\"{}\"", span.parent_span_id)?;
+        json_hex(out, &span.parent_span_id.to_bytes())?;
     }
     out.write_all(b",\"service_name\":")?;
     match service_name {
@@ -397,11 +399,8 @@ pub(crate) fn write_line<W: Write>(
         humantime::format_rfc3339_nanos(span.start_time)
     )?;
     json_value(out, &crate::time::millis_f64(duration))?;
-    write!(
-        out,
-        ",\"duration_ns\":{}",
-        u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-    )?;
+    out.write_all(b",\"duration_ns\":")?;
+    json_value(out, &u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX))?;
     match &span.status {
         OtelStatus::Ok => out.write_all(b",\"status\":\"ok\",\"error\":null")?,
         OtelStatus::Unset => out.write_all(b",\"status\":\"unset\",\"error\":null")?,
@@ -427,12 +426,10 @@ pub(crate) fn write_line<W: Write>(
             if i > 0 {
                 out.write_all(b",")?;
             }
-            write!(
-                out,
-                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\"",
-                link.span_context.trace_id(),
-                link.span_context.span_id()
-            )?;
+            out.write_all(b"{\"trace_id\":")?;
+            json_hex(out, &link.span_context.trace_id().to_bytes())?;
+            out.write_all(b",\"span_id\":")?;
+            json_hex(out, &link.span_context.span_id().to_bytes())?;
             if !link.attributes.is_empty() {
                 out.write_all(b",\"attributes\":")?;
                 json_attributes(out, &link.attributes, order)?;
@@ -444,9 +441,27 @@ pub(crate) fn write_line<W: Write>(
     out.write_all(b"}")
 }
 
-/// A JSON string, escaped as serde_json escapes it.
+/// A JSON string, escaped as serde_json escapes it: control characters, `"` and `\`
+/// (most strings have none, and are copied as they are).
 fn json_str<W: Write>(out: &mut W, s: &str) -> io::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.write_all(b"\"")?;
+        out.write_all(s.as_bytes())?;
+        return out.write_all(b"\"");
+    }
     json_value(out, s)
+}
+
+/// An id as a JSON string of lowercase hex, as its `Display` writes it.
+fn json_hex<W: Write>(out: &mut W, id: &[u8]) -> io::Result<()> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [b'"'; 34];
+    let len = 2 * id.len();
+    for (pair, &b) in buf[1..=len].chunks_exact_mut(2).zip(id) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+    out.write_all(&buf[..len + 2])
 }
 
 fn json_value<W: Write, T: serde::Serialize + ?Sized>(out: &mut W, value: &T) -> io::Result<()> {
@@ -583,6 +598,7 @@ mod tests {
                 KeyValue::new("neg", -42_i64),
                 KeyValue::new("arr", opentelemetry::Value::Array(vec![1_i64, 2].into())),
                 KeyValue::new("big", 1e21_f64),
+                KeyValue::new("del", "a\u{7f}b ☃"),
             ])
             .with_links(vec![
                 Link::with_context(remote.clone()),

@@ -88,7 +88,7 @@ mod producer_context;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use opentelemetry::StringValue;
+use opentelemetry::{StringValue, Value};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -112,6 +112,22 @@ pub fn delivery_attempt<M: Message>(message: &M) -> u32 {
 /// than copied per message.
 fn shared(name: impl Into<String>) -> StringValue {
     StringValue::from(Arc::<str>::from(name.into()))
+}
+
+/// `messaging.destination.partition.id`: the partition number as text, without
+/// formatting (or allocating) it for the first 64 partitions.
+fn partition_id(partition: i32) -> Value {
+    const IDS: [&str; 64] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61",
+        "62", "63",
+    ];
+    match usize::try_from(partition).ok().and_then(|p| IDS.get(p)) {
+        Some(id) => Value::from(*id),
+        None => Value::from(partition.to_string()),
+    }
 }
 
 /// The key's text form, when it has one.
@@ -142,7 +158,7 @@ fn describe<'m, M: Message>(
         .body_size(payload.map_or(0, <[u8]>::len))
         .attribute(
             attr::MESSAGING_DESTINATION_PARTITION_ID,
-            message.partition().to_string(),
+            partition_id(message.partition()),
         )
         .attribute(attr::MESSAGING_KAFKA_OFFSET, message.offset());
     if payload.is_none() {

@@ -236,7 +236,7 @@ pub(crate) fn open_send_span(
     if let Some(partition) = record.partition {
         msg = msg.attribute(
             attr::MESSAGING_DESTINATION_PARTITION_ID,
-            partition.to_string(),
+            super::partition_id(partition),
         );
     }
     if let Some(id) = client_id {
@@ -259,7 +259,7 @@ pub(crate) fn settle(span: SendSpan, delivery: Result<(i32, i64), &KafkaError>) 
             if span.is_recording() {
                 span.set_attribute(
                     attr::MESSAGING_DESTINATION_PARTITION_ID,
-                    partition.to_string(),
+                    super::partition_id(partition),
                 );
                 span.set_attribute(attr::MESSAGING_KAFKA_OFFSET, offset);
             }

@@ -15,11 +15,24 @@ use super::{limits, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0x0f)] as char);
+/// Lowercase hex of `bytes` into `out` (twice as long).
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
     }
+}
+
+/// The value of lowercase hex digits (already validated).
+fn hex_value(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |acc, &d| {
+        let nibble = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u128::from(nibble))
+    })
 }
 
 /// Write `traceparent`, `tracestate` (when not empty) and `baggage` (when not empty).
@@ -27,14 +40,17 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
     let span = cx.span();
     let sc = span.span_context();
     if sc.is_valid() {
-        let mut tp = String::with_capacity(55);
-        tp.push_str("00-");
-        push_hex(&mut tp, &sc.trace_id().to_bytes());
-        tp.push('-');
-        push_hex(&mut tp, &sc.span_id().to_bytes());
-        tp.push('-');
-        push_hex(&mut tp, &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
-        carrier.set(TRACEPARENT, tp);
+        // `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, laid out in place.
+        let mut tp = *b"00-________________________________-________________-__";
+        put_hex(&mut tp[3..35], &sc.trace_id().to_bytes());
+        put_hex(&mut tp[36..52], &sc.span_id().to_bytes());
+        put_hex(
+            &mut tp[53..55],
+            &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+        );
+        if let Ok(tp) = std::str::from_utf8(&tp) {
+            carrier.set(TRACEPARENT, tp.to_owned());
+        }
         if *sc.trace_state() != TraceState::NONE {
             let header = sc.trace_state().header();
             if !header.is_empty() {
@@ -87,9 +103,10 @@ fn encode_into(out: &mut String, s: &str) {
 
 /// The span context of a `traceparent` that [`super::traceparent::validate`] accepted.
 pub(crate) fn span_context(valid: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    let trace_id = TraceId::from_hex(valid.get(3..35)?).ok()?;
-    let span_id = SpanId::from_hex(valid.get(36..52)?).ok()?;
-    let flags = u8::from_str_radix(valid.get(53..55)?, 16).ok()?;
+    let b = valid.as_bytes();
+    let trace_id = TraceId::from(hex_value(b.get(3..35)?)?);
+    let span_id = SpanId::from(u64::try_from(hex_value(b.get(36..52)?)?).ok()?);
+    let flags = u8::try_from(hex_value(b.get(53..55)?)?).ok()?;
     let trace_state = tracestate
         .map(limits::limit_tracestate)
         .and_then(|ts| ts.parse::<TraceState>().ok())
