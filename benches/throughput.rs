@@ -476,8 +476,13 @@ impl Traced {
         let flush = start.elapsed();
         let mut lines = 0;
         for file in &self.files {
-            let bytes = std::fs::read(file).unwrap_or_default();
-            lines += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+            // Streamed: a million-message journal does not fit comfortably in memory.
+            if let Ok(mut f) = std::fs::File::open(file) {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut f, &mut buf) {
+                    lines += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+                }
+            }
             let _ = std::fs::remove_file(file);
         }
         Ok((lines, flush))
@@ -1310,10 +1315,14 @@ fn verdict(ratio: f64, goal: f64) -> String {
 async fn memory(o: &Options) -> Result<(), Error> {
     let broker = o.brokers.first().copied().unwrap_or(Broker::NatsCore);
     let n = o.messages;
-    let mut checkpoints: Vec<u64> = [10_000, 100_000, 250_000, 500_000, 750_000, 1_000_000]
+    // 10k, 50k (the span queues are still filling), then every tenth of the run.
+    let mut checkpoints: Vec<u64> = [10_000, 50_000]
         .into_iter()
-        .filter(|c| *c < n)
+        .chain((1..10).map(|i| n / 10 * i))
+        .filter(|c| *c > 0 && *c < n)
         .collect();
+    checkpoints.sort_unstable();
+    checkpoints.dedup();
     checkpoints.push(n);
     println!(
         "# tracehop memory: {n} messages through the sampled, journaled wrapper on {}, payload {} B, window {}, {}",
