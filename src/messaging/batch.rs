@@ -49,19 +49,16 @@ impl BatchSpan {
             .map(Link::with_context)
             .collect();
         let mut attributes = batch.attributes;
-        attributes.extend([
-            KeyValue::new(attr::MESSAGING_SYSTEM, batch.system),
-            KeyValue::new(
-                attr::MESSAGING_DESTINATION_NAME,
-                batch.destination.to_owned(),
-            ),
-            KeyValue::new(
-                attr::MESSAGING_OPERATION_TYPE,
-                attr::operation_type::PROCESS,
-            ),
-            KeyValue::new(attr::MESSAGING_OPERATION_NAME, batch.operation_name),
-            KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, messages.len() as i64),
-        ]);
+        attributes.extend(super::common_attributes(
+            batch.system,
+            batch.destination.to_owned(),
+            attr::operation_type::PROCESS,
+            batch.operation_name,
+        ));
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_BATCH_MESSAGE_COUNT,
+            messages.len() as i64,
+        ));
         let span = inner
             .tracer
             .span_builder(super::span_name(batch.operation_name, batch.destination))

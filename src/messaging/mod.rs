@@ -38,6 +38,23 @@ pub use describe::{Incoming, Outgoing, ParentPolicy};
 pub use process::{ProcessOutcome, ProcessSpan};
 pub use send::SendSpan;
 
+/// The attributes every messaging span has: `messaging.system`,
+/// `messaging.destination.name`, `messaging.operation.type` and `messaging.operation.name`.
+pub(crate) fn common_attributes(
+    system: &'static str,
+    destination: impl Into<opentelemetry::Value>,
+    operation_type: &'static str,
+    operation_name: &'static str,
+) -> [opentelemetry::KeyValue; 4] {
+    use opentelemetry::KeyValue;
+    [
+        KeyValue::new(attributes::MESSAGING_SYSTEM, system),
+        KeyValue::new(attributes::MESSAGING_DESTINATION_NAME, destination),
+        KeyValue::new(attributes::MESSAGING_OPERATION_TYPE, operation_type),
+        KeyValue::new(attributes::MESSAGING_OPERATION_NAME, operation_name),
+    ]
+}
+
 /// A span name, `<operation> <destination>` (`send tasks`, `process tasks`).
 pub(crate) fn span_name(operation: &str, destination: &str) -> String {
     let mut name = String::with_capacity(operation.len() + 1 + destination.len());

@@ -61,20 +61,17 @@ impl ProcessSpan {
         let now = SystemTime::now();
         let mut attributes = msg.attributes;
         let destination = match msg.destination_value {
-            Some(value) => KeyValue::new(attr::MESSAGING_DESTINATION_NAME, value),
-            None => KeyValue::new(attr::MESSAGING_DESTINATION_NAME, msg.destination.to_owned()),
+            Some(value) => value,
+            None => msg.destination.to_owned().into(),
         };
         // The core's attributes below, at most 7.
         attributes.reserve(7);
-        attributes.extend([
-            KeyValue::new(attr::MESSAGING_SYSTEM, msg.system),
+        attributes.extend(super::common_attributes(
+            msg.system,
             destination,
-            KeyValue::new(
-                attr::MESSAGING_OPERATION_TYPE,
-                attr::operation_type::PROCESS,
-            ),
-            KeyValue::new(attr::MESSAGING_OPERATION_NAME, msg.operation_name),
-        ]);
+            attr::operation_type::PROCESS,
+            msg.operation_name,
+        ));
         if let Some(why) = extracted.rejected {
             attributes.push(KeyValue::new(attr::CONTEXT_REJECTED, why.as_str()));
         } else if extracted.source == ContextSource::None {

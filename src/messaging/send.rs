@@ -38,12 +38,12 @@ impl SendSpan {
         carrier: &mut dyn WriteCarrier,
     ) -> SendSpan {
         let mut attributes = msg.attributes;
-        attributes.extend([
-            KeyValue::new(attr::MESSAGING_SYSTEM, msg.system),
-            KeyValue::new(attr::MESSAGING_DESTINATION_NAME, msg.destination.to_owned()),
-            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, attr::operation_type::SEND),
-            KeyValue::new(attr::MESSAGING_OPERATION_NAME, msg.operation_name),
-        ]);
+        attributes.extend(super::common_attributes(
+            msg.system,
+            msg.destination.to_owned(),
+            attr::operation_type::SEND,
+            msg.operation_name,
+        ));
         let mut builder = inner
             .tracer
             .span_builder(super::span_name(msg.operation_name, msg.destination))
