@@ -1,6 +1,11 @@
 //! Per-message span cost: a send span plus a process span (inject, extract, handler run,
 //! outcome recorded), exported to the journal, over OTLP with batching, and unsampled.
 //!
+//! `hand-rolled/*` is the floor to compare with: the same two spans (same names,
+//! attributes and kinds) made directly with the OpenTelemetry SDK tracer of the same
+//! telemetry handle, with the SDK's own W3C propagator over the same `HashMap`, as code
+//! instrumented by hand would do.
+//!
 //! `cargo bench --bench spans --features otlp`
 
 use std::collections::HashMap;
@@ -9,7 +14,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use opentelemetry_sdk::trace::Sampler;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer};
 use tracehop::{Incoming, Journal, Outgoing, Telemetry};
 
 /// One message through a send span and a process span.
@@ -25,6 +34,41 @@ fn hop(producer: &Telemetry, consumer: &Telemetry) {
     let outcome = process.record(&Ok::<(), &str>(()));
     process.end();
     black_box(outcome);
+}
+
+/// The same hop, instrumented by hand with the SDK: the floor tracehop is measured against.
+fn hand_rolled(producer: &SdkTracer, consumer: &SdkTracer, propagator: &TraceContextPropagator) {
+    let mut headers: HashMap<String, String> = HashMap::with_capacity(4);
+    let send = producer
+        .span_builder("send agent.tasks")
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.message.body.size", 64_i64),
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", "agent.tasks".to_owned()),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.operation.name", "send"),
+        ])
+        .start(producer);
+    let cx = Context::new().with_span(send);
+    propagator.inject_context(&cx, &mut headers);
+    cx.span().set_status(Status::Ok);
+    cx.span().end();
+    let parent = propagator.extract(&headers);
+    let process = consumer
+        .span_builder("process agent.tasks")
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", "agent.tasks".to_owned()),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+        ])
+        .start_with_context(consumer, &parent);
+    let cx = parent.with_span(process);
+    cx.span().set_status(Status::Ok);
+    cx.span().end();
+    black_box(cx);
 }
 
 /// A loopback OTLP/HTTP receiver that accepts and discards exports.
@@ -80,6 +124,11 @@ fn bench(c: &mut Criterion) {
     };
     let (p, q) = (journal("gateway"), journal("agent_runtime"));
     group.bench_function("journal", |b| b.iter(|| hop(&p, &q)));
+    let w3c = TraceContextPropagator::new();
+    let (pt, qt) = (p.provider().tracer("hand"), q.provider().tracer("hand"));
+    group.bench_function("hand-rolled/journal", |b| {
+        b.iter(|| hand_rolled(&pt, &qt, &w3c))
+    });
 
     let unsampled = |name: &str| {
         Telemetry::builder(name)
@@ -90,6 +139,10 @@ fn bench(c: &mut Criterion) {
     };
     let (p, q) = (unsampled("gateway"), unsampled("agent_runtime"));
     group.bench_function("unsampled", |b| b.iter(|| hop(&p, &q)));
+    let (pt, qt) = (p.provider().tracer("hand"), q.provider().tracer("hand"));
+    group.bench_function("hand-rolled/unsampled", |b| {
+        b.iter(|| hand_rolled(&pt, &qt, &w3c))
+    });
 
     #[cfg(feature = "otlp")]
     {

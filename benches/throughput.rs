@@ -14,7 +14,8 @@
 //!                    all; for profiling one of them)
 //!   --memory         instead: 1,000,000 messages (or --messages) through the sampled,
 //!                    journaled wrapper on one broker (default nats-core, or --only),
-//!                    printing resident memory at checkpoints
+//!                    printing resident memory at checkpoints (with one --modes value:
+//!                    that configuration instead, to compare)
 //! ```
 //!
 //! Brokers: NATS on `TRACEHOP_NATS_URL` (default `nats://127.0.0.1:4222`, JetStream
@@ -308,7 +309,10 @@ struct Probe {
     latency: Histogram,
     done: Notify,
     checkpoints: Vec<u64>,
-    memory: Mutex<Vec<(u64, u64, u64)>>,
+    /// At each checkpoint: messages, VmRSS, VmHWM, journal bytes written so far.
+    memory: Mutex<Vec<(u64, u64, u64, u64)>>,
+    /// The journal files of a sampled run, to see how far the exporters are behind.
+    journals: OnceLock<Vec<PathBuf>>,
 }
 
 impl Probe {
@@ -325,6 +329,7 @@ impl Probe {
             done: Notify::new(),
             checkpoints,
             memory: Mutex::new(Vec::new()),
+            journals: OnceLock::new(),
         })
     }
 
@@ -380,7 +385,14 @@ impl Probe {
         if self.checkpoints.contains(&count) {
             let (rss, hwm) = rss_kib();
             if let Ok(mut m) = self.memory.lock() {
-                m.push((count, rss, hwm));
+                let journal = self.journals.get().map_or(0, |files| {
+                    files
+                        .iter()
+                        .filter_map(|f| std::fs::metadata(f).ok())
+                        .map(|m| m.len())
+                        .sum()
+                });
+                m.push((count, rss, hwm, journal));
             }
         }
         if count == self.n {
@@ -410,7 +422,7 @@ impl Probe {
         Ok(())
     }
 
-    fn result(&self, mode: Mode, spans: Option<(u64, Duration)>) -> RunResult {
+    fn result(&self, mode: Mode, spans: Option<Journaled>) -> RunResult {
         let first = self.first_ns.load(Ordering::Relaxed);
         let last = self.last_ns.load(Ordering::Relaxed);
         let secs = last.saturating_sub(first) as f64 / 1e9;
@@ -424,6 +436,10 @@ impl Probe {
     }
 }
 
+/// What the journals of a traced run held: lines, bytes, and how long the final flush
+/// took.
+type Journaled = (u64, u64, Duration);
+
 #[derive(Debug, Clone)]
 struct RunResult {
     mode: Mode,
@@ -432,7 +448,7 @@ struct RunResult {
     p50_us: u64,
     p99_us: u64,
     /// Sampled runs: journal lines written and how long the final flush took.
-    spans: Option<(u64, Duration)>,
+    spans: Option<Journaled>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -447,6 +463,17 @@ struct Traced {
 }
 
 impl Traced {
+    /// The telemetry of a traced mode (`None` for the raw ones), its journals known to
+    /// `probe`.
+    fn for_mode(mode: Mode, prefix: &str, probe: &Probe) -> Result<Option<Traced>, Error> {
+        if matches!(mode, Mode::Raw | Mode::RawHeaders) {
+            return Ok(None);
+        }
+        let traced = Traced::new(mode, &unique(prefix))?;
+        let _ = probe.journals.set(traced.files.to_vec());
+        Ok(Some(traced))
+    }
+
     fn new(mode: Mode, tag: &str) -> Result<Traced, Error> {
         let dir = std::env::temp_dir();
         let files = [
@@ -467,15 +494,17 @@ impl Traced {
         })
     }
 
-    /// Shut down both services (writing every span), count the journal lines, remove the
-    /// files.
-    fn finish(self) -> Result<(u64, Duration), Error> {
+    /// Shut down both services (writing every span), count the journal lines and bytes,
+    /// remove the files.
+    fn finish(self) -> Result<Journaled, Error> {
         let start = Instant::now();
         self.producer.shutdown()?;
         self.consumer.shutdown()?;
         let flush = start.elapsed();
         let mut lines = 0;
+        let mut bytes = 0;
         for file in &self.files {
+            bytes += std::fs::metadata(file).map_or(0, |m| m.len());
             // Streamed: a million-message journal does not fit comfortably in memory.
             if let Ok(mut f) = std::fs::File::open(file) {
                 let mut buf = vec![0u8; 1 << 16];
@@ -485,7 +514,7 @@ impl Traced {
             }
             let _ = std::fs::remove_file(file);
         }
-        Ok((lines, flush))
+        Ok((lines, bytes, flush))
     }
 }
 
@@ -539,10 +568,7 @@ mod nats_core {
     pub(super) async fn run(env: &Env, mode: Mode, probe: Arc<Probe>) -> Result<RunResult, Error> {
         let subject = async_nats::Subject::from(unique("tracehop.bench.core").as_str());
         let n = probe.n;
-        let traced = match mode {
-            Mode::Raw | Mode::RawHeaders => None,
-            _ => Some(Traced::new(mode, &unique("tracehop-bench-nats"))?),
-        };
+        let traced = Traced::for_mode(mode, "tracehop-bench-nats", &probe)?;
         let consumer = match &traced {
             None => {
                 let mut sub = env.subscriber.subscribe(subject.clone()).await?;
@@ -663,10 +689,7 @@ mod jet_stream {
             .await?;
         let messages = consumer.messages().await?;
         let n = probe.n;
-        let traced = match mode {
-            Mode::Raw | Mode::RawHeaders => None,
-            _ => Some(Traced::new(mode, &unique("tracehop-bench-js"))?),
-        };
+        let traced = Traced::for_mode(mode, "tracehop-bench-js", &probe)?;
         let consumer = match &traced {
             None => {
                 let probe = probe.clone();
@@ -831,10 +854,7 @@ mod rabbitmq {
             )
             .await?;
         let n = probe.n;
-        let traced = match mode {
-            Mode::Raw | Mode::RawHeaders => None,
-            _ => Some(Traced::new(mode, &unique("tracehop-bench-amqp"))?),
-        };
+        let traced = Traced::for_mode(mode, "tracehop-bench-amqp", &probe)?;
         let consume = match &traced {
             None => {
                 let probe = probe.clone();
@@ -1018,10 +1038,7 @@ mod kafka {
     ) -> Result<RunResult, Error> {
         let topic = topic(env).await?;
         let n = probe.n;
-        let traced = match mode {
-            Mode::Raw | Mode::RawHeaders => None,
-            _ => Some(Traced::new(mode, &unique("tracehop-bench-kafka"))?),
-        };
+        let traced = Traced::for_mode(mode, "tracehop-bench-kafka", &probe)?;
         let mut consumer_config = config(env);
         consumer_config
             .set("group.id", unique("tracehop-bench"))
@@ -1225,7 +1242,7 @@ async fn throughput(o: &Options) -> Result<(), Error> {
                 match run_one(&env, broker, mode, o, o.messages, Vec::new()).await {
                     Ok((r, _)) => {
                         let spans = match r.spans {
-                            Some((lines, flush)) if mode == Mode::Sampled => format!(
+                            Some((lines, _, flush)) if mode == Mode::Sampled => format!(
                                 "  journal {lines}/{} lines, final flush {flush:.0?}",
                                 2 * (o.messages + 1)
                             ),
@@ -1333,15 +1350,39 @@ async fn memory(o: &Options) -> Result<(), Error> {
     );
     let env = env(broker).await?;
     let (rss, hwm) = rss_kib();
-    println!("before:            VmRSS {rss:>8} KiB  VmHWM {hwm:>8} KiB");
-    let (result, probe) = run_one(&env, broker, Mode::Sampled, o, n, checkpoints).await?;
+    println!("connected:         VmRSS {rss:>8} KiB  VmHWM {hwm:>8} KiB");
+    // What two telemetry handles (producer and consumer service) hold before any message:
+    // mostly the span queues of their batch processors, allocated up front.
+    let idle = Traced::new(Mode::Sampled, &unique("tracehop-bench-idle"))?;
+    let (rss, hwm) = rss_kib();
+    println!("2 idle handles:    VmRSS {rss:>8} KiB  VmHWM {hwm:>8} KiB");
+    idle.finish()?;
+    // Sampled unless `--modes` names another configuration (to compare).
+    let mode = match o.modes.as_slice() {
+        [one] => *one,
+        _ => Mode::Sampled,
+    };
+    if mode != Mode::Sampled {
+        println!("(configuration: {})", mode.name());
+    }
+    let (result, probe) = run_one(&env, broker, mode, o, n, checkpoints).await?;
     let points = probe.memory.lock().map(|m| m.clone()).unwrap_or_default();
-    for (count, rss, hwm) in points {
-        println!("{count:>9} messages: VmRSS {rss:>8} KiB  VmHWM {hwm:>8} KiB");
+    // Spans not yet written: ended (two per message) minus the lines in the journals,
+    // estimated from their size and the average line.
+    let line = match result.spans {
+        Some((lines, bytes, _)) if lines > 0 => bytes as f64 / lines as f64,
+        _ => f64::NAN,
+    };
+    for (count, rss, hwm, journal) in points {
+        let behind = (2 * count) as f64 - journal as f64 / line;
+        println!(
+            "{count:>9} messages: VmRSS {rss:>8} KiB  VmHWM {hwm:>8} KiB  spans not yet exported ~{:.0}",
+            behind.max(0.0)
+        );
     }
     let (rss, hwm) = rss_kib();
     println!("after shutdown:    VmRSS {rss:>8} KiB  VmHWM {hwm:>8} KiB");
-    if let Some((lines, flush)) = result.spans {
+    if let Some((lines, _, flush)) = result.spans {
         println!(
             "{:.0} msg/s, p50 {} µs, p99 {} µs; journal {lines}/{} lines, final flush {flush:.0?}",
             result.rate,
