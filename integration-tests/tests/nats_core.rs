@@ -21,6 +21,11 @@ use tracehop::propagation::TRACEPARENT;
 use tracehop::{ParentPolicy, Propagation, SpanCollector, SpanRecord, Telemetry};
 use tracehop_integration_tests::{nats_url, unique, WAIT};
 
+/// The tests in this file share one nats-server, whose core delivery is at most once: run
+/// them one at a time, so that one test's bursts (max-payload messages, queue-group
+/// loops) never compete with another's deliveries on a loaded machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn connect() -> Client {
     async_nats::connect(nats_url())
         .await
@@ -59,6 +64,7 @@ async fn ready(client: &TracedClient) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hop_chain_forms_one_trace() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let gateway = service(&spans, "gateway").await;
     let runtime = service(&spans, "agent_runtime").await;
@@ -205,6 +211,7 @@ async fn three_hop_chain_forms_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_forms_one_trace() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;
     let responder = service(&spans, "responder").await;
@@ -284,6 +291,7 @@ async fn request_reply_forms_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_without_context_is_recorded_under_the_request() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;
     let plain = connect().await;
@@ -331,6 +339,7 @@ async fn a_reply_without_context_is_recorded_under_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_ends_its_span_as_an_error() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;
     let subject = unique("nats.rpc.nobody");
@@ -369,6 +378,7 @@ async fn a_failed_request_ends_its_span_as_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_group_of_two_yields_correct_parents() {
+    let _serial = SERIAL.lock().await;
     // The server picks a member per message; publish (one at a time, each from its own
     // trace) until both members have had some, and check every message.
     const AT_LEAST: usize = 6;
@@ -481,6 +491,7 @@ async fn a_queue_group_of_two_yields_correct_parents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limited_queue_member_leaves_the_rest_to_the_group() {
+    let _serial = SERIAL.lock().await;
     const AT_MOST: usize = 200;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
@@ -567,6 +578,7 @@ async fn a_limited_queue_member_leaves_the_rest_to_the_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_headers_survive_byte_for_byte() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
     let consumer = service(&spans, "consumer").await;
@@ -679,6 +691,7 @@ async fn user_headers_survive_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_without_or_with_bad_context_start_new_roots() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let consumer = service(&spans, "consumer").await;
     let subject = unique("nats.badcontext");
@@ -774,6 +787,7 @@ async fn messages_without_or_with_bad_context_start_new_roots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
     let consumer = service(&spans, "consumer")
@@ -832,6 +846,7 @@ impl TextMapPropagator for HostilePropagator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_the_client_rejects_never_fail_a_publish() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let propagation =
         Propagation::default().with_propagator(TextMapCompositePropagator::new(vec![
@@ -883,6 +898,7 @@ async fn headers_the_client_rejects_never_fail_a_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_that_would_overflow_max_payload_is_left_out() {
+    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
     let consumer = service(&spans, "consumer").await;
