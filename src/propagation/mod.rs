@@ -80,22 +80,6 @@ pub(crate) fn known_header(key: &str) -> Option<&'static str> {
     .find(|name| *name == key)
 }
 
-/// `n` in decimal, without going through the formatting machinery.
-fn decimal(mut n: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut out = String::with_capacity(digits.len() - start);
-    out.extend(digits[start..].iter().map(|&d| char::from(d)));
-    out
-}
 
 /// How trace context crosses a hop: the propagator, the optional simple headers and the
 /// send timestamp.
@@ -261,7 +245,7 @@ impl Propagation {
         }
         if self.sent_at {
             let now = sent_at.unwrap_or_else(SystemTime::now);
-            carrier.set(SENT_AT, decimal(crate::time::unix_micros(now)));
+            carrier.set(SENT_AT, crate::time::unix_micros(now).to_string());
         }
     }
 

@@ -237,9 +237,6 @@ fn attempt_header_reads_positive_numbers_only() {
 
 #[test]
 fn sent_at_is_written_in_decimal() {
-    for n in [0, 7, 10, 1_700_000_000_123_456, u64::MAX] {
-        assert_eq!(super::decimal(n), n.to_string());
-    }
     let mut h: HashMap<String, String> = HashMap::new();
     Propagation::default().inject(&remote(1, 1), &mut h);
     let micros: u64 = h[SENT_AT].parse().expect("decimal micros");
