@@ -80,7 +80,6 @@ pub(crate) fn known_header(key: &str) -> Option<&'static str> {
     .find(|name| *name == key)
 }
 
-
 /// How trace context crosses a hop: the propagator, the optional simple headers and the
 /// send timestamp.
 ///
