@@ -201,6 +201,12 @@ where
 /// future of [`run_until`](Self::run_until) completes (checked between messages, never
 /// during a handler).
 ///
+/// **Closing.** Dropping an rdkafka consumer blocks the calling thread while librdkafka
+/// leaves the group and closes (often 100 ms or more). Inside an async runtime, drop the
+/// consumer off the workers, for example
+/// `tokio::task::spawn_blocking(move || drop(consumer)).await`, or tasks scheduled on that
+/// worker wait for it.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use rdkafka::consumer::Consumer;
