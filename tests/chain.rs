@@ -162,3 +162,34 @@ async fn handler_error_is_recorded_with_type_and_exception() {
     assert_eq!(p.attribute_str("error.type"), Some("ToolTimeout"));
     assert_eq!(p.attribute("tracehop.delivery.attempt"), Some(&3.into()));
 }
+
+#[tokio::test]
+async fn temporary_destinations_name_spans_after_the_operation_alone() {
+    let spans = SpanCollector::new();
+    let (requester, responder, _) = services(&spans);
+    let inbox = "_INBOX.Jx2kq7.8";
+    let mut reply = Headers::new();
+    responder
+        .send_span(
+            Outgoing::new("nats", inbox)
+                .operation_name("publish")
+                .temporary(),
+            &mut reply,
+        )
+        .end();
+    requester
+        .process_span(Incoming::new("nats", inbox).temporary(), &reply)
+        .end();
+
+    let spans = spans.records();
+    let send = by_name(&spans, "agent_runtime", "publish");
+    let process = by_name(&spans, "gateway", "process");
+    for s in [send, process] {
+        assert_eq!(s.attribute_str("messaging.destination.name"), Some(inbox));
+        assert_eq!(
+            s.attribute("messaging.destination.temporary"),
+            Some(&true.into())
+        );
+    }
+    assert_eq!(process.parent_span_id.as_ref(), Some(&send.span_id));
+}

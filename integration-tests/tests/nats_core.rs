@@ -26,10 +26,44 @@ use tracehop_integration_tests::{nats_url, unique, WAIT};
 /// loops) never compete with another's deliveries on a loaded machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A new connection whose events (disconnects, slow consumers, server errors) are printed,
+/// so a test that loses a message shows what the connection went through.
 async fn connect() -> Client {
-    async_nats::connect(nats_url())
+    async_nats::ConnectOptions::new()
+        .event_callback(|event| async move {
+            eprintln!("{:?} nats event: {event}", std::time::SystemTime::now());
+        })
+        .connect(nats_url())
         .await
         .expect("nats-server on TRACEHOP_NATS_URL (start it with .ci/run or docker compose)")
+}
+
+/// What each connection has sent and received, for a test that waited in vain.
+fn statistics(clients: &[(&str, &Client)]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    for (name, client) in clients {
+        let s = client.statistics();
+        out.push_str(&format!(
+            "\n  {name}: state {:?}, out {} msgs, in {} msgs, connects {}",
+            client.connection_state(),
+            s.out_messages.load(Relaxed),
+            s.in_messages.load(Relaxed),
+            s.connects.load(Relaxed),
+        ));
+    }
+    out
+}
+
+/// `future`'s output, or a panic after [`WAIT`] that shows the connections' statistics.
+async fn within<F: std::future::Future>(future: F, clients: &[(&str, &Client)]) -> F::Output {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(out) => out,
+        Err(_) => panic!(
+            "nothing arrived within {WAIT:?}; connections:{}",
+            statistics(clients)
+        ),
+    }
 }
 
 /// A service with its own connection, so hops really cross the server.
@@ -248,8 +282,17 @@ async fn request_reply_forms_one_trace() {
         .attribute_str("messaging.nats.message.reply_to")
         .expect("the request's reply subject")
         .to_owned();
-    let respond = span(&spans, "responder", &format!("publish {inbox}"));
-    let received = span(&spans, "requester", &format!("process {inbox}"));
+    // Inboxes are temporary: the reply spans are named after the operation alone.
+    let respond = span(&spans, "responder", "publish");
+    let received = span(&spans, "requester", "process");
+    assert_eq!(
+        respond.attribute_str("messaging.destination.name"),
+        Some(inbox.as_str())
+    );
+    assert_eq!(
+        received.attribute_str("messaging.destination.name"),
+        Some(inbox.as_str())
+    );
 
     for s in [process, respond, received] {
         assert_eq!(
@@ -630,10 +673,16 @@ async fn user_headers_survive_byte_for_byte() {
         .expect("publish with reply");
 
     for expect_reply in [None, Some(reply_to.as_str())] {
-        let message = tokio::time::timeout(WAIT, wire.next())
-            .await
-            .expect("a message within WAIT")
-            .expect("subscription open");
+        let message = within(
+            wire.next(),
+            &[
+                ("producer", producer.client()),
+                ("raw", &raw),
+                ("consumer", consumer.client()),
+            ],
+        )
+        .await
+        .expect("subscription open");
         assert_eq!(&message.payload[..], payload);
         assert_eq!(message.reply.as_deref(), expect_reply);
         let received = message.headers.expect("headers");
@@ -803,10 +852,15 @@ async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
         .publish(subject.clone(), "untrusted".into())
         .await
         .expect("publish");
-    let delivery = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("in time")
-        .expect("a message");
+    let delivery = within(
+        sub.next(),
+        &[
+            ("producer", producer.client()),
+            ("consumer", consumer.client()),
+        ],
+    )
+    .await
+    .expect("a message");
     let outcome: Result<(), String> = delivery.span.run(async { Ok(()) }).await;
     delivery.span.end();
     outcome.expect("handler");
@@ -871,10 +925,15 @@ async fn headers_the_client_rejects_never_fail_a_publish() {
         .publish(subject.clone(), "payload".into())
         .await
         .expect("publish");
-    let delivery = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("in time")
-        .expect("a message");
+    let delivery = within(
+        sub.next(),
+        &[
+            ("producer", producer.client()),
+            ("consumer", consumer.client()),
+        ],
+    )
+    .await
+    .expect("a message");
     delivery.span.end();
     let headers = delivery.message.headers.expect("headers");
     let received: BTreeMap<String, String> = headers
@@ -915,10 +974,15 @@ async fn context_that_would_overflow_max_payload_is_left_out() {
         .publish(subject.clone(), vec![b'x'; max].into())
         .await
         .expect("the publish still succeeds");
-    let delivery = tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("in time")
-        .expect("a message");
+    let delivery = within(
+        sub.next(),
+        &[
+            ("producer", producer.client()),
+            ("consumer", consumer.client()),
+        ],
+    )
+    .await
+    .expect("a message");
     delivery.span.end();
     assert_eq!(delivery.message.payload.len(), max);
     assert!(

@@ -61,7 +61,11 @@ impl BatchSpan {
         ));
         let span = inner
             .tracer
-            .span_builder(super::span_name(batch.operation_name, batch.destination))
+            .span_builder(super::span_name(
+                batch.operation_name,
+                batch.destination,
+                false,
+            ))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .with_links(links)

@@ -28,6 +28,7 @@ pub struct Outgoing<'a> {
     pub(crate) destination: &'a str,
     pub(crate) operation_name: &'static str,
     pub(crate) attributes: Vec<KeyValue>,
+    pub(crate) temporary: bool,
 }
 
 /// Room for the attributes a send span gets: the adapter's (up to 6) and the core's 4,
@@ -46,6 +47,7 @@ impl<'a> Outgoing<'a> {
             destination,
             operation_name: "send",
             attributes: Vec::with_capacity(OUTGOING_ATTRIBUTES),
+            temporary: false,
         }
     }
 
@@ -54,6 +56,15 @@ impl<'a> Outgoing<'a> {
     pub fn operation_name(mut self, name: &'static str) -> Self {
         self.operation_name = name;
         self
+    }
+
+    /// The destination exists only for this exchange (a reply inbox, a server-named
+    /// queue): sets `messaging.destination.temporary`, and the span is named after the
+    /// operation alone (`publish`), as the conventions ask, since the destination's name
+    /// would make span names unbounded. `messaging.destination.name` still holds it.
+    pub fn temporary(mut self) -> Self {
+        self.temporary = true;
+        self.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true)
     }
 
     /// The size of the message body in bytes.
@@ -87,6 +98,7 @@ pub struct Incoming<'a> {
     /// `destination` as an attribute value the adapter already holds (shared, so the
     /// process span does not copy the name again).
     pub(crate) destination_value: Option<StringValue>,
+    pub(crate) temporary: bool,
 }
 
 impl<'a> Incoming<'a> {
@@ -100,6 +112,7 @@ impl<'a> Incoming<'a> {
             policy: ParentPolicy::Child,
             enqueued_at: None,
             destination_value: None,
+            temporary: false,
         }
     }
 
@@ -120,6 +133,15 @@ impl<'a> Incoming<'a> {
     pub fn operation_name(mut self, name: &'static str) -> Self {
         self.operation_name = name;
         self
+    }
+
+    /// The destination exists only for this exchange (a reply inbox, a server-named
+    /// queue): sets `messaging.destination.temporary`, and the span is named after the
+    /// operation alone (`process`), as the conventions ask, since the destination's name
+    /// would make span names unbounded. `messaging.destination.name` still holds it.
+    pub fn temporary(mut self) -> Self {
+        self.temporary = true;
+        self.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true)
     }
 
     /// How to relate to the message's context.

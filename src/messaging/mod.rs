@@ -55,8 +55,12 @@ pub(crate) fn common_attributes(
     ]
 }
 
-/// A span name, `<operation> <destination>` (`send tasks`, `process tasks`).
-pub(crate) fn span_name(operation: &str, destination: &str) -> String {
+/// A span name, `<operation> <destination>` (`send tasks`, `process tasks`), or the
+/// operation alone for a temporary destination.
+pub(crate) fn span_name(operation: &str, destination: &str, temporary: bool) -> String {
+    if temporary {
+        return operation.to_owned();
+    }
     let mut name = String::with_capacity(operation.len() + 1 + destination.len());
     name.push_str(operation);
     name.push(' ');

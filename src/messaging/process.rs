@@ -118,7 +118,11 @@ impl ProcessSpan {
 
         let builder = inner
             .tracer
-            .span_builder(super::span_name(msg.operation_name, msg.destination))
+            .span_builder(super::span_name(
+                msg.operation_name,
+                msg.destination,
+                msg.temporary,
+            ))
             .with_kind(SpanKind::Consumer)
             .with_start_time(now)
             .with_attributes(attributes)

@@ -46,7 +46,11 @@ impl SendSpan {
         ));
         let mut builder = inner
             .tracer
-            .span_builder(super::span_name(msg.operation_name, msg.destination))
+            .span_builder(super::span_name(
+                msg.operation_name,
+                msg.destination,
+                msg.temporary,
+            ))
             .with_kind(SpanKind::Producer)
             .with_attributes(attributes);
         // One clock read for the span's start and the `tracehop-sent-at` header.

@@ -156,7 +156,7 @@ impl TracedClient {
             msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
         }
         if to_reply_subject {
-            msg = msg.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
+            msg = msg.temporary();
         }
         let send = self.telemetry.send_span(msg, &mut context);
         let headers = with_context(&send, headers, context, &payload, &self.client);
@@ -182,9 +182,10 @@ impl TracedClient {
     /// PRODUCER, `messaging.operation.name=request`) that lasts the whole round trip.
     ///
     /// The responder's process span is a child of the request span. When the reply
-    /// arrives, a `process <reply subject>` span records it: a child of the responder's
-    /// reply span when the reply carries context (so the round trip is one trace), else a
-    /// child of the request span that says the context was missing or rejected. The reply
+    /// arrives, a `process` span (named without the one-off inbox) records it: a child of
+    /// the responder's reply span when the reply carries context (so the round trip is one
+    /// trace), else a child of the request span that says the context was missing or
+    /// rejected. The reply
     /// is returned as it arrived; read its context with
     /// [`Propagation::extract`](crate::Propagation::extract) on `reply.headers` if you need
     /// it.
@@ -258,7 +259,7 @@ impl TracedClient {
             self.policy,
             true,
         )
-        .attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true);
+        .temporary();
         let span = self.telemetry.process_span_extracted(msg, &extracted);
         span.record(&Ok::<(), Infallible>(()));
         span.end();

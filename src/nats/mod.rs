@@ -37,8 +37,8 @@
 //! | [`TracedClient::publish`] and friends | `publish <subject>` | PRODUCER | the current context |
 //! | [`TracedClient::request`] | `request <subject>` (`messaging.operation.name=request`) | PRODUCER | the current context |
 //! | a subscription's handler ([`TracedSubscriber`]) | `process <subject>` | CONSUMER | the message's send span (or a link, in [`ParentPolicy::Link`](crate::ParentPolicy::Link) mode) |
-//! | [`TracedClient::respond`] (inside the handler) | `publish <reply subject>` | PRODUCER | the handler's process span |
-//! | the reply, on the requester's side | `process <reply subject>` | CONSUMER | the responder's reply span |
+//! | [`TracedClient::respond`] (inside the handler) | `publish` | PRODUCER | the handler's process span |
+//! | the reply, on the requester's side | `process` | CONSUMER | the responder's reply span |
 //! | [`TracedJetStream::publish`] | `publish <subject>`, ended by the stream's ack | PRODUCER | the current context |
 //! | a JetStream delivery ([`TracedMessages`], [`TracedJetStream::handle`]) | `process <subject>`, one per delivery | CONSUMER | the message's send span |
 //!
@@ -47,7 +47,10 @@
 //! stays open until the reply arrives. The round trip is one trace: request span →
 //! responder's process span → responder's reply span → requester's reply span. A reply
 //! without usable context is recorded under the request span and says so
-//! (`tracehop.context.missing` / `tracehop.context.rejected`).
+//! (`tracehop.context.missing` / `tracehop.context.rejected`). Reply subjects are
+//! one-off inboxes, so the two reply spans are named after the operation alone, as the
+//! messaging conventions ask for temporary destinations; the inbox is in
+//! `messaging.destination.name`, next to `messaging.destination.temporary=true`.
 //!
 //! # Attributes
 //!
