@@ -572,7 +572,7 @@ mod nats_core {
         let consumer = match &traced {
             None => {
                 let mut sub = env.subscriber.subscribe(subject.clone()).await?;
-                env.subscriber.flush().await?;
+                tracehop::nats::round_trip(&env.subscriber).await?;
                 let probe = probe.clone();
                 let headers = mode == Mode::RawHeaders;
                 tokio::spawn(async move {
@@ -596,7 +596,7 @@ mod nats_core {
                     .subscribe(subject.clone())
                     .await?
                     .limit(usize::try_from(n + 1)?);
-                env.subscriber.flush().await?;
+                tracehop::nats::round_trip(&env.subscriber).await?;
                 let probe = probe.clone();
                 tokio::spawn(async move {
                     sub.process(move |message| {

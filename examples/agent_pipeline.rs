@@ -376,7 +376,8 @@ impl Bus for NatsBus {
                 .queue_subscribe(queue, group)
                 .await?
                 .limit(usize::try_from(count).unwrap_or(usize::MAX));
-            self.client.flush().await?;
+            // The server must know the subscription before another service publishes.
+            tracehop::nats::round_trip(&self.client).await?;
             let run: BoxFuture<'static, Result<(), Error>> = Box::pin(async move {
                 subscriber.process(|m| handler(m.payload.to_vec())).await;
                 Ok(())

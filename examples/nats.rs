@@ -34,7 +34,9 @@ async fn main() -> Result<(), Error> {
     // becomes a handler that runs inside a `process` span.
     let jobs = worker.subscribe(subject("jobs")).await?.limit(1);
     let echo = worker.subscribe(subject("echo")).await?.limit(1);
-    client.flush().await?;
+    // Wait until the server has the subscriptions (async-nats' `flush` does not), so a
+    // message published from any connection from now on reaches them.
+    worker.round_trip().await?;
     let consume = tokio::spawn(jobs.process(|message| async move {
         println!("# worker got {:?}", message.payload);
         Ok::<(), Error>(())

@@ -15,16 +15,11 @@ use opentelemetry::propagation::{
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::Context;
 use tracehop::journal::{Kind, Status};
-use tracehop::nats::{Stop, TracedClient};
+use tracehop::nats::{round_trip, Stop, TracedClient};
 use tracehop::otel::sdk::propagation::TraceContextPropagator;
 use tracehop::propagation::TRACEPARENT;
 use tracehop::{ParentPolicy, Propagation, SpanCollector, SpanRecord, Telemetry};
 use tracehop_integration_tests::{nats_url, unique, WAIT};
-
-/// The tests in this file share one nats-server, whose core delivery is at most once: run
-/// them one at a time, so that one test's bursts (max-payload messages, queue-group
-/// loops) never compete with another's deliveries on a loaded machine.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A new connection whose events (disconnects, slow consumers, server errors) are printed,
 /// so a test that loses a message shows what the connection went through.
@@ -93,12 +88,11 @@ fn named<'a>(spans: &'a [SpanRecord], name: &str) -> Vec<&'a SpanRecord> {
 
 /// Make sure the server has seen `client`'s subscriptions before anyone publishes.
 async fn ready(client: &TracedClient) {
-    client.client().flush().await.expect("flush");
+    client.round_trip().await.expect("round trip");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hop_chain_forms_one_trace() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let gateway = service(&spans, "gateway").await;
     let runtime = service(&spans, "agent_runtime").await;
@@ -245,7 +239,6 @@ async fn three_hop_chain_forms_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_forms_one_trace() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;
     let responder = service(&spans, "responder").await;
@@ -334,13 +327,12 @@ async fn request_reply_forms_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_without_context_is_recorded_under_the_request() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;
     let plain = connect().await;
     let subject = unique("nats.rpc.plain");
     let mut requests = plain.subscribe(subject.clone()).await.expect("subscribe");
-    plain.flush().await.expect("flush");
+    round_trip(&plain).await.expect("round trip");
     let responder = tokio::spawn(async move {
         let request = requests.next().await.expect("a request");
         let has_context = request
@@ -382,7 +374,6 @@ async fn a_reply_without_context_is_recorded_under_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_ends_its_span_as_an_error() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;
     let subject = unique("nats.rpc.nobody");
@@ -421,7 +412,6 @@ async fn a_failed_request_ends_its_span_as_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_group_of_two_yields_correct_parents() {
-    let _serial = SERIAL.lock().await;
     // The server picks a member per message; publish (one at a time, each from its own
     // trace) until both members have had some, and check every message.
     const AT_LEAST: usize = 6;
@@ -534,7 +524,6 @@ async fn a_queue_group_of_two_yields_correct_parents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limited_queue_member_leaves_the_rest_to_the_group() {
-    let _serial = SERIAL.lock().await;
     const AT_MOST: usize = 200;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
@@ -621,7 +610,6 @@ async fn a_limited_queue_member_leaves_the_rest_to_the_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_headers_survive_byte_for_byte() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
     let consumer = service(&spans, "consumer").await;
@@ -631,7 +619,7 @@ async fn user_headers_survive_byte_for_byte() {
     // What is on the wire, as a plain subscriber sees it.
     let raw = connect().await;
     let mut wire = raw.subscribe(subject.clone()).await.expect("subscribe");
-    raw.flush().await.expect("flush");
+    round_trip(&raw).await.expect("round trip");
     let traced = consumer
         .subscribe(subject.clone())
         .await
@@ -740,7 +728,6 @@ async fn user_headers_survive_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_without_or_with_bad_context_start_new_roots() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let consumer = service(&spans, "consumer").await;
     let subject = unique("nats.badcontext");
@@ -836,7 +823,6 @@ async fn messages_without_or_with_bad_context_start_new_roots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
     let consumer = service(&spans, "consumer")
@@ -900,7 +886,6 @@ impl TextMapPropagator for HostilePropagator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_the_client_rejects_never_fail_a_publish() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let propagation =
         Propagation::default().with_propagator(TextMapCompositePropagator::new(vec![
@@ -957,7 +942,6 @@ async fn headers_the_client_rejects_never_fail_a_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_that_would_overflow_max_payload_is_left_out() {
-    let _serial = SERIAL.lock().await;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer").await;
     let consumer = service(&spans, "consumer").await;
@@ -1003,4 +987,44 @@ async fn context_that_would_overflow_max_payload_is_left_out() {
         process.attribute("tracehop.context.missing"),
         Some(&true.into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_live_once_round_trip_returns() {
+    // Core NATS drops what nobody is subscribed to, and async-nats' `flush` does not wait
+    // for the server: only a round trip makes "subscribe, then another connection
+    // publishes at once" safe. Each subscription here gets exactly its one message.
+    let spans = SpanCollector::new();
+    let producer = service(&spans, "producer").await;
+    let consumer = service(&spans, "consumer").await;
+    for i in 0..25 {
+        let subject = unique("nats.roundtrip");
+        let mut sub = consumer
+            .subscribe(subject.clone())
+            .await
+            .expect("subscribe");
+        consumer.round_trip().await.expect("round trip");
+        producer
+            .publish(subject.clone(), format!("message {i}").into())
+            .await
+            .expect("publish");
+        let delivery = within(
+            sub.next(),
+            &[
+                ("producer", producer.client()),
+                ("consumer", consumer.client()),
+            ],
+        )
+        .await
+        .expect("a message");
+        delivery.span.end();
+        assert_eq!(delivery.message.payload, format!("message {i}").as_bytes());
+    }
+    let spans = spans.records();
+    // One publish and one process span per message, and no span for the probes.
+    assert_eq!(spans.len(), 50, "{spans:#?}");
+    assert!(spans.iter().all(|s| !s
+        .attribute_str("messaging.destination.name")
+        .unwrap_or_default()
+        .starts_with("_INBOX")));
 }

@@ -114,6 +114,13 @@ impl TracedClient {
         .await
     }
 
+    /// Wait until the server has processed everything this client sent, subscriptions
+    /// included (see [`round_trip`](super::round_trip)): call it after subscribing when
+    /// another connection publishes right away.
+    pub async fn round_trip(&self) -> Result<(), super::RoundTripError> {
+        super::round_trip(&self.client).await
+    }
+
     /// Answer `request` (a message with a reply subject) from inside its handler: a send
     /// span, child of the handler's process span, whose context travels back to the
     /// requester with the reply. Fails with [`PublishErrorKind::InvalidSubject`] if the

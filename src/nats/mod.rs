@@ -107,6 +107,14 @@
 //! is left out instead of failing the publish. Header lookup on the way in is by exact,
 //! case-sensitive name.
 //!
+//! # Subscribing before others publish
+//!
+//! Core NATS delivers a message only to the subscriptions the server knows when the
+//! message arrives, and async-nats' `subscribe` and `flush` return before the server has
+//! read the subscription. When another connection (another service) will publish right
+//! away, call [`TracedClient::round_trip`] after subscribing: once it returns, the server
+//! has the subscription and no message published after it is missed.
+//!
 //! # Processing loops
 //!
 //! [`TracedSubscriber::process`] and [`TracedMessages::process`] return `Send` futures:
@@ -120,10 +128,12 @@
 mod carrier;
 mod core;
 mod jetstream;
+mod round_trip;
 mod run;
 
 pub use self::core::{Delivery, TracedClient, TracedSubscriber};
 pub use self::jetstream::{FailurePolicy, OnFailure, Settle, TracedJetStream, TracedMessages};
+pub use self::round_trip::{round_trip, RoundTripError};
 pub use self::run::{Processed, Stop};
 
 /// The attribute names NATS spans carry (see the [module docs](self) for which span gets
