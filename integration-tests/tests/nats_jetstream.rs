@@ -45,6 +45,10 @@ impl TestStream {
             .create_stream(stream::Config {
                 name: name.clone(),
                 subjects: vec![subject.clone()],
+                // Nothing here needs to survive a restart; memory storage keeps the tests
+                // off the server's file store (which has failed to create a store under
+                // load: JetStream 500/10049).
+                storage: stream::StorageType::Memory,
                 ..Default::default()
             })
             .await

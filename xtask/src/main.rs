@@ -37,49 +37,16 @@ fn main() -> ExitCode {
 fn run_tests() -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("xtask: cargo {} --no-fail-fast", TEST_ARGS.join(" "));
-    let output = Command::new(&cargo)
+    let status = Command::new(&cargo)
         .args(TEST_ARGS)
         .arg("--no-fail-fast")
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|child| child.wait_with_output())
+        .status()
         .map_err(|e| format!("running cargo test: {e}"))?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprint!("{stderr}");
-    if output.status.success() {
-        return Ok(());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({status})"))
     }
-    // NATS core delivery is at most once, and one of its test binaries has shown an
-    // intermittent lost message (see the closing note of the session that added this).
-    // Rerun each failed test target once, loudly, rather than hide or ignore it.
-    let failed: Vec<Vec<String>> = stderr
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('`').and_then(|l| l.strip_suffix('`')))
-        .filter(|l| l.starts_with("-p ") || l.starts_with("--"))
-        .map(|l| l.split_whitespace().map(str::to_owned).collect())
-        .collect();
-    if failed.is_empty() {
-        return Err(format!("cargo test failed ({})", output.status));
-    }
-    for target in &failed {
-        println!(
-            "xtask: RETRY once, failed test target: {}",
-            target.join(" ")
-        );
-        let status = Command::new(&cargo)
-            .args(["test", "--all-features"])
-            .args(target)
-            .status()
-            .map_err(|e| format!("running cargo test: {e}"))?;
-        if !status.success() {
-            return Err(format!("{} failed twice ({status})", target.join(" ")));
-        }
-    }
-    println!(
-        "xtask: FLAKY: {} test target(s) failed once and passed on retry",
-        failed.len()
-    );
-    Ok(())
 }
 
 fn services() -> Result<(), String> {
