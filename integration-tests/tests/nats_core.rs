@@ -15,7 +15,7 @@ use opentelemetry::propagation::{
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::Context;
 use tracehop::journal::{Kind, Status};
-use tracehop::nats::{round_trip, Stop, TracedClient};
+use tracehop::nats::{round_trip, Delivery, Stop, TracedClient, TracedSubscriber};
 use tracehop::otel::sdk::propagation::TraceContextPropagator;
 use tracehop::propagation::TRACEPARENT;
 use tracehop::{ParentPolicy, Propagation, SpanCollector, SpanRecord, Telemetry};
@@ -84,6 +84,23 @@ fn named<'a>(spans: &'a [SpanRecord], name: &str) -> Vec<&'a SpanRecord> {
         .iter()
         .filter(|s| s.operation_name.as_deref() == Some(name))
         .collect()
+}
+
+/// The next message on `sub`, published by `producer`, with its process span open.
+async fn delivery(
+    sub: &mut TracedSubscriber,
+    producer: &TracedClient,
+    consumer: &TracedClient,
+) -> Delivery {
+    within(
+        sub.next(),
+        &[
+            ("producer", producer.client()),
+            ("consumer", consumer.client()),
+        ],
+    )
+    .await
+    .expect("a message")
 }
 
 /// Make sure the server has seen `client`'s subscriptions before anyone publishes.
@@ -838,15 +855,7 @@ async fn link_mode_starts_a_new_trace_linked_to_the_producer() {
         .publish(subject.clone(), "untrusted".into())
         .await
         .expect("publish");
-    let delivery = within(
-        sub.next(),
-        &[
-            ("producer", producer.client()),
-            ("consumer", consumer.client()),
-        ],
-    )
-    .await
-    .expect("a message");
+    let delivery = delivery(&mut sub, &producer, &consumer).await;
     let outcome: Result<(), String> = delivery.span.run(async { Ok(()) }).await;
     delivery.span.end();
     outcome.expect("handler");
@@ -910,15 +919,7 @@ async fn headers_the_client_rejects_never_fail_a_publish() {
         .publish(subject.clone(), "payload".into())
         .await
         .expect("publish");
-    let delivery = within(
-        sub.next(),
-        &[
-            ("producer", producer.client()),
-            ("consumer", consumer.client()),
-        ],
-    )
-    .await
-    .expect("a message");
+    let delivery = delivery(&mut sub, &producer, &consumer).await;
     delivery.span.end();
     let headers = delivery.message.headers.expect("headers");
     let received: BTreeMap<String, String> = headers
@@ -958,15 +959,7 @@ async fn context_that_would_overflow_max_payload_is_left_out() {
         .publish(subject.clone(), vec![b'x'; max].into())
         .await
         .expect("the publish still succeeds");
-    let delivery = within(
-        sub.next(),
-        &[
-            ("producer", producer.client()),
-            ("consumer", consumer.client()),
-        ],
-    )
-    .await
-    .expect("a message");
+    let delivery = delivery(&mut sub, &producer, &consumer).await;
     delivery.span.end();
     assert_eq!(delivery.message.payload.len(), max);
     assert!(
@@ -1008,15 +1001,7 @@ async fn a_subscription_is_live_once_round_trip_returns() {
             .publish(subject.clone(), format!("message {i}").into())
             .await
             .expect("publish");
-        let delivery = within(
-            sub.next(),
-            &[
-                ("producer", producer.client()),
-                ("consumer", consumer.client()),
-            ],
-        )
-        .await
-        .expect("a message");
+        let delivery = delivery(&mut sub, &producer, &consumer).await;
         delivery.span.end();
         assert_eq!(delivery.message.payload, format!("message {i}").as_bytes());
     }
