@@ -145,6 +145,18 @@ impl Telemetry {
         ProcessSpan::start(&self.inner, msg, extracted, None)
     }
 
+    /// Open a process span that is a child of `parent` and links to the message's context
+    /// (a reply under its own request span, in link mode).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn process_span_under(
+        &self,
+        msg: Incoming<'_>,
+        extracted: &crate::Extracted,
+        parent: &Context,
+    ) -> ProcessSpan {
+        ProcessSpan::start(&self.inner, msg, extracted, Some(parent))
+    }
+
     /// Open one span for a batch of messages, linked to each message's context. `batch`
     /// describes the batch (destination, consumer group); one carrier per message.
     pub fn batch_span<'c>(

@@ -343,6 +343,43 @@ async fn request_reply_forms_one_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_link_mode_the_reply_stays_under_the_request_and_links_the_responder() {
+    let spans = SpanCollector::new();
+    let requester = service(&spans, "requester")
+        .await
+        .parent_policy(ParentPolicy::Link);
+    let responder = service(&spans, "responder").await;
+    let subject = unique("nats.rpc.link");
+    let requests = responder
+        .subscribe(subject.clone())
+        .await
+        .expect("subscribe")
+        .limit(1);
+    ready(&responder).await;
+    let replier = responder.clone();
+    let responder_loop = tokio::spawn(requests.process(move |request| {
+        let replier = replier.clone();
+        async move { replier.respond(&request, "pong".into()).await }
+    }));
+    let reply = requester
+        .request(subject.clone(), "ping".into())
+        .await
+        .expect("request");
+    assert_eq!(&reply.payload[..], b"pong");
+    assert_eq!(responder_loop.await.expect("responder").failed, 0);
+
+    let spans = spans.wait_until(WAIT, |s| s.len() >= 4).await;
+    let request = span(&spans, "requester", &format!("request {subject}"));
+    let respond = span(&spans, "responder", "publish");
+    let received = span(&spans, "requester", "process");
+    assert_eq!(received.trace_id, request.trace_id, "{spans:#?}");
+    assert_eq!(received.parent_span_id.as_ref(), Some(&request.span_id));
+    assert_eq!(received.links.len(), 1, "{received:#?}");
+    assert_eq!(received.links[0].span_id, respond.span_id);
+    assert_eq!(received.attribute("tracehop.context.missing"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_without_context_is_recorded_under_the_request() {
     let spans = SpanCollector::new();
     let requester = service(&spans, "requester").await;

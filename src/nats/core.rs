@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use async_nats::client::{PublishError, PublishErrorKind, RequestError, SubscribeError};
 use async_nats::{Client, HeaderMap, Message, Request, Subject, Subscriber, ToSubject};
 use bytes::Bytes;
+use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, StringValue};
 
 use super::attributes as attr;
@@ -249,14 +250,11 @@ impl TracedClient {
     }
 
     /// The requester's span for a reply: a child of the responder's reply span, or of the
-    /// request span when the reply brings no usable context.
+    /// request span when the reply brings no usable context. In link mode it stays under
+    /// the request span (the requester's own) and links to the responder's span, without
+    /// adopting the responder's baggage.
     fn record_reply(&self, reply: &Message, request: &Context) {
         let mut extracted = self.telemetry.propagation().extract(&reply.headers);
-        if self.policy == ParentPolicy::Child && !extracted.has_parent() {
-            // Keep `source`/`rejected` as found, so the span still says why.
-            extracted.context = request.clone();
-            extracted.join_trace = None;
-        }
         let msg = incoming(
             &self.server,
             &self.client,
@@ -267,7 +265,19 @@ impl TracedClient {
             true,
         )
         .temporary();
-        let span = self.telemetry.process_span_extracted(msg, &extracted);
+        let span = if self.policy == ParentPolicy::Link {
+            let remote = extracted.context.span().span_context().clone();
+            extracted.context = Context::new().with_remote_span_context(remote);
+            extracted.join_trace = None;
+            self.telemetry.process_span_under(msg, &extracted, request)
+        } else {
+            if !extracted.has_parent() {
+                // Keep `source`/`rejected` as found, so the span still says why.
+                extracted.context = request.clone();
+                extracted.join_trace = None;
+            }
+            self.telemetry.process_span_extracted(msg, &extracted)
+        };
         span.record(&Ok::<(), Infallible>(()));
         span.end();
     }
