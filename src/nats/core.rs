@@ -496,6 +496,10 @@ pub struct Delivery {
     pub span: ProcessSpan,
 }
 
+/// How long a stopped subscription waits for its connection to finish the drain (the
+/// connection may be down) before the loop returns.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A traced subscription (plain or queue group).
 ///
 /// [`process`](Self::process) runs a handler for every message, each inside its own
@@ -508,7 +512,8 @@ pub struct TracedSubscriber {
     queue_group: Option<StringValue>,
     until: Until,
     limit_requested: bool,
-    draining: bool,
+    /// Set once a stop has sent the drain: how long to wait for the rest.
+    drain_deadline: Option<tokio::time::Instant>,
 }
 
 impl fmt::Debug for TracedSubscriber {
@@ -535,7 +540,7 @@ impl TracedSubscriber {
             queue_group: queue_group.map(|g| StringValue::from(Arc::<str>::from(g))),
             until: Until::default(),
             limit_requested: false,
-            draining: false,
+            drain_deadline: None,
         }
     }
 
@@ -550,7 +555,12 @@ impl TracedSubscriber {
     }
 
     /// Stop when `stop` fires: finish the message in hand, then drain the subscription
-    /// (unsubscribe and process what had already arrived) and return.
+    /// (unsubscribe and process what had already reached the client) and return.
+    ///
+    /// Core NATS delivers at most once: a message the server sent just before it read the
+    /// unsubscribe, and that the client had not yet read, is lost by async-nats' drain. If
+    /// the connection is down, the loop waits at most 10 s for the drain before it
+    /// returns.
     pub fn stop_on(mut self, stop: &Stop) -> TracedSubscriber {
         self.until.stop_on(stop);
         self
@@ -575,8 +585,9 @@ impl TracedSubscriber {
     /// ended, the limit is reached, or the stop signal fired and the subscription is
     /// drained.
     pub async fn next(&mut self) -> Option<Delivery> {
+        // Each flag is set only once its command is sent, so a `next` cancelled halfway
+        // (a timeout, a `select!`) sends it again on the next call.
         if !self.limit_requested {
-            self.limit_requested = true;
             if let Some(limit) = self.until.limit_value().filter(|n| *n > 0) {
                 // Best effort: without it the limit still holds on this side.
                 let _ = self
@@ -584,16 +595,27 @@ impl TracedSubscriber {
                     .unsubscribe_after(u64::try_from(limit).unwrap_or(u64::MAX))
                     .await;
             }
+            self.limit_requested = true;
         }
         let message = loop {
-            match self.until.next(&mut self.subscriber).await {
+            let next = match self.drain_deadline {
+                // Whatever has arrived is still taken after the deadline (the timeout
+                // polls the stream first); only waiting for more is bounded.
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline, self.until.next(&mut self.subscriber))
+                        .await
+                        .unwrap_or(None)
+                }
+                None => self.until.next(&mut self.subscriber).await,
+            };
+            match next {
                 Some(message) => break message,
-                None if self.until.stopped() && !self.draining => {
-                    self.draining = true;
-                    self.until.forget_stop();
+                None if self.until.stopped() && self.drain_deadline.is_none() => {
                     if self.subscriber.drain().await.is_err() {
                         return None;
                     }
+                    self.drain_deadline = Some(tokio::time::Instant::now() + DRAIN_WAIT);
+                    self.until.forget_stop();
                 }
                 None => return None,
             }

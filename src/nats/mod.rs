@@ -121,9 +121,13 @@
 //! spawn them. They return when the subscription or stream ends, after
 //! [`limit`](TracedSubscriber::limit) messages, or when a [`Stop`] fires, with a
 //! [`Processed`] count. A core NATS subscription with a limit asks the server to stop
-//! delivering after that many messages, and one told to stop drains first, so no message
-//! that reached it is left unprocessed. A JetStream loop that stops leaves unsettled
-//! whatever it has not processed; the server redelivers it after the ack wait.
+//! delivering after that many messages, and one told to stop drains first, processing
+//! what had reached the client (core NATS is at most once: a message still on the wire
+//! while the server reads the unsubscribe can be lost). A JetStream loop that stops, or
+//! reaches its limit, leaves unsettled whatever it has not processed: a pull stream
+//! (`messages()`) may hold a whole batch already fetched, which the server redelivers
+//! after the ack wait with a higher delivery count, counting towards `max_deliver`. For a
+//! bounded run, fetch exactly what you will process (`consumer.fetch().max_messages(n)`).
 
 mod carrier;
 mod core;

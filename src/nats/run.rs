@@ -9,8 +9,9 @@ use tokio::sync::watch;
 ///
 /// A loop told to stop finishes the message in hand (its handler, settlement and span),
 /// then returns; a core NATS subscription first drains (unsubscribes and processes the
-/// messages that had already reached the client, so none is dropped). Clones share the
-/// same signal; one `Stop` can stop several loops.
+/// messages that had already reached the client; see
+/// [`TracedSubscriber::stop_on`](super::TracedSubscriber::stop_on) for its limits). Clones
+/// share the same signal; one `Stop` can stop several loops.
 #[derive(Clone, Debug)]
 pub struct Stop {
     tx: Arc<watch::Sender<bool>>,
