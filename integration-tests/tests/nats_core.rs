@@ -1050,3 +1050,43 @@ async fn a_subscription_is_live_once_round_trip_returns() {
         .unwrap_or_default()
         .starts_with("_INBOX")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_subscription_names_spans_after_its_pattern() {
+    let spans = SpanCollector::new();
+    let producer = service(&spans, "producer").await;
+    let consumer = service(&spans, "consumer").await;
+    let base = unique("nats.wild");
+    let pattern = format!("{base}.*");
+    let mut sub = consumer
+        .subscribe(pattern.clone())
+        .await
+        .expect("subscribe");
+    ready(&consumer).await;
+    for part in ["eu", "us"] {
+        producer
+            .publish(format!("{base}.{part}"), part.into())
+            .await
+            .expect("publish");
+        let delivery = delivery(&mut sub, &producer, &consumer).await;
+        delivery.span.end();
+        assert_eq!(delivery.message.payload, part.as_bytes());
+    }
+
+    let spans = spans.records();
+    let processes = named(&spans, &format!("process {pattern}"));
+    assert_eq!(processes.len(), 2, "{spans:#?}");
+    for part in ["eu", "us"] {
+        let subject = format!("{base}.{part}");
+        let process = processes
+            .iter()
+            .find(|p| p.attribute_str("messaging.destination.name") == Some(subject.as_str()))
+            .unwrap_or_else(|| panic!("no process span for {subject}: {spans:#?}"));
+        assert_eq!(
+            process.attribute_str("messaging.destination.template"),
+            Some(pattern.as_str())
+        );
+        let send = span(&spans, "producer", &format!("publish {subject}"));
+        assert_eq!(process.parent_span_id.as_ref(), Some(&send.span_id));
+    }
+}

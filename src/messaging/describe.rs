@@ -99,6 +99,8 @@ pub struct Incoming<'a> {
     /// process span does not copy the name again).
     pub(crate) destination_value: Option<StringValue>,
     pub(crate) temporary: bool,
+    /// The subscription's pattern, named in the span instead of the destination.
+    pub(crate) template: Option<StringValue>,
 }
 
 impl<'a> Incoming<'a> {
@@ -113,6 +115,7 @@ impl<'a> Incoming<'a> {
             enqueued_at: None,
             destination_value: None,
             temporary: false,
+            template: None,
         }
     }
 
@@ -142,6 +145,16 @@ impl<'a> Incoming<'a> {
     pub fn temporary(mut self) -> Self {
         self.temporary = true;
         self.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true)
+    }
+
+    /// The pattern the consumer subscribed with (`orders.*`): sets
+    /// `messaging.destination.template`, and the span is named after it (`process
+    /// orders.*`) rather than the concrete destination, as the conventions ask, so
+    /// wildcard subscriptions keep span names bounded.
+    pub fn destination_template(mut self, template: impl Into<StringValue>) -> Self {
+        let template = template.into();
+        self.template = Some(template.clone());
+        self.attribute(attr::MESSAGING_DESTINATION_TEMPLATE, template)
     }
 
     /// How to relate to the message's context.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{Link, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::attributes as attr;
 use super::Incoming;
@@ -120,7 +120,9 @@ impl ProcessSpan {
             .tracer
             .span_builder(super::span_name(
                 msg.operation_name,
-                msg.destination,
+                msg.template
+                    .as_ref()
+                    .map_or(msg.destination, StringValue::as_str),
                 msg.temporary,
             ))
             .with_kind(SpanKind::Consumer)

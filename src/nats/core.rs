@@ -436,9 +436,9 @@ pub(crate) fn outgoing<'a>(
     msg
 }
 
-/// Describe an incoming core NATS message, with the names nats.net uses. `reply_to` says
-/// whether to record the reply subject (not for JetStream deliveries, whose reply subject
-/// is the server's ack subject).
+/// Describe an incoming NATS message, with the names nats.net uses. `core` is false for a
+/// JetStream delivery, whose reply subject is the server's ack subject (not recorded) and
+/// whose attempt comes from the server's delivery count (recorded by the caller).
 pub(crate) fn incoming<'a>(
     server: &Server,
     client: &Client,
@@ -446,7 +446,7 @@ pub(crate) fn incoming<'a>(
     subscription: Option<&StringValue>,
     queue_group: Option<&StringValue>,
     policy: ParentPolicy,
-    reply_to: bool,
+    core: bool,
 ) -> Incoming<'a> {
     // One copy of the subject, shared by `messaging.destination.name` and
     // `messaging.nats.message.subject`.
@@ -456,11 +456,11 @@ pub(crate) fn incoming<'a>(
         .body_size(message.payload.len())
         .attribute(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64)
         .attribute(attr::MESSAGING_NATS_MESSAGE_SUBJECT, subject);
-    if let Some(reply) = message.reply.as_ref().filter(|_| reply_to) {
+    if let Some(reply) = message.reply.as_ref().filter(|_| core) {
         msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
     }
     if let Some(subscription) = subscription {
-        msg = msg.attribute(attr::MESSAGING_DESTINATION_TEMPLATE, subscription.clone());
+        msg = msg.destination_template(subscription.clone());
     }
     if let Some(group) = queue_group {
         msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
@@ -472,7 +472,7 @@ pub(crate) fn incoming<'a>(
     {
         msg = msg.message_id(id.as_str().to_owned());
     }
-    if let Some(attempt) = crate::propagation::attempt(&message.headers) {
+    if let Some(attempt) = crate::propagation::attempt(&message.headers).filter(|_| core) {
         msg = msg.attempt(attempt);
     }
     if let Some((host, port)) = server.address(client) {

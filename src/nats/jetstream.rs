@@ -237,14 +237,13 @@ fn describe<'a>(
                 attr::MESSAGING_NATS_JS_CONSUMER_SEQUENCE,
                 i64::try_from(info.consumer_sequence).unwrap_or(i64::MAX),
             );
-        if let Ok(delivered) = u32::try_from(info.delivered) {
-            if delivered > 0 {
-                msg = msg.attempt(delivered);
-            }
-        }
         if let Some(published) = published_at(info.published) {
             msg = msg.enqueued_at(published);
         }
+    }
+    // The server's count, or a forwarded message's header: one attempt attribute.
+    if let Some(attempt) = delivery_count(message) {
+        msg = msg.attempt(attempt);
     }
     msg
 }

@@ -36,7 +36,7 @@
 //! |------|------|------|--------|
 //! | [`TracedClient::publish`] and friends | `publish <subject>` | PRODUCER | the current context |
 //! | [`TracedClient::request`] | `request <subject>` (`messaging.operation.name=request`) | PRODUCER | the current context |
-//! | a subscription's handler ([`TracedSubscriber`]) | `process <subject>` | CONSUMER | the message's send span (or a link, in [`ParentPolicy::Link`](crate::ParentPolicy::Link) mode) |
+//! | a subscription's handler ([`TracedSubscriber`]) | `process <subscription subject>`, wildcards and all (`process orders.*`), so names stay bounded | CONSUMER | the message's send span (or a link, in [`ParentPolicy::Link`](crate::ParentPolicy::Link) mode) |
 //! | [`TracedClient::respond`] (inside the handler) | `publish` | PRODUCER | the handler's process span |
 //! | the reply, on the requester's side | `process` | CONSUMER | the responder's reply span |
 //! | [`TracedJetStream::publish`] | `publish <subject>`, ended by the stream's ack | PRODUCER | the current context |
