@@ -113,7 +113,8 @@
 //! message arrives, and async-nats' `subscribe` and `flush` return before the server has
 //! read the subscription. When another connection (another service) will publish right
 //! away, call [`TracedClient::round_trip`] after subscribing: once it returns, the server
-//! has the subscription and no message published after it is missed.
+//! has the subscription and no message published to it afterwards is missed (in a
+//! cluster, other servers learn of it a moment later).
 //!
 //! # Processing loops
 //!
