@@ -111,6 +111,39 @@ impl Drop for TestStream {
     }
 }
 
+/// The server's "message terminated" advisories for `consumer`, subscribed and confirmed
+/// before anything is settled: the proof that a term reached the server (a term and an
+/// ack both leave nothing pending).
+async fn terminations<C: jetstream::consumer::IntoConsumerConfig>(
+    js: &TracedJetStream,
+    stream: &str,
+    consumer: &mut Consumer<C>,
+) -> async_nats::Subscriber {
+    let name = consumer.info().await.expect("consumer info").name.clone();
+    let client = js.context().client();
+    let advisories = client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{stream}.{name}"
+        ))
+        .await
+        .expect("subscribe to advisories");
+    tracehop::nats::round_trip(&client)
+        .await
+        .expect("round trip");
+    advisories
+}
+
+/// Wait for one termination advisory and return its stream sequence.
+async fn terminated(advisories: &mut async_nats::Subscriber) -> u64 {
+    let advisory = tokio::time::timeout(WAIT, futures_util::StreamExt::next(advisories))
+        .await
+        .expect("a termination advisory within WAIT")
+        .expect("advisory subscription open");
+    let body: serde_json::Value =
+        serde_json::from_slice(&advisory.payload).expect("advisory is JSON");
+    body["stream_seq"].as_u64().expect("stream_seq")
+}
+
 fn named<'a>(spans: &'a [SpanRecord], name: &str) -> Vec<&'a SpanRecord> {
     spans
         .iter()
@@ -344,7 +377,7 @@ async fn push_consumer_naks_with_delay_then_acks() {
     let done = tokio::spawn(
         worker
             .messages(messages)
-            .on_failure(OnFailure::NakAfter(Duration::from_millis(100)))
+            .on_failure(OnFailure::NakAfter(Duration::from_millis(300)))
             .limit(2)
             .process(|message| async move {
                 match message.info().map_err(|e| e.to_string())?.delivered {
@@ -376,6 +409,16 @@ async fn push_consumer_naks_with_delay_then_acks() {
     assert_eq!(
         processes[1].attribute_str("tracehop.nats.settlement"),
         Some("ack")
+    );
+    // The nak asked for a 300 ms delay: the redelivery starts no sooner (a plain nak is
+    // redelivered within a few milliseconds).
+    let first_end = processes[0].start_time.expect("start")
+        + Duration::from_nanos(processes[0].duration_ns.expect("duration"));
+    let second_start = processes[1].start_time.expect("start");
+    let gap = second_start.duration_since(first_end).unwrap_or_default();
+    assert!(
+        gap >= Duration::from_millis(250),
+        "redelivered after {gap:?}"
     );
 }
 
@@ -442,6 +485,7 @@ async fn retry_policy_terms_after_the_last_delivery() {
     let worker = jetstream_as(&spans, "worker").await;
     let s = TestStream::create(&producer, "js-term").await;
     let mut consumer = s.pull_consumer().await;
+    let mut advisories = terminations(&worker, &s.name, &mut consumer).await;
     producer
         .publish(s.subject.clone(), "poison".into())
         .await
@@ -464,6 +508,11 @@ async fn retry_policy_terms_after_the_last_delivery() {
         (0, 0),
         "terminated, not pending: {info:?}"
     );
+    assert_eq!(
+        terminated(&mut advisories).await,
+        1,
+        "the server saw the term"
+    );
 
     let spans = spans.records();
     let mut processes = named(&spans, &format!("process {}", s.subject));
@@ -483,6 +532,7 @@ async fn a_closure_policy_and_handle_settle_one_message() {
     let worker = jetstream_as(&spans, "worker").await;
     let s = TestStream::create(&producer, "js-handle").await;
     let mut consumer = s.pull_consumer().await;
+    let mut advisories = terminations(&worker, &s.name, &mut consumer).await;
 
     let mut headers = HeaderMap::new();
     headers.append("X-Tag", "one");
@@ -521,6 +571,11 @@ async fn a_closure_policy_and_handle_settle_one_message() {
     assert_eq!(outcome, Err("permanent: not a number".to_owned()));
     let info = s.wait_settled(&mut consumer).await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+    assert_eq!(
+        terminated(&mut advisories).await,
+        1,
+        "the server saw the term"
+    );
 
     let received = received.lock().unwrap().clone().expect("headers");
     let tags: Vec<&str> = received.get_all("X-Tag").map(HeaderValue::as_str).collect();

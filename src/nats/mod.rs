@@ -68,7 +68,7 @@
 //! | `messaging.consumer.group.name` | process (queue subscriptions) | the queue group |
 //! | `messaging.message.body.size` | all | payload bytes |
 //! | `messaging.message.envelope.size` | process | subject, reply, headers and payload bytes (async-nats' `Message::length`) |
-//! | `server.address`, `server.port` | all | the server the client is connected to (from its `INFO`) |
+//! | `server.address`, `server.port` | all | host and port from the connected server's `INFO`, as nats.net records them (the server's listen address: `0.0.0.0` when it listens on every interface) |
 //!
 //! Differences from nats.net: sizes and the port are integers here (nats.net writes
 //! strings); tracehop's operation names are `publish`, `request` and `process` (nats.net

@@ -62,9 +62,11 @@ fn write_carrier_skips_what_async_nats_would_panic_on() {
     h.set("bäd", "v".to_owned());
     h.set("X-Multi", "replaced".to_owned());
     assert_eq!(ReadCarrier::get(&h, "tracestate"), Some(&b""[..]));
-    for skipped in ["x-crlf", "x-lf", "Injected", "bad:name", "bad name", "bäd"] {
-        assert_eq!(ReadCarrier::get(&h, skipped), None, "{skipped}");
-    }
+    // Only what was valid is in the map: the user's two headers and the two set here
+    // (the invalid names cannot even be looked up, so list the map itself).
+    let mut names: Vec<String> = h.iter().map(|(k, _)| k.to_string()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["Content-Type", "X-Multi", "tracestate"]);
     assert_eq!(
         values(&h, "X-Multi"),
         ["replaced"],
