@@ -384,10 +384,11 @@ impl<St, P> TracedMessages<St, P> {
     /// Run `handler` for every message, each inside its process span; ack after success,
     /// settle by the failure policy after an error. Returns when the stream ends, the limit
     /// is reached or the stop signal fires. Errors the stream reports between messages are
-    /// counted and skipped (a final one ends the stream).
+    /// counted, logged as `tracing` warnings and skipped (a final one ends the stream).
     pub async fn process<F, Fut, T, E, SE>(self, mut handler: F) -> Processed
     where
         St: Stream<Item = Result<jetstream::Message, SE>>,
+        SE: fmt::Display,
         F: FnMut(jetstream::Message) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         E: fmt::Display,
@@ -404,7 +405,9 @@ impl<St, P> TracedMessages<St, P> {
         while let Some(next) = until.next(&mut messages).await {
             let message = match next {
                 Ok(message) => message,
-                Err(_) => {
+                Err(e) => {
+                    // Counted in `Processed` and logged like the Kafka loop's errors.
+                    tracing::warn!(error = %e, "jetstream message stream error");
                     done.stream_errors += 1;
                     continue;
                 }
