@@ -256,6 +256,29 @@ async fn three_hop_chain_forms_one_trace() {
     );
 }
 
+/// A responder on `subject` that answers one request with `echo: <payload>`, ready
+/// before this returns.
+async fn echo_once(
+    responder: &TracedClient,
+    subject: &str,
+) -> tokio::task::JoinHandle<tracehop::nats::Processed> {
+    let requests = responder
+        .subscribe(subject.to_owned())
+        .await
+        .expect("subscribe")
+        .limit(1);
+    ready(responder).await;
+    let replier = responder.clone();
+    tokio::spawn(requests.process(move |request| {
+        let replier = replier.clone();
+        async move {
+            let mut answer = b"echo: ".to_vec();
+            answer.extend_from_slice(&request.payload);
+            replier.respond(&request, answer.into()).await
+        }
+    }))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_forms_one_trace() {
     let spans = SpanCollector::new();
@@ -263,21 +286,7 @@ async fn request_reply_forms_one_trace() {
     let responder = service(&spans, "responder").await;
     let subject = unique("nats.rpc.echo");
 
-    let requests = responder
-        .subscribe(subject.clone())
-        .await
-        .expect("subscribe")
-        .limit(1);
-    ready(&responder).await;
-    let replier = responder.clone();
-    let responder_loop = tokio::spawn(requests.process(move |request| {
-        let replier = replier.clone();
-        async move {
-            let mut answer = b"echo: ".to_vec();
-            answer.extend_from_slice(&request.payload);
-            replier.respond(&request, answer.into()).await
-        }
-    }));
+    let responder_loop = echo_once(&responder, &subject).await;
 
     let reply = requester
         .request(subject.clone(), "ping".into())
@@ -352,22 +361,12 @@ async fn in_link_mode_the_reply_stays_under_the_request_and_links_the_responder(
         .parent_policy(ParentPolicy::Link);
     let responder = service(&spans, "responder").await;
     let subject = unique("nats.rpc.link");
-    let requests = responder
-        .subscribe(subject.clone())
-        .await
-        .expect("subscribe")
-        .limit(1);
-    ready(&responder).await;
-    let replier = responder.clone();
-    let responder_loop = tokio::spawn(requests.process(move |request| {
-        let replier = replier.clone();
-        async move { replier.respond(&request, "pong".into()).await }
-    }));
+    let responder_loop = echo_once(&responder, &subject).await;
     let reply = requester
         .request(subject.clone(), "ping".into())
         .await
         .expect("request");
-    assert_eq!(&reply.payload[..], b"pong");
+    assert_eq!(&reply.payload[..], b"echo: ping");
     assert_eq!(responder_loop.await.expect("responder").failed, 0);
 
     let spans = spans.wait_until(WAIT, |s| s.len() >= 4).await;
