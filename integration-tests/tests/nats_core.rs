@@ -279,6 +279,24 @@ async fn echo_once(
     }))
 }
 
+/// Request `ping` from an [`echo_once`] responder on `subject`; the spans once the four
+/// of the round trip are in.
+async fn echo_round_trip(
+    spans: &SpanCollector,
+    requester: &TracedClient,
+    responder: &TracedClient,
+    subject: &str,
+) -> Vec<SpanRecord> {
+    let responder_loop = echo_once(responder, subject).await;
+    let reply = requester
+        .request(subject.to_owned(), "ping".into())
+        .await
+        .expect("request");
+    assert_eq!(&reply.payload[..], b"echo: ping");
+    assert_eq!(responder_loop.await.expect("responder").failed, 0);
+    spans.wait_until(WAIT, |s| s.len() >= 4).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_reply_forms_one_trace() {
     let spans = SpanCollector::new();
@@ -286,16 +304,7 @@ async fn request_reply_forms_one_trace() {
     let responder = service(&spans, "responder").await;
     let subject = unique("nats.rpc.echo");
 
-    let responder_loop = echo_once(&responder, &subject).await;
-
-    let reply = requester
-        .request(subject.clone(), "ping".into())
-        .await
-        .expect("request");
-    assert_eq!(&reply.payload[..], b"echo: ping");
-    assert_eq!(responder_loop.await.expect("responder").failed, 0);
-
-    let spans = spans.wait_until(WAIT, |s| s.len() >= 4).await;
+    let spans = echo_round_trip(&spans, &requester, &responder, &subject).await;
     assert_eq!(spans.len(), 4, "{spans:#?}");
     let request = span(&spans, "requester", &format!("request {subject}"));
     let process = span(&spans, "responder", &format!("process {subject}"));
@@ -361,15 +370,7 @@ async fn in_link_mode_the_reply_stays_under_the_request_and_links_the_responder(
         .parent_policy(ParentPolicy::Link);
     let responder = service(&spans, "responder").await;
     let subject = unique("nats.rpc.link");
-    let responder_loop = echo_once(&responder, &subject).await;
-    let reply = requester
-        .request(subject.clone(), "ping".into())
-        .await
-        .expect("request");
-    assert_eq!(&reply.payload[..], b"echo: ping");
-    assert_eq!(responder_loop.await.expect("responder").failed, 0);
-
-    let spans = spans.wait_until(WAIT, |s| s.len() >= 4).await;
+    let spans = echo_round_trip(&spans, &requester, &responder, &subject).await;
     let request = span(&spans, "requester", &format!("request {subject}"));
     let respond = span(&spans, "responder", "publish");
     let received = span(&spans, "requester", "process");
