@@ -518,13 +518,7 @@ fn exception_message_value(span: &SpanData) -> Option<&Value> {
 }
 
 fn exception_message(span: &SpanData) -> Option<String> {
-    span.events
-        .events
-        .iter()
-        .filter(|e| e.name == "exception")
-        .flat_map(|e| e.attributes.iter())
-        .find(|kv| kv.key.as_str() == "exception.message")
-        .map(|kv| kv.value.as_str().into_owned())
+    exception_message_value(span).map(|v| v.as_str().into_owned())
 }
 
 fn attribute(kv: &KeyValue) -> (String, Json) {
