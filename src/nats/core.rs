@@ -346,7 +346,7 @@ fn reply_subject(request: &Message) -> Result<Subject, PublishError> {
 
 /// Merge the context headers into the user's, saying so on the span if they had to be left
 /// out.
-fn with_context(
+pub(crate) fn with_context(
     send: &SendSpan,
     headers: Option<HeaderMap>,
     context: HeaderMap,
@@ -610,7 +610,8 @@ impl TracedSubscriber {
             };
             match next {
                 Some(message) => break message,
-                None if self.until.stopped() && self.drain_deadline.is_none() => {
+                // Once draining, the stop is forgotten: this runs once.
+                None if self.until.stopped() => {
                     if self.subscriber.drain().await.is_err() {
                         return None;
                     }

@@ -7,7 +7,7 @@ use std::pin::pin;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::context::PublishError;
-use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::message::{Acker, Info};
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, AckKind};
 use async_nats::{Client, HeaderMap, Subject, ToSubject};
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::attributes as attr;
-use super::core::{incoming, outgoing, Server};
+use super::core::{incoming, outgoing, with_context, Server};
 use super::run::{Processed, Stop, Until};
 use crate::{Incoming, ParentPolicy, ProcessSpan, Telemetry};
 
@@ -103,11 +103,7 @@ impl TracedJetStream {
         )
         .operation_name("publish");
         let send = self.telemetry.send_span(msg, &mut context);
-        let (headers, dropped) =
-            super::carrier::merge(headers, context, payload.len(), self.client.max_payload());
-        if dropped {
-            send.set_attribute(attr::CONTEXT_DROPPED, true);
-        }
+        let headers = with_context(&send, headers, context, &payload, &self.client);
         let sent = match headers {
             Some(headers) => {
                 self.context
@@ -145,8 +141,26 @@ impl TracedJetStream {
     /// consumer and sequences. Run your handler with [`ProcessSpan::run`], settle the
     /// message, then [`end`](ProcessSpan::end) it.
     pub fn process_span(&self, message: &jetstream::Message) -> ProcessSpan {
-        let msg = describe(&self.server, &self.client, message, self.policy);
-        self.telemetry.process_span(msg, &message.headers)
+        self.process_span_counted(message).0
+    }
+
+    /// [`process_span`](Self::process_span), and the delivery count it recorded: the ack
+    /// subject is parsed once.
+    fn process_span_counted(&self, message: &jetstream::Message) -> (ProcessSpan, Option<u32>) {
+        let info = message.info().ok();
+        let delivered = delivery_count(info.as_ref(), message);
+        let msg = describe(
+            &self.server,
+            &self.client,
+            message,
+            info.as_ref(),
+            delivered,
+            self.policy,
+        );
+        (
+            self.telemetry.process_span(msg, &message.headers),
+            delivered,
+        )
     }
 
     /// Process one JetStream message: run `handler` inside its process span, then ack it
@@ -167,8 +181,7 @@ impl TracedJetStream {
         E: fmt::Display,
         P: FailurePolicy<E>,
     {
-        let span = self.process_span(&message);
-        let delivered = delivery_count(&message);
+        let (span, delivered) = self.process_span_counted(&message);
         let acker = Acker::new(message.context.clone(), message.reply.clone());
         let result = span.run(handler(message)).await;
         let settle = match &result {
@@ -202,27 +215,26 @@ impl TracedJetStream {
     }
 }
 
-/// The delivery count the server reports for `message` (from 1), else the
-/// `tracehop-attempt` header of a forwarded message.
-fn delivery_count(message: &jetstream::Message) -> Option<u32> {
-    message
-        .info()
-        .ok()
-        .and_then(|info| u32::try_from(info.delivered).ok())
+/// The delivery count the server reports for a message (from 1, in its ack subject's
+/// `info`), else the `tracehop-attempt` header of a forwarded message.
+fn delivery_count(info: Option<&Info<'_>>, message: &jetstream::Message) -> Option<u32> {
+    info.and_then(|info| u32::try_from(info.delivered).ok())
         .filter(|n| *n > 0)
         .or_else(|| crate::propagation::attempt(&message.headers))
 }
 
-/// Describe a JetStream message: the core NATS attributes plus stream, consumer,
-/// sequences and delivery count from the message's ack subject.
+/// Describe a JetStream message: the core NATS attributes plus stream, consumer and
+/// sequences from its ack subject's `info`, and its delivery count.
 fn describe<'a>(
     server: &Server,
     client: &Client,
     message: &'a jetstream::Message,
+    info: Option<&Info<'_>>,
+    delivered: Option<u32>,
     policy: ParentPolicy,
 ) -> Incoming<'a> {
     let mut msg = incoming(server, client, &message.message, None, None, policy, false);
-    if let Ok(info) = message.info() {
+    if let Some(info) = info {
         msg = msg
             .attribute(attr::MESSAGING_NATS_JS_STREAM, info.stream.to_owned())
             .attribute(
@@ -241,8 +253,7 @@ fn describe<'a>(
             msg = msg.enqueued_at(published);
         }
     }
-    // The server's count, or a forwarded message's header: one attempt attribute.
-    if let Some(attempt) = delivery_count(message) {
+    if let Some(attempt) = delivered {
         msg = msg.attempt(attempt);
     }
     msg
