@@ -698,8 +698,11 @@ mod jet_stream {
                     let mut messages = messages;
                     let mut count = 0;
                     while count <= n {
-                        let Some(Ok(message)) = messages.next().await else {
-                            continue;
+                        let message = match messages.next().await {
+                            Some(Ok(message)) => message,
+                            // A missed heartbeat or the like: the stream goes on.
+                            Some(Err(_)) => continue,
+                            None => break,
                         };
                         if headers {
                             let h = message.headers.as_ref();
