@@ -67,6 +67,7 @@
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(rust_2018_idioms, missing_debug_implementations)]
 
+pub mod context;
 mod error;
 pub mod journal;
 pub mod messaging;
@@ -93,8 +94,12 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use journal::{Journal, SpanCollector, SpanRecord};
+pub use messaging::consume::{
+    Batch, BatchOptions, ConsumeError, Consumer, Decision, Failure, FailurePolicy, OnFailure, Stop,
+    Summary,
+};
 pub use messaging::{
-    BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessOutcome, ProcessSpan, SendSpan,
+    BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessOutcome, ProcessSpan, SendSpan, Sent,
 };
 pub use propagation::{Extracted, Propagation, ReadCarrier, Rejection, WriteCarrier};
 pub use telemetry::{Telemetry, TelemetryBuilder};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracer,
     SdkTracerProvider, SimpleSpanProcessor, SpanProcessor, TracerProviderBuilder,
@@ -13,8 +13,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use crate::journal::{Journal, JournalExporter, JournalHealth, SpanCollector};
-use crate::messaging::{BatchSpan, Incoming, Outgoing, ProcessSpan, SendSpan};
-use crate::propagation::{Propagation, ReadCarrier, WriteCarrier};
+use crate::propagation::Propagation;
 use crate::{Error, Result};
 
 /// The instrumentation scope name of tracehop's spans.
@@ -105,66 +104,6 @@ impl Telemetry {
     /// The underlying tracer provider, to create your own spans with this service's name.
     pub fn provider(&self) -> &SdkTracerProvider {
         &self.inner.provider
-    }
-
-    /// Open a send span for `msg` as a child of the current context and write its context
-    /// into `headers`.
-    ///
-    /// "Current" is OpenTelemetry's current context, which is also the current `tracing`
-    /// span when a `tracing-opentelemetry` layer is installed: a send inside a user's
-    /// `#[instrument]` span, or inside a handler run by a process span, continues that
-    /// trace.
-    pub fn send_span(&self, msg: Outgoing<'_>, headers: &mut dyn WriteCarrier) -> SendSpan {
-        Context::map_current(|cx| SendSpan::start(&self.inner, msg, cx, headers))
-    }
-
-    /// Open a send span with an explicit parent.
-    pub fn send_span_with_parent(
-        &self,
-        msg: Outgoing<'_>,
-        parent: &Context,
-        headers: &mut dyn WriteCarrier,
-    ) -> SendSpan {
-        SendSpan::start(&self.inner, msg, parent, headers)
-    }
-
-    /// Read `headers` and open the process span for `msg`: a child of the producer's span
-    /// (or a new root linked to it, under [`ParentPolicy::Link`](crate::ParentPolicy)). A
-    /// message without usable context gets a new root that says why.
-    pub fn process_span(&self, msg: Incoming<'_>, headers: &dyn ReadCarrier) -> ProcessSpan {
-        let extracted = self.inner.propagation.extract(headers);
-        ProcessSpan::start(&self.inner, msg, &extracted, None)
-    }
-
-    /// Open a process span for a message whose headers were already read.
-    pub fn process_span_extracted(
-        &self,
-        msg: Incoming<'_>,
-        extracted: &crate::Extracted,
-    ) -> ProcessSpan {
-        ProcessSpan::start(&self.inner, msg, extracted, None)
-    }
-
-    /// Open a process span that is a child of `parent` and links to the message's context
-    /// (a reply under its own request span, in link mode).
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn process_span_under(
-        &self,
-        msg: Incoming<'_>,
-        extracted: &crate::Extracted,
-        parent: &Context,
-    ) -> ProcessSpan {
-        ProcessSpan::start(&self.inner, msg, extracted, Some(parent))
-    }
-
-    /// Open one span for a batch of messages, linked to each message's context. `batch`
-    /// describes the batch (destination, consumer group); one carrier per message.
-    pub fn batch_span<'c>(
-        &self,
-        batch: Incoming<'_>,
-        headers: impl IntoIterator<Item = &'c dyn ReadCarrier>,
-    ) -> BatchSpan {
-        BatchSpan::start(self, batch, headers)
     }
 
     /// Export every finished span now.

@@ -21,6 +21,34 @@ pub(crate) fn value_bytes(value: &AMQPValue) -> Option<&[u8]> {
     }
 }
 
+/// The bytes of header `name` of a message, if it is one of the AMQP types that carry text
+/// (long string, short string, byte array), whichever a client used.
+///
+/// ```
+/// use tracehop::amqp::header_bytes;
+/// use tracehop::amqp::lapin::types::{AMQPValue, FieldTable};
+/// use tracehop::amqp::lapin::BasicProperties;
+///
+/// let mut headers = FieldTable::default();
+/// headers.insert("tenant".into(), AMQPValue::ByteArray(b"acme".to_vec().into()));
+/// let properties = BasicProperties::default().with_headers(headers);
+/// assert_eq!(header_bytes(&properties, "tenant"), Some(&b"acme"[..]));
+/// assert_eq!(header_bytes(&properties, "missing"), None);
+/// ```
+pub fn header_bytes<'p>(properties: &'p BasicProperties, name: &str) -> Option<&'p [u8]> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+        .and_then(value_bytes)
+}
+
+/// Header `name` of a message as text, if it is a long string, short string or byte
+/// array holding UTF-8.
+pub fn header_text<'p>(properties: &'p BasicProperties, name: &str) -> Option<&'p str> {
+    header_bytes(properties, name).and_then(|b| std::str::from_utf8(b).ok())
+}
+
 impl ReadCarrier for FieldTable {
     fn get(&self, key: &str) -> Option<&[u8]> {
         self.inner().get(key).and_then(value_bytes)

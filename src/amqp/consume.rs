@@ -1,123 +1,262 @@
-//! Consuming: a process span per delivery, the handler run inside it, and the delivery
-//! settled by policy.
+//! Consuming: lapin deliveries as a source for the one consume loop, settled with
+//! `basic.ack`, `basic.nack` or `basic.reject` as the loop decides.
 
 use std::fmt;
-use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, ShortString};
-use lapin::{Acker, BasicProperties, Consumer};
-use opentelemetry::StringValue;
+use lapin::{Acker, BasicProperties};
+use opentelemetry::{Context, StringValue};
 
-use super::{carrier, REDELIVERED, SETTLEMENT};
+use super::{carrier, REDELIVERED};
 use crate::messaging::attributes as attr;
-use crate::{Incoming, ParentPolicy, Telemetry};
+use crate::messaging::consume::{
+    delivery_attempt, Settle, SettleError, Settlement, Source, SourceError, NO_HEADERS,
+};
+use crate::propagation::ReadCarrier;
+use crate::{Consumer, Incoming, OnFailure, Telemetry};
 
 /// The header RabbitMQ adds each time a message is dead-lettered.
 const X_DEATH: &str = "x-death";
 /// The header quorum queues add to a redelivered message: earlier delivery attempts.
 const X_DELIVERY_COUNT: &str = "x-delivery-count";
 
-/// How a [`TracedConsumer`] settles a delivery once its handler has run.
+/// A lapin [`Consumer`](lapin::Consumer) run through the one [`Consumer`] loop.
 ///
-/// Every policy but [`Manual`](Self::Manual) acks a delivery whose handler succeeded. They
-/// differ in what happens to one whose handler failed. A delivery the handler already
-/// settled itself (through the `Delivery`'s acker) is left alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum AckPolicy {
-    /// `basic.nack` with `requeue`: the broker delivers the message again (the default;
-    /// nothing is ever lost, but a message that always fails comes back forever).
-    #[default]
-    NackRequeue,
-    /// `basic.nack` without `requeue`: the broker dead-letters the message if its queue
-    /// has a dead-letter exchange, and drops it otherwise.
-    Nack,
-    /// `basic.reject` without `requeue`: like [`Nack`](Self::Nack), with the older method.
-    Reject,
-    /// Never settle: the consumer was started with `no_ack`, or the handler settles every
-    /// delivery itself.
-    Manual,
-}
+/// Each delivery's handler runs inside its process span (a child of the producer's send
+/// span, or a new trace linked to it under [`ParentPolicy::Link`](crate::ParentPolicy)),
+/// then the delivery is acked; a failed (or panicking) handler's delivery is settled as
+/// the failure policy says: by default `basic.nack` with requeue
+/// ([`OnFailure::redeliver`]), or into the queue's dead-letter exchange
+/// ([`OnFailure::dead_letter`], [`OnFailure::reject`]). A delivery the handler already
+/// settled itself (through the `Delivery`'s acker) is left alone
+/// (`tracehop.settlement=handler`); with a `no_ack` consumer, use
+/// [`manual_settlement`](Consumer::manual_settlement).
+///
+/// The loop ends when the consumer is cancelled (`basic_cancel` with its
+/// [`tag`](Consumer::tag), or the channel closes cleanly), at its limit or stop signal,
+/// or with [`ConsumeError::Source`](crate::ConsumeError::Source) when the channel or
+/// connection fails. Deliveries the client prefetched but the loop did not take go back
+/// to the queue when the channel closes.
+pub type TracedConsumer = Consumer<Deliveries>;
 
-/// What was done with a delivery, as recorded in the `tracehop.amqp.settlement`
-/// attribute.
+/// What a RabbitMQ failure policy can do beyond the common decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Settlement {
-    /// Acknowledged.
-    Ack,
-    /// Negatively acknowledged and requeued.
-    NackRequeue,
-    /// Negatively acknowledged without requeue (dead-lettered or dropped by the broker).
+pub enum AmqpAction {
+    /// `basic.nack` without requeue: the broker dead-letters the message if its queue has
+    /// a dead-letter exchange, and drops it otherwise.
     Nack,
-    /// Rejected without requeue (dead-lettered or dropped by the broker).
+    /// `basic.reject` without requeue: like [`Nack`](Self::Nack), with the older method.
     Reject,
-    /// Not settled, by policy ([`AckPolicy::Manual`]).
-    None,
-    /// Already settled by the handler.
-    ByHandler,
 }
 
-impl Settlement {
-    /// The attribute value: `ack`, `nack_requeue`, `nack`, `reject`, `none` or `handler`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Settlement::Ack => "ack",
-            Settlement::NackRequeue => "nack_requeue",
-            Settlement::Nack => "nack",
-            Settlement::Reject => "reject",
-            Settlement::None => "none",
-            Settlement::ByHandler => "handler",
-        }
+impl OnFailure<AmqpAction> {
+    /// `basic.nack` without requeue: into the queue's dead-letter exchange (dropped if it
+    /// has none).
+    pub fn dead_letter() -> Self {
+        OnFailure::settle(AmqpAction::Nack)
+    }
+
+    /// `basic.reject` without requeue: into the queue's dead-letter exchange (dropped if
+    /// it has none).
+    pub fn reject() -> Self {
+        OnFailure::settle(AmqpAction::Reject)
     }
 }
 
-impl AckPolicy {
-    /// Settle the delivery behind `acker` after its handler `succeeded` (or not).
-    ///
-    /// For your own consume loop; [`TracedConsumer`] calls it for you.
-    pub async fn settle(self, acker: &Acker, succeeded: bool) -> lapin::Result<Settlement> {
-        let (done, settlement) = match (self, succeeded) {
-            (AckPolicy::Manual, _) => return Ok(Settlement::None),
-            (_, true) => (
-                acker.ack(BasicAckOptions::default()).await?,
-                Settlement::Ack,
-            ),
-            (AckPolicy::NackRequeue, false) => (
+impl TracedConsumer {
+    /// Process the deliveries of `consumer` as service `telemetry`.
+    pub fn new(consumer: lapin::Consumer, telemetry: Telemetry) -> TracedConsumer {
+        let queue = consumer.queue().as_str().to_owned();
+        let source = Deliveries {
+            queue_value: StringValue::from(Arc::<str>::from(queue.as_str())),
+            queue,
+            consumer: Mutex::new(consumer),
+        };
+        Consumer::from_source(source, telemetry)
+    }
+
+    /// The consumer tag: `basic_cancel` it to stop the loop.
+    pub fn tag(&self) -> ShortString {
+        self.source()
+            .consumer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tag()
+    }
+
+    /// The queue consumed, the process spans' destination.
+    pub fn queue(&self) -> &str {
+        &self.source().queue
+    }
+}
+
+/// The source behind a [`TracedConsumer`]: a lapin consumer and its queue.
+pub struct Deliveries {
+    consumer: Mutex<lapin::Consumer>,
+    queue: String,
+    /// `queue` as the process spans' `messaging.destination.name`, shared by all of them.
+    queue_value: StringValue,
+}
+
+impl fmt::Debug for Deliveries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deliveries")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Source for Deliveries {
+    type Message = Delivery;
+    type Action = AmqpAction;
+    type Delivery<'a> = AmqpDelivery<'a>;
+
+    async fn next(&self) -> Option<Result<AmqpDelivery<'_>, SourceError>> {
+        let next = std::future::poll_fn(|cx| {
+            self.consumer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .poll_next_unpin(cx)
+        });
+        match next.await? {
+            Ok(delivery) => Some(Ok(AmqpDelivery {
+                source: self,
+                acker: delivery.acker.clone(),
+                delivery_tag: delivery.delivery_tag,
+                redeliveries: redeliveries(&self.queue, &delivery.properties, delivery.redelivered),
+                delivery: Some(delivery),
+            })),
+            // lapin follows an error with the end of the stream: the channel is gone.
+            Err(e) => Some(Err(SourceError::fatal(e))),
+        }
+    }
+
+    fn describe_batch<'a>(&'a self, destination: &'a str) -> Incoming<'a> {
+        Incoming::new(attr::system::RABBITMQ, destination)
+    }
+}
+
+/// A delivery from a RabbitMQ queue.
+pub struct AmqpDelivery<'a> {
+    source: &'a Deliveries,
+    acker: Acker,
+    delivery_tag: u64,
+    redeliveries: u32,
+    /// `None` once handed to the handler.
+    delivery: Option<Delivery>,
+}
+
+impl fmt::Debug for AmqpDelivery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpDelivery")
+            .field("queue", &self.source.queue)
+            .field("delivery_tag", &self.delivery_tag)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settle for AmqpDelivery<'_> {
+    type Message = Delivery;
+    type Action = AmqpAction;
+
+    fn describe(&self) -> Incoming<'_> {
+        let queue = &self.source.queue;
+        let mut msg = match &self.delivery {
+            Some(delivery) => describe_unattempted(queue, delivery),
+            None => Incoming::new(attr::system::RABBITMQ, queue),
+        };
+        msg.destination_value = Some(self.source.queue_value.clone());
+        msg
+    }
+
+    fn destination(&self) -> &str {
+        &self.source.queue
+    }
+
+    fn headers(&self) -> &dyn ReadCarrier {
+        match &self.delivery {
+            Some(delivery) => &delivery.properties,
+            None => NO_HEADERS,
+        }
+    }
+
+    fn redeliveries(&self) -> u32 {
+        self.redeliveries
+    }
+
+    fn message(&mut self, keep: bool) -> Option<Delivery> {
+        if keep {
+            self.delivery.as_ref().map(copy)
+        } else {
+            self.delivery.take()
+        }
+    }
+
+    fn position(&self) -> String {
+        format!("queue {} delivery {}", self.source.queue, self.delivery_tag)
+    }
+
+    async fn settle(
+        &mut self,
+        settlement: Settlement<'_, AmqpAction>,
+        _span: &Context,
+        _attempt: u32,
+    ) -> Result<&'static str, SettleError> {
+        let acker = &self.acker;
+        let (label, done) = match settlement {
+            Settlement::Nothing => return Ok("none"),
+            Settlement::Done => ("ack", acker.ack(BasicAckOptions::default()).await),
+            Settlement::Redeliver => (
+                "nack_requeue",
                 acker
                     .nack(BasicNackOptions {
                         requeue: true,
                         ..BasicNackOptions::default()
                     })
-                    .await?,
-                Settlement::NackRequeue,
+                    .await,
             ),
-            (AckPolicy::Nack, false) => (
+            Settlement::Action(AmqpAction::Nack) => (
+                "nack",
                 acker
                     .nack(BasicNackOptions {
                         requeue: false,
                         ..BasicNackOptions::default()
                     })
-                    .await?,
-                Settlement::Nack,
+                    .await,
             ),
-            (AckPolicy::Reject, false) => (
-                acker.reject(BasicRejectOptions { requeue: false }).await?,
-                Settlement::Reject,
+            Settlement::Action(AmqpAction::Reject) => (
+                "reject",
+                acker.reject(BasicRejectOptions { requeue: false }).await,
             ),
         };
-        // lapin answers `false` for a delivery that was already settled through a clone
-        // of its acker (the handler did it).
-        Ok(if done {
-            settlement
-        } else {
-            Settlement::ByHandler
-        })
+        match done {
+            // lapin answers `false` for a delivery that was already settled through a
+            // clone of its acker (the handler did it).
+            Ok(true) => Ok(label),
+            Ok(false) => Ok("handler"),
+            // The channel is gone: the loop cannot settle anything more.
+            Err(e) => Err(SettleError::fatal(label, e)),
+        }
+    }
+}
+
+/// A copy of `delivery` for one run of the handler (lapin's `Delivery` is not `Clone`);
+/// its acker settles the same delivery.
+fn copy(delivery: &Delivery) -> Delivery {
+    Delivery {
+        delivery_tag: delivery.delivery_tag,
+        exchange: delivery.exchange.clone(),
+        routing_key: delivery.routing_key.clone(),
+        redelivered: delivery.redelivered,
+        properties: delivery.properties.clone(),
+        data: delivery.data.clone(),
+        acker: delivery.acker.clone(),
     }
 }
 
@@ -127,11 +266,21 @@ impl AckPolicy {
 ///
 /// For your own consume loop:
 /// `telemetry.process_span(describe(queue, &delivery), &delivery.properties)`.
+///
+/// [`Telemetry::process_span`]: crate::Telemetry::process_span
 pub fn describe<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a> {
+    describe_unattempted(queue, delivery).attempt(attempt(
+        queue,
+        &delivery.properties,
+        delivery.redelivered,
+    ))
+}
+
+/// [`describe`] without the delivery attempt (the consume loop adds it).
+fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a> {
     let properties = &delivery.properties;
     let mut msg = Incoming::new(attr::system::RABBITMQ, queue)
         .body_size(delivery.data.len())
-        .attempt(attempt(queue, properties, delivery.redelivered))
         .attribute(
             attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
             i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
@@ -161,16 +310,20 @@ pub fn describe<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a> {
     msg
 }
 
-/// Which delivery of its message this is on `queue`, counting from 1.
-///
-/// The largest of: the `tracehop-attempt` header (written by a consumer that forwarded
-/// the message for a retry); 1 + the `count` of the `x-death` entries for `queue` (times
-/// the message was dead-lettered from this queue and came back); 1 + a quorum queue's
-/// `x-delivery-count`. A message the broker marks `redelivered` without counting (a
-/// requeue on a classic queue) is at least attempt 2.
+/// Which delivery of its message this is on `queue`, counting from 1: the attempt the
+/// `tracehop-attempt` header carries (a forwarded retry), else 1, plus the
+/// [`redeliveries`] the broker counted.
 pub fn attempt(queue: &str, properties: &BasicProperties, redelivered: bool) -> u32 {
+    delivery_attempt(properties, redeliveries(queue, properties, redelivered))
+}
+
+/// How many times RabbitMQ delivered this message on `queue` before: the largest of the
+/// `count` of the `x-death` entries for `queue` (times it was dead-lettered from this
+/// queue and came back) and a quorum queue's `x-delivery-count`. A message the broker
+/// marks `redelivered` without counting (a requeue on a classic queue) was delivered at
+/// least once before.
+pub fn redeliveries(queue: &str, properties: &BasicProperties, redelivered: bool) -> u32 {
     let headers = properties.headers().as_ref();
-    let from_header = crate::propagation::attempt(properties).unwrap_or(1);
     let deaths = headers
         .and_then(|h| h.inner().get(X_DEATH))
         .map_or(0, |v| dead_lettered_from(queue, v));
@@ -178,12 +331,11 @@ pub fn attempt(queue: &str, properties: &BasicProperties, redelivered: bool) -> 
         .and_then(|h| h.inner().get(X_DELIVERY_COUNT))
         .and_then(as_u64)
         .unwrap_or(0);
-    let counted = deaths.max(deliveries).saturating_add(1);
-    let attempt = u32::try_from(counted).unwrap_or(u32::MAX).max(from_header);
+    let counted = u32::try_from(deaths.max(deliveries)).unwrap_or(u32::MAX);
     if redelivered {
-        attempt.max(2)
+        counted.max(1)
     } else {
-        attempt
+        counted
     }
 }
 
@@ -220,160 +372,6 @@ fn as_u64(value: &AMQPValue) -> Option<u64> {
         AMQPValue::LongUInt(n) => Some(u64::from(n)),
         AMQPValue::LongLongInt(n) => u64::try_from(n).ok(),
         _ => None,
-    }
-}
-
-/// A lapin [`Consumer`] whose deliveries are processed inside process spans.
-///
-/// [`run`](Self::run) takes each delivery in turn, opens its process span (a child of the
-/// producer's send span, or a new trace linked to it under [`ParentPolicy::Link`]), runs
-/// the handler inside it, settles the delivery by the [`AckPolicy`] and ends the span.
-/// Everything the handler does, publishes included, nests under the process span.
-///
-/// The loop stops when the consumer is cancelled (`basic_cancel` with its
-/// [`tag`](Self::tag), or the channel closes), after [`stop_after`](Self::stop_after)
-/// deliveries, when the shutdown future given to [`run_until`](Self::run_until)
-/// completes, or on a consumer error. Its future is `Send`: spawn it.
-pub struct TracedConsumer {
-    consumer: Consumer,
-    telemetry: Telemetry,
-    queue: String,
-    /// `queue` as the process spans' `messaging.destination.name`, shared by all of them.
-    queue_value: StringValue,
-    ack: AckPolicy,
-    parent: ParentPolicy,
-    limit: Option<u64>,
-}
-
-impl fmt::Debug for TracedConsumer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TracedConsumer")
-            .field("queue", &self.queue)
-            .field("tag", &self.consumer.tag())
-            .field("ack", &self.ack)
-            .field("parent", &self.parent)
-            .field("limit", &self.limit)
-            .finish()
-    }
-}
-
-/// What a [`TracedConsumer`] loop did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConsumeSummary {
-    /// Deliveries processed.
-    pub deliveries: u64,
-    /// Deliveries whose handler failed.
-    pub failed: u64,
-}
-
-impl TracedConsumer {
-    /// Process the deliveries of `consumer` as service `telemetry`, acking by
-    /// [`AckPolicy::NackRequeue`] and adopting the producer's span as parent until told
-    /// otherwise.
-    pub fn new(consumer: Consumer, telemetry: Telemetry) -> TracedConsumer {
-        TracedConsumer {
-            queue: consumer.queue().as_str().to_owned(),
-            queue_value: StringValue::from(Arc::<str>::from(consumer.queue().as_str())),
-            consumer,
-            telemetry,
-            ack: AckPolicy::default(),
-            parent: ParentPolicy::Child,
-            limit: None,
-        }
-    }
-
-    /// How to settle deliveries.
-    pub fn ack_policy(mut self, policy: AckPolicy) -> Self {
-        self.ack = policy;
-        self
-    }
-
-    /// Child of the producer's span (the default) or a new trace with a link to it.
-    pub fn parent_policy(mut self, policy: ParentPolicy) -> Self {
-        self.parent = policy;
-        self
-    }
-
-    /// Stop after `deliveries` deliveries.
-    pub fn stop_after(mut self, deliveries: u64) -> Self {
-        self.limit = Some(deliveries);
-        self
-    }
-
-    /// The consumer tag: `basic_cancel` it to stop the loop.
-    pub fn tag(&self) -> ShortString {
-        self.consumer.tag()
-    }
-
-    /// The queue consumed, the process spans' destination.
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    /// Run `handler` for each delivery until the loop stops (see the type's docs).
-    ///
-    /// The handler gets the delivery as lapin gives it. Its error is recorded on the
-    /// process span (status, `error.type`, an `exception` event) and decides the
-    /// settlement; it does not stop the loop. A consumer error (the channel or connection
-    /// failed) stops the loop and is returned; deliveries not yet settled then go back to
-    /// the queue, as the broker does for any closed channel.
-    pub async fn run<H, Fut, E>(self, handler: H) -> lapin::Result<ConsumeSummary>
-    where
-        H: FnMut(Delivery) -> Fut + Send,
-        Fut: Future<Output = Result<(), E>> + Send,
-        E: fmt::Display + Send,
-    {
-        self.run_until(handler, std::future::pending::<()>()).await
-    }
-
-    /// Like [`run`](Self::run), and also stop when `shutdown` completes. The delivery
-    /// being handled then is finished and settled first; deliveries the client had
-    /// prefetched go back to the queue when you close the channel.
-    pub async fn run_until<H, Fut, E, S>(
-        mut self,
-        mut handler: H,
-        shutdown: S,
-    ) -> lapin::Result<ConsumeSummary>
-    where
-        S: Future<Output = ()> + Send,
-        H: FnMut(Delivery) -> Fut + Send,
-        Fut: Future<Output = Result<(), E>> + Send,
-        E: fmt::Display + Send,
-    {
-        let mut summary = ConsumeSummary::default();
-        let mut shutdown = std::pin::pin!(shutdown);
-        while self.limit.is_none_or(|n| summary.deliveries < n) {
-            let next = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                next = self.consumer.next() => next,
-            };
-            let delivery = match next {
-                None => break,
-                Some(Err(e)) => return Err(e),
-                Some(Ok(delivery)) => delivery,
-            };
-            let acker = delivery.acker.clone();
-            let mut msg = describe(&self.queue, &delivery).parent_policy(self.parent);
-            msg.destination_value = Some(self.queue_value.clone());
-            let span = self.telemetry.process_span(msg, &delivery.properties);
-            let succeeded = span.run(handler(delivery)).await.is_ok();
-            summary.deliveries += 1;
-            if !succeeded {
-                summary.failed += 1;
-            }
-            match self.ack.settle(&acker, succeeded).await {
-                Ok(settlement) => span.set_attribute(SETTLEMENT, settlement.as_str()),
-                Err(e) => {
-                    span.set_attribute(SETTLEMENT, "failed");
-                    span.end();
-                    return Err(e);
-                }
-            }
-            span.end();
-        }
-        Ok(summary)
     }
 }
 
@@ -437,7 +435,9 @@ mod tests {
             "tracehop-attempt",
             AMQPValue::ByteArray(b"4".to_vec().into()),
         )]);
-        assert_eq!(attempt("work", &p, true), 4);
+        // Forwarded as attempt 4, then redelivered once by the broker.
+        assert_eq!(attempt("work", &p, true), 5);
+        assert_eq!(attempt("work", &p, false), 4);
         let p = props(&[("x-delivery-count", AMQPValue::LongLongInt(2))]);
         assert_eq!(attempt("work", &p, true), 3);
     }
@@ -470,7 +470,7 @@ mod tests {
             Some("rk")
         );
         assert_eq!(get(REDELIVERED).as_deref(), Some("true"));
-        assert_eq!(get(attr::DELIVERY_ATTEMPT).as_deref(), Some("2"));
+        assert_eq!(msg.attempt, Some(2));
         assert_eq!(get(attr::MESSAGING_MESSAGE_BODY_SIZE).as_deref(), Some("5"));
         assert_eq!(get(attr::MESSAGING_MESSAGE_ID).as_deref(), Some("m-1"));
         assert_eq!(

@@ -8,19 +8,22 @@
 //! - [`TracedChannel`] wraps a [`lapin::Channel`]: its `basic_publish` takes lapin's arguments,
 //!   opens a send span and injects the context. With publisher confirms, the span ends at
 //!   the broker's ack (a nack or a returned message is an error).
-//! - [`TracedConsumer`] wraps a [`lapin::Consumer`]: it runs an async handler per delivery
-//!   inside a process span (child of the send span, or linked with
-//!   [`ParentPolicy::Link`](crate::ParentPolicy::Link)), then acks, nacks or rejects by
-//!   [`AckPolicy`]. A message dead-lettered by a reject is processed by the dead-letter
-//!   queue's consumer in the same trace, since its headers travel with it.
+//! - [`TracedConsumer`] wraps a [`lapin::Consumer`] in the one consume loop
+//!   ([`Consumer`](crate::Consumer)): it runs an async handler per delivery inside a
+//!   process span (child of the send span, or linked with
+//!   [`ParentPolicy::Link`](crate::ParentPolicy::Link)), then acks, or settles a failure
+//!   as the [`OnFailure`](crate::OnFailure) policy says (nack with requeue by default, or
+//!   into a dead-letter exchange). A message dead-lettered by a nack or reject is
+//!   processed by the dead-letter queue's consumer in the same trace, since its headers
+//!   travel with it.
 //! - [`RpcClient`] and [`TracedChannel::reply`] make a request/reply round trip one trace.
 //!
 //! ```no_run
 //! use tracehop::amqp::lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 //! use tracehop::amqp::lapin::types::FieldTable;
 //! use tracehop::amqp::lapin::{BasicProperties, Connection, ConnectionProperties};
-//! use tracehop::amqp::{AckPolicy, TracedChannel, TracedConsumer};
-//! use tracehop::Telemetry;
+//! use tracehop::amqp::{TracedChannel, TracedConsumer};
+//! use tracehop::{OnFailure, Telemetry};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let telemetry = Telemetry::builder("orders").build()?;
@@ -51,7 +54,7 @@
 //!     )
 //!     .await?;
 //! TracedConsumer::new(consumer, telemetry)
-//!     .ack_policy(AckPolicy::Nack)
+//!     .on_failure(OnFailure::dead_letter())
 //!     .run(|delivery| async move {
 //!         println!("{} bytes", delivery.data.len());
 //!         Ok::<(), std::io::Error>(())
@@ -80,7 +83,9 @@
 //!   flag;
 //! - `tracehop.delivery.attempt`: which delivery this is, from `x-death`, a quorum queue's
 //!   `x-delivery-count` or `tracehop-attempt` (see [`attempt`]);
-//! - [`SETTLEMENT`] (`tracehop.amqp.settlement`): what the consumer did with the delivery.
+//! - `tracehop.settlement`: what the consumer did with the delivery (`ack`,
+//!   `nack_requeue`, `nack`, `reject`, `handler` when the handler had settled it, `none`),
+//!   and `tracehop.settlement.error` when the broker did not take it.
 //!
 //! # Headers
 //!
@@ -96,7 +101,10 @@ mod consume;
 mod publish;
 mod rpc;
 
-pub use consume::{attempt, describe, AckPolicy, ConsumeSummary, Settlement, TracedConsumer};
+pub use carrier::{header_bytes, header_text};
+pub use consume::{
+    attempt, describe, redeliveries, AmqpAction, AmqpDelivery, Deliveries, TracedConsumer,
+};
 pub use lapin;
 pub use publish::{PublishConfirm, TracedChannel};
 pub use rpc::{RpcClient, RpcError, DIRECT_REPLY_TO};
@@ -107,11 +115,6 @@ pub const DEFAULT_EXCHANGE: &str = "amq.default";
 /// Attribute: the broker's redelivered flag on a delivery (`true` when it was delivered
 /// before and not acknowledged). Not (yet) in the OpenTelemetry conventions.
 pub const REDELIVERED: &str = "messaging.rabbitmq.message.redelivered";
-
-/// Attribute: what the consumer did with a delivery, one of the
-/// [`Settlement`] values (`ack`, `nack_requeue`, `nack`, `reject`, `none`, `handler`), or
-/// `failed` when settling failed.
-pub const SETTLEMENT: &str = "tracehop.amqp.settlement";
 
 /// A low-cardinality `error.type` for a lapin error.
 fn error_type(e: &lapin::Error) -> &'static str {
@@ -146,10 +149,12 @@ mod tests {
     #[allow(dead_code)]
     fn futures_are_send(consumer: TracedConsumer, channel: TracedChannel, rpc: RpcClient) {
         fn send<T: Send>(_: T) {}
-        send(consumer.run_until(
-            |_delivery| async { Ok::<(), String>(()) },
-            std::future::ready(()),
-        ));
+        let mut consumer = consumer;
+        send(async move {
+            consumer
+                .run(|_delivery| async { Ok::<(), String>(()) })
+                .await
+        });
         send(channel.basic_publish(
             "".into(),
             "q".into(),

@@ -106,13 +106,18 @@ impl TracedChannel {
                 return Err(e);
             }
         };
+        let context = span.context().clone();
         let span = if self.channel.status().confirm() {
             Some(span)
         } else {
             span.end();
             None
         };
-        Ok(PublishConfirm { confirm, span })
+        Ok(PublishConfirm {
+            confirm,
+            span,
+            context,
+        })
     }
 }
 
@@ -126,6 +131,22 @@ impl TracedChannel {
 pub struct PublishConfirm {
     confirm: PublisherConfirm,
     span: Option<SendSpan>,
+    context: opentelemetry::Context,
+}
+
+impl PublishConfirm {
+    /// The context of the message's send span: its trace id and span id are what the
+    /// message carries (`context().span().span_context()`), for logging the trace of what
+    /// was just published.
+    pub fn context(&self) -> &opentelemetry::Context {
+        &self.context
+    }
+
+    /// The span context the message carries.
+    pub fn span_context(&self) -> opentelemetry::trace::SpanContext {
+        use opentelemetry::trace::TraceContextExt as _;
+        self.context.span().span_context().clone()
+    }
 }
 
 impl fmt::Debug for PublishConfirm {

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::consume::describe;
 use super::publish::{PublishConfirm, TracedChannel};
-use crate::Telemetry;
+use crate::{ParentPolicy, Telemetry};
 
 /// RabbitMQ's direct reply-to pseudo-queue: replies go straight back to the consuming
 /// channel, with no queue to declare or delete.
@@ -65,13 +65,17 @@ fn lock(pending: &Pending) -> MutexGuard<'_, HashMap<String, oneshot::Sender<Del
 ///
 /// [`call`](Self::call) publishes the request (a send span, child of the current context)
 /// with `reply_to` = [`DIRECT_REPLY_TO`] and a correlation id, waits for the reply, and
-/// records a process span for the reply, a child of the server's reply span. Calls may run
+/// records a `process` span for the reply (named after the operation alone: the reply
+/// destination is temporary), a child of the server's reply span, or of the request span
+/// when the reply carries no usable context (the span says why) — the same reply span as
+/// NATS request/reply. Calls may run
 /// concurrently. The client owns its channel's reply consumer: use a channel of its own.
 ///
 /// `call` has no timeout of its own; wrap it in `tokio::time::timeout`. A reply that
 /// arrives after its caller gave up is discarded.
 pub struct RpcClient {
     channel: TracedChannel,
+    policy: ParentPolicy,
     pending: Arc<Pending>,
     prefix: String,
     next: AtomicU64,
@@ -127,11 +131,21 @@ impl RpcClient {
         });
         Ok(RpcClient {
             channel: TracedChannel::new(channel, telemetry),
+            policy: ParentPolicy::Child,
             pending,
             prefix: unique_prefix(),
             next: AtomicU64::new(0),
             dispatcher,
         })
+    }
+
+    /// How the span for a reply relates to the responder's span: a child of the
+    /// responder's reply span (the default), or, with [`ParentPolicy::Link`], a child of
+    /// the request span that links to the responder's (the responder is not trusted to
+    /// choose the caller's trace).
+    pub fn parent_policy(mut self, policy: ParentPolicy) -> RpcClient {
+        self.policy = policy;
+        self
     }
 
     /// The traced channel the requests are published on.
@@ -175,11 +189,12 @@ impl RpcClient {
         let properties = properties
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(correlation_id.clone());
-        let confirmation = self
+        let confirm = self
             .channel
             .basic_publish(exchange, routing_key, options, payload, properties)
-            .await?
             .await?;
+        let request = confirm.context().clone();
+        let confirmation = confirm.await?;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
             Confirmation::Nack(_) => return Err(RpcError::Nacked),
@@ -191,12 +206,10 @@ impl RpcClient {
             }
         }
         let reply = rx.await.map_err(|_| RpcError::Closed)?;
-        let span = self
-            .channel
+        let msg = describe(DIRECT_REPLY_TO, &reply).parent_policy(self.policy);
+        self.channel
             .telemetry()
-            .process_span(describe(DIRECT_REPLY_TO, &reply), &reply.properties);
-        span.record(&Ok::<(), std::convert::Infallible>(()));
-        span.end();
+            .record_reply(msg, &reply.properties, &request);
         Ok(reply)
     }
 }

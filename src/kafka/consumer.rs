@@ -1,217 +1,69 @@
-//! The consumer side: a [`StreamConsumer`] loop that runs a handler for each message
-//! inside its process span, commits after success and applies the failure policy.
+//! The consumer side: a [`StreamConsumer`] as a source for the one consume loop, whose
+//! messages are committed once settled, sought back to for redelivery, or forwarded to a
+//! retry or dead-letter topic.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::{Context, StringValue};
 use rdkafka::client::ClientContext;
 use rdkafka::config::FromClientConfig;
 use rdkafka::consumer::{
-    CommitMode, Consumer, ConsumerContext, DefaultConsumerContext, StreamConsumer,
+    CommitMode, Consumer as _, ConsumerContext, DefaultConsumerContext, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedMessage};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::{AsyncRuntime, DefaultRuntime};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset};
 
 use super::carrier::HeaderSnapshot;
-use super::policy::{Decision, Failure, FailurePolicy, OnFailure};
+use super::producer::SendResult;
 use super::{describe, TracedProducer};
-use crate::propagation::{self, WriteCarrier};
-use crate::{ParentPolicy, ProcessSpan, Telemetry};
+use crate::messaging::attributes::{self as attr, system};
+use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError, NO_HEADERS};
+use crate::propagation::{self, ReadCarrier, WriteCarrier};
+use crate::{Consumer, Incoming, OnFailure, ProcessSpan, Telemetry};
 
-/// Where a message sits: topic, partition and offset.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MessagePosition {
-    /// The topic.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// The offset in the partition.
-    pub offset: i64,
-}
-
-impl MessagePosition {
-    pub(crate) fn of<M: Message>(msg: &M) -> MessagePosition {
-        MessagePosition {
-            topic: msg.topic().to_owned(),
-            partition: msg.partition(),
-            offset: msg.offset(),
-        }
-    }
-}
-
-impl fmt::Display for MessagePosition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]@{}", self.topic, self.partition, self.offset)
-    }
-}
-
-/// Why a consumer loop stopped with an error. `E` is the handler's error type.
-///
-/// In every case the message concerned was not committed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConsumeError<E> {
-    /// The handler failed and the failure policy said [`Decision::Stop`].
-    #[error("handler failed on {position}: {error}")]
-    Handler {
-        /// The handler's error, unchanged.
-        error: E,
-        /// The message it failed on (the first failed message of a batch).
-        position: MessagePosition,
-    },
-    /// The failure policy said [`Decision::Forward`], and the forward failed.
-    #[error(
-        "forwarding {position} to {destination} failed: {error} (handler error: {handler_error})"
-    )]
-    Forward {
-        /// rdkafka's error, unchanged.
-        error: KafkaError,
-        /// The handler's error.
-        handler_error: E,
-        /// The topic it was to be forwarded to.
-        destination: String,
-        /// The message.
-        position: MessagePosition,
-    },
-    /// The failure policy said [`Decision::Forward`], but no producer was given to
-    /// [`TracedConsumer::forward_with`].
-    #[error(
-        "cannot forward {position} to {destination}: no producer (TracedConsumer::forward_with); handler error: {handler_error}"
-    )]
-    NoForwarder {
-        /// The handler's error.
-        handler_error: E,
-        /// The topic it was to be forwarded to.
-        destination: String,
-        /// The message.
-        position: MessagePosition,
-    },
-    /// The consumer hit a fatal error.
-    #[error("kafka consumer: {0}")]
-    Kafka(KafkaError),
-}
-
-impl<E> ConsumeError<E> {
-    /// The error for a forward that failed (`None`: there was no producer).
-    pub(crate) fn forward(
-        error: Option<KafkaError>,
-        handler_error: E,
-        destination: String,
-        position: MessagePosition,
-    ) -> ConsumeError<E> {
-        match error {
-            Some(error) => ConsumeError::Forward {
-                error,
-                handler_error,
-                destination,
-                position,
-            },
-            None => ConsumeError::NoForwarder {
-                handler_error,
-                destination,
-                position,
-            },
-        }
-    }
-}
-
-/// What a consumer loop did before it returned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RunSummary {
-    /// Messages handled successfully.
-    pub succeeded: u64,
-    /// Failed messages committed without further action ([`Decision::Skip`]).
-    pub skipped: u64,
-    /// Failed messages forwarded to another topic ([`Decision::Forward`]).
-    pub forwarded: u64,
-    /// Handler runs repeated in place ([`Decision::Retry`]).
-    pub retries: u64,
-    /// Batches handled (batch API only).
-    pub batches: u64,
-    /// Offset commits that librdkafka refused (the messages will be delivered again).
-    pub commit_errors: u64,
-}
-
-impl RunSummary {
-    /// Messages settled: succeeded, skipped or forwarded.
-    pub fn settled(&self) -> u64 {
-        self.succeeded + self.skipped + self.forwarded
-    }
-}
-
-/// Sends a forwarded record; lets the consumer hold a producer of any context type.
-pub(crate) trait Forward: Send + Sync {
-    fn forward<'a>(
-        &'a self,
-        record: FutureRecord<'a, [u8], [u8]>,
-        timeout: Duration,
-        parent: &Context,
-    ) -> Pin<Box<dyn Future<Output = OwnedDeliveryResult> + Send + 'a>>;
-}
-
-impl<C, R> Forward for TracedProducer<C, R>
-where
-    C: ClientContext + 'static,
-    R: AsyncRuntime,
-{
-    fn forward<'a>(
-        &'a self,
-        record: FutureRecord<'a, [u8], [u8]>,
-        timeout: Duration,
-        parent: &Context,
-    ) -> Pin<Box<dyn Future<Output = OwnedDeliveryResult> + Send + 'a>> {
-        Box::pin(self.send_with_parent(record, timeout, parent))
-    }
-}
-
-/// A [`StreamConsumer`] that runs an async handler for each message inside a
-/// `process <topic>` span (kind CONSUMER) whose parent is the producer's send span.
+/// A [`StreamConsumer`] run through the one [`Consumer`] loop: each message's handler
+/// runs inside a `process <topic>` span (kind CONSUMER) whose parent is the producer's
+/// send span.
 ///
 /// Everything the handler does runs with that span as the current context: its own
 /// `tracing` or OpenTelemetry spans nest under it, and a [`TracedProducer`] send made from
-/// it is its child, so consume-then-produce chains need no extra code. The span carries
-/// the topic, partition, offset, key (when UTF-8 text), consumer group, client id, body
-/// size, delivery attempt and queue time (from the `tracehop-sent-at` header, else the
-/// record's timestamp). A message without context, or with bad context, is processed all
-/// the same, under a new root that says why.
+/// it is its child. The span carries the topic, partition, offset, key (when UTF-8 text),
+/// consumer group, client id, body size, delivery attempt and queue time (from the
+/// `tracehop-sent-at` header, else the record's timestamp).
 ///
-/// **Offsets.** Unless told otherwise ([`commit`](Self::commit)), each message is
-/// committed after its handler succeeded, or after the failure policy settled it (skipped
-/// or forwarded). Create the consumer with `enable.auto.commit=false` so that librdkafka
-/// does not commit on its own: [`from_config`](Self::from_config) then commits, and
-/// otherwise leaves offsets to librdkafka.
+/// **Offsets.** Each message is committed once settled (handled, skipped or forwarded),
+/// asynchronously, unless told otherwise ([`commit`](Consumer::commit)). Create the
+/// consumer with `enable.auto.commit=false` so that librdkafka does not commit on its
+/// own: [`from_config`](Consumer::from_config) then commits, and otherwise leaves offsets
+/// to librdkafka.
 ///
-/// **Failures.** The [`FailurePolicy`] decides (default [`OnFailure::stop`]): stop and
-/// return the error, skip, run again in place, or forward to a retry or dead-letter topic
-/// through the producer given to [`forward_with`](Self::forward_with). A forward is sent
-/// from inside the failed process span, so its processing stays in the same trace, with
-/// the attempt number in the `tracehop-attempt` header.
+/// **Failures.** The failure policy decides (default [`OnFailure::redeliver`]: the
+/// partition is sought back to the message, so it is consumed again, and nothing past it
+/// is committed meanwhile). [`OnFailure::retry_topic`] and
+/// [`OnFailure::dead_letter_topic`] forward it through the producer given to
+/// [`forward_with`](Consumer::forward_with), from inside the failed process span, with
+/// the attempt number in the `tracehop-attempt` header; the offset is committed once the
+/// broker has the forwarded copy. A forward that fails ends the loop (going on would
+/// commit past the message).
 ///
-/// The loop future is `Send`: spawn it. It returns on a fatal consumer error, when the
-/// policy says stop, after [`stop_after`](Self::stop_after) messages, or when the `stop`
-/// future of [`run_until`](Self::run_until) completes (checked between messages, never
-/// during a handler).
-///
-/// **Closing.** Dropping an rdkafka consumer blocks the calling thread while librdkafka
-/// leaves the group and closes (often 100 ms or more). Inside an async runtime, drop the
-/// consumer off the workers, for example
-/// `tokio::task::spawn_blocking(move || drop(consumer)).await`, or tasks scheduled on that
-/// worker wait for it.
+/// **Closing.** Dropping an rdkafka consumer blocks while librdkafka leaves the group.
+/// Dropped inside a Tokio runtime, a traced consumer does that on the blocking pool, not
+/// on the async worker; [`close`](Consumer::close) does it and waits.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use rdkafka::consumer::Consumer;
+/// use rdkafka::consumer::Consumer as _;
 /// use rdkafka::{ClientConfig, Message};
-/// use tracehop::kafka::{OnFailure, TracedConsumer, TracedProducer};
+/// use tracehop::kafka::{TracedConsumer, TracedProducer};
+/// use tracehop::OnFailure;
 ///
 /// let telemetry = tracehop::Telemetry::builder("worker").build()?;
 /// let mut config = ClientConfig::new();
@@ -220,8 +72,8 @@ where
 ///     .set("group.id", "workers")
 ///     .set("enable.auto.commit", "false");
 /// let dead_letters = TracedProducer::from_config(&config, telemetry.clone())?;
-/// let consumer = TracedConsumer::from_config(&config, telemetry)?
-///     .on_failure(OnFailure::dead_letter("tasks.dlq"))
+/// let mut consumer = TracedConsumer::from_config(&config, telemetry)?
+///     .on_failure(OnFailure::dead_letter_topic("tasks.dlq"))
 ///     .forward_with(dead_letters);
 /// consumer.inner().subscribe(&["tasks"])?;
 /// let worker = tokio::spawn(async move {
@@ -238,33 +90,349 @@ where
 /// # drop(worker);
 /// # Ok(()) }
 /// ```
-pub struct TracedConsumer<C = DefaultConsumerContext, R = DefaultRuntime>
-where
-    C: ConsumerContext + 'static,
-{
-    pub(crate) consumer: StreamConsumer<C, R>,
-    pub(crate) telemetry: Telemetry,
-    pub(crate) group_id: Option<StringValue>,
-    pub(crate) client_id: Option<StringValue>,
-    pub(crate) parent_policy: ParentPolicy,
-    pub(crate) commit: Option<CommitMode>,
-    pub(crate) on_failure: Arc<dyn FailurePolicy>,
-    pub(crate) forwarder: Option<Arc<dyn Forward>>,
-    pub(crate) forward_timeout: Duration,
-    pub(crate) stop_after: Option<u64>,
+pub type TracedConsumer<C = DefaultConsumerContext, R = DefaultRuntime> =
+    Consumer<KafkaSource<C, R>>;
+
+/// What a Kafka failure policy can do beyond the common decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KafkaAction {
+    /// Send the message to `topic` (a retry or dead-letter topic) from inside the failed
+    /// process span, with the user's key, payload and headers unchanged and the
+    /// `tracehop-attempt` header set to the next attempt; commit once the broker has it.
+    Forward {
+        /// The topic to forward to.
+        topic: String,
+    },
 }
 
-impl<C: ConsumerContext + 'static, R> fmt::Debug for TracedConsumer<C, R> {
+impl OnFailure<KafkaAction> {
+    /// Forward the failed message to the dead-letter topic `topic` and go on.
+    pub fn dead_letter_topic(topic: impl Into<String>) -> Self {
+        OnFailure::settle(KafkaAction::Forward {
+            topic: topic.into(),
+        })
+    }
+
+    /// Forward the failed message to the retry topic `topic` while its attempt number is
+    /// below `attempts`; then stop (or whatever [`then`](Self::then) says). A consumer of
+    /// the retry topic sees attempt 2, 3, ... in the same trace.
+    pub fn retry_topic(topic: impl Into<String>, attempts: u32) -> Self {
+        OnFailure::dead_letter_topic(topic).below_attempt(attempts)
+    }
+}
+
+/// Sends a forwarded record; lets the consumer hold a producer of any context type.
+trait Forward: Send + Sync {
+    fn forward<'a>(
+        &'a self,
+        record: FutureRecord<'a, [u8], [u8]>,
+        timeout: Duration,
+        parent: &Context,
+    ) -> Pin<Box<dyn Future<Output = SendResult> + Send + 'a>>;
+}
+
+impl<C, R> Forward for TracedProducer<C, R>
+where
+    C: ClientContext + 'static,
+    R: AsyncRuntime,
+{
+    fn forward<'a>(
+        &'a self,
+        record: FutureRecord<'a, [u8], [u8]>,
+        timeout: Duration,
+        parent: &Context,
+    ) -> Pin<Box<dyn Future<Output = SendResult> + Send + 'a>> {
+        Box::pin(self.send_with_parent(record, timeout, parent))
+    }
+}
+
+/// The source behind a [`TracedConsumer`]: a [`StreamConsumer`], the names its spans
+/// record, and how its messages are committed and forwarded.
+pub struct KafkaSource<C = DefaultConsumerContext, R = DefaultRuntime>
+where
+    C: ConsumerContext + 'static,
+    R: AsyncRuntime,
+{
+    /// `Some` until dropped (see the `Drop` impl).
+    consumer: Option<StreamConsumer<C, R>>,
+    group_id: Option<StringValue>,
+    client_id: Option<StringValue>,
+    commit: Option<CommitMode>,
+    forwarder: Option<Arc<dyn Forward>>,
+    forward_timeout: Duration,
+    rewinds: Rewinds,
+}
+
+impl<C: ConsumerContext + 'static, R: AsyncRuntime> fmt::Debug for KafkaSource<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TracedConsumer")
-            .field("service", &self.telemetry.service_name())
+        f.debug_struct("KafkaSource")
             .field("group_id", &self.group_id)
             .field("client_id", &self.client_id)
-            .field("parent_policy", &self.parent_policy)
             .field("commit", &self.commit)
             .field("forwards", &self.forwarder.is_some())
-            .field("stop_after", &self.stop_after)
             .finish_non_exhaustive()
+    }
+}
+
+impl<C: ConsumerContext + 'static, R: AsyncRuntime> Drop for KafkaSource<C, R> {
+    /// librdkafka's close blocks while the consumer leaves its group: inside a Tokio
+    /// runtime it happens on the blocking pool, not on the async worker.
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(consumer));
+            }
+            Err(_) => drop(consumer),
+        }
+    }
+}
+
+impl<C: ConsumerContext + 'static, R: AsyncRuntime> KafkaSource<C, R> {
+    /// The wrapped consumer.
+    pub fn consumer(&self) -> &StreamConsumer<C, R> {
+        match &self.consumer {
+            Some(consumer) => consumer,
+            // Taken only in `drop`.
+            None => unreachable!("the consumer is only taken when the source is dropped"),
+        }
+    }
+
+    /// Commit `message` (or note why not) and say what was done.
+    fn commit(&self, message: &BorrowedMessage<'_>) -> Result<&'static str, SettleError> {
+        let Some(mode) = self.commit else {
+            return Ok("none");
+        };
+        if self.rewinds.blocks(message) {
+            // A message before it on this partition is coming again; committing this
+            // offset would commit that one too. This one comes again after it.
+            return Ok("none");
+        }
+        self.consumer()
+            .commit_message(message, mode)
+            .map(|()| "commit")
+            .map_err(|e| SettleError::new("commit", e))
+    }
+
+    /// Seek `message`'s partition back to it, so it is consumed again.
+    fn seek_back(&self, message: &BorrowedMessage<'_>) -> Result<&'static str, SettleError> {
+        self.rewinds.add(message);
+        self.consumer()
+            .seek(
+                message.topic(),
+                message.partition(),
+                Offset::Offset(message.offset()),
+                Duration::ZERO,
+            )
+            .map(|()| "seek")
+            .map_err(|e| SettleError::fatal("seek", e))
+    }
+
+    /// Send `message` to `topic` from inside `span`: key, payload and headers as they
+    /// were, `tracehop-attempt` set to the next attempt, fresh context.
+    async fn forward(
+        &self,
+        message: &BorrowedMessage<'_>,
+        topic: &str,
+        span: &Context,
+        attempt: u32,
+    ) -> Result<(), SettleError> {
+        let Some(forwarder) = &self.forwarder else {
+            return Err(SettleError::fatal(
+                "forward",
+                format!("cannot forward to {topic}: no producer (TracedConsumer::forward_with)"),
+            ));
+        };
+        let mut headers = message
+            .headers()
+            .map(BorrowedHeaders::detach)
+            .unwrap_or_default();
+        headers.set(propagation::ATTEMPT, attempt.saturating_add(1).to_string());
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
+        record.key = message.key();
+        record.payload = message.payload();
+        record.headers = Some(headers);
+        forwarder
+            .forward(record, self.forward_timeout, span)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| SettleError::fatal("forward", e))
+    }
+}
+
+fn message_headers<'m>(message: &'m BorrowedMessage<'_>) -> &'m dyn ReadCarrier {
+    match message.headers() {
+        Some(headers) => headers,
+        None => NO_HEADERS,
+    }
+}
+
+impl<C: ConsumerContext + 'static, R: AsyncRuntime> Source for KafkaSource<C, R> {
+    type Message = OwnedMessage;
+    type Action = KafkaAction;
+    type Delivery<'a>
+        = KafkaDelivery<'a, C, R>
+    where
+        Self: 'a;
+
+    async fn next(&self) -> Option<Result<KafkaDelivery<'_, C, R>, SourceError>> {
+        match self.consumer().recv().await {
+            Ok(message) => {
+                self.rewinds.arrived(&message);
+                Some(Ok(KafkaDelivery {
+                    source: self,
+                    message,
+                }))
+            }
+            Err(e) => {
+                let fatal = matches!(e, KafkaError::MessageConsumptionFatal(_))
+                    || e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
+                // librdkafka retries the others itself.
+                Some(Err(SourceError {
+                    fatal,
+                    error: Box::new(e),
+                }))
+            }
+        }
+    }
+
+    fn describe_batch<'a>(&'a self, destination: &'a str) -> Incoming<'a> {
+        let mut batch = Incoming::new(system::KAFKA, destination);
+        if let Some(group) = &self.group_id {
+            batch = batch.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
+        }
+        if let Some(id) = &self.client_id {
+            batch = batch.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
+        }
+        batch
+    }
+}
+
+/// A message consumed from Kafka; it borrows its consumer.
+pub struct KafkaDelivery<'a, C = DefaultConsumerContext, R = DefaultRuntime>
+where
+    C: ConsumerContext + 'static,
+    R: AsyncRuntime,
+{
+    source: &'a KafkaSource<C, R>,
+    message: BorrowedMessage<'a>,
+}
+
+impl<C: ConsumerContext + 'static, R: AsyncRuntime> fmt::Debug for KafkaDelivery<'_, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaDelivery")
+            .field("position", &self.position())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: ConsumerContext + 'static, R: AsyncRuntime> Settle for KafkaDelivery<'_, C, R> {
+    type Message = OwnedMessage;
+    type Action = KafkaAction;
+
+    fn describe(&self) -> Incoming<'_> {
+        describe(
+            &self.message,
+            self.source.group_id.as_ref(),
+            self.source.client_id.as_ref(),
+        )
+    }
+
+    fn destination(&self) -> &str {
+        self.message.topic()
+    }
+
+    fn headers(&self) -> &dyn ReadCarrier {
+        message_headers(&self.message)
+    }
+
+    fn message(&mut self, _keep: bool) -> Option<OwnedMessage> {
+        // The borrowed message stays, for committing and forwarding.
+        Some(self.message.detach())
+    }
+
+    fn position(&self) -> String {
+        position(&self.message)
+    }
+
+    async fn settle(
+        &mut self,
+        settlement: Settlement<'_, KafkaAction>,
+        span: &Context,
+        attempt: u32,
+    ) -> Result<&'static str, SettleError> {
+        let source = self.source;
+        match settlement {
+            Settlement::Nothing => Ok("none"),
+            Settlement::Done => source.commit(&self.message),
+            Settlement::Redeliver => source.seek_back(&self.message),
+            Settlement::Action(KafkaAction::Forward { topic }) => {
+                source.forward(&self.message, topic, span, attempt).await?;
+                // Forwarded: the copy is what counts now.
+                source.commit(&self.message).map(|_| "forward")
+            }
+        }
+    }
+}
+
+/// `topic[partition]@offset`.
+fn position<M: Message>(message: &M) -> String {
+    format!(
+        "{}[{}]@{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    )
+}
+
+/// Partitions sought back to a message that has not come again yet: committing a later
+/// offset of such a partition would commit the message before it is processed.
+#[derive(Debug, Default)]
+struct Rewinds {
+    any: AtomicBool,
+    pending: Mutex<Vec<(String, i32, i64)>>,
+}
+
+impl Rewinds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, i32, i64)>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add<M: Message>(&self, message: &M) {
+        let mut pending = self.lock();
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        match pending
+            .iter_mut()
+            .find(|(t, p, _)| t == topic && *p == partition)
+        {
+            Some(entry) => entry.2 = entry.2.min(offset),
+            None => pending.push((topic.to_owned(), partition, offset)),
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// A message arrived: a seek that brought its partition back to (or before) it is
+    /// done.
+    fn arrived<M: Message>(&self, message: &M) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let mut pending = self.lock();
+        pending.retain(|(t, p, o)| {
+            !(t == message.topic() && *p == message.partition() && message.offset() <= *o)
+        });
+        self.any.store(!pending.is_empty(), Ordering::Release);
+    }
+
+    /// Whether committing `message` would commit past a message still to come again.
+    fn blocks<M: Message>(&self, message: &M) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self.lock().iter().any(|(t, p, o)| {
+                t == message.topic() && *p == message.partition() && message.offset() > *o
+            })
     }
 }
 
@@ -282,14 +450,15 @@ impl TracedConsumer {
             .get("enable.auto.commit")
             .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"));
         let mut traced = TracedConsumer::new(consumer, telemetry);
-        traced.group_id = config.get("group.id").map(super::shared);
-        traced.client_id = config.get("client.id").map(super::shared);
-        traced.commit = (!auto_commit).then_some(CommitMode::Async);
+        let source = traced.source_mut();
+        source.group_id = config.get("group.id").map(super::shared);
+        source.client_id = config.get("client.id").map(super::shared);
+        source.commit = (!auto_commit).then_some(CommitMode::Async);
         Ok(traced)
     }
 }
 
-impl<C, R> TracedConsumer<C, R>
+impl<C, R> Consumer<KafkaSource<C, R>>
 where
     C: ConsumerContext + 'static,
     R: AsyncRuntime,
@@ -297,49 +466,34 @@ where
     /// Trace `consumer`, an existing [`StreamConsumer`], with `telemetry`. Each message is
     /// committed ([`CommitMode::Async`]) once settled; see [`commit`](Self::commit).
     pub fn new(consumer: StreamConsumer<C, R>, telemetry: Telemetry) -> Self {
-        TracedConsumer {
-            consumer,
-            telemetry,
+        let source = KafkaSource {
+            consumer: Some(consumer),
             group_id: None,
             client_id: None,
-            parent_policy: ParentPolicy::Child,
             commit: Some(CommitMode::Async),
-            on_failure: Arc::new(OnFailure::stop()),
             forwarder: None,
             forward_timeout: Duration::from_secs(30),
-            stop_after: None,
-        }
+            rewinds: Rewinds::default(),
+        };
+        Consumer::from_source(source, telemetry)
     }
 
     /// The consumer group recorded on spans (`messaging.consumer.group.name`).
     pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
-        self.group_id = Some(super::shared(group_id));
+        self.source_mut().group_id = Some(super::shared(group_id));
         self
     }
 
     /// The client id recorded on spans (`messaging.client.id`).
     pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
-        self.client_id = Some(super::shared(client_id));
-        self
-    }
-
-    /// Child of the producer's span (the default), or a new trace linked to it
-    /// ([`ParentPolicy::Link`], for producers you do not trust).
-    pub fn parent_policy(mut self, policy: ParentPolicy) -> Self {
-        self.parent_policy = policy;
+        self.source_mut().client_id = Some(super::shared(client_id));
         self
     }
 
     /// How settled messages are committed: `Some(mode)` commits each one, `None` leaves
     /// offsets to librdkafka's auto-commit.
     pub fn commit(mut self, mode: Option<CommitMode>) -> Self {
-        self.commit = mode;
-        self
-    }
-
-    /// What to do when the handler fails (default [`OnFailure::stop`]).
-    pub fn on_failure(mut self, policy: impl FailurePolicy) -> Self {
-        self.on_failure = Arc::new(policy);
+        self.source_mut().commit = mode;
         self
     }
 
@@ -349,230 +503,36 @@ where
         PC: ClientContext + 'static,
         PR: AsyncRuntime,
     {
-        self.forwarder = Some(Arc::new(producer));
+        self.source_mut().forwarder = Some(Arc::new(producer));
         self
     }
 
     /// How long a forward may wait for room in the producer's queue (default 30 s).
     pub fn forward_timeout(mut self, timeout: Duration) -> Self {
-        self.forward_timeout = timeout;
-        self
-    }
-
-    /// Return after settling `messages` messages (a batch is never cut short).
-    pub fn stop_after(mut self, messages: u64) -> Self {
-        self.stop_after = Some(messages);
+        self.source_mut().forward_timeout = timeout;
         self
     }
 
     /// The wrapped consumer, to subscribe, assign, seek or read committed offsets.
     pub fn inner(&self) -> &StreamConsumer<C, R> {
-        &self.consumer
-    }
-
-    /// The telemetry handle spans are recorded with.
-    pub fn telemetry(&self) -> &Telemetry {
-        &self.telemetry
+        self.source().consumer()
     }
 
     /// Open the process span for `message` as the loop does, for a loop of your own: run
     /// the handler with [`ProcessSpan::run`], settle the message, then end the span.
     pub fn process_span<M: Message>(&self, message: &M) -> ProcessSpan {
-        let headers = HeaderSnapshot::of(message.headers());
-        let attempt = propagation::attempt(&headers).unwrap_or(1);
-        self.telemetry
-            .process_span(self.describe(message, attempt), &headers)
+        let source = self.source();
+        let msg = describe(message, source.group_id.as_ref(), source.client_id.as_ref())
+            .parent_policy(self.parent());
+        self.telemetry()
+            .process_span(msg, &HeaderSnapshot::of(message.headers()))
     }
 
-    pub(crate) fn describe<'m, M: Message>(
-        &'m self,
-        message: &'m M,
-        attempt: u32,
-    ) -> crate::Incoming<'m> {
-        describe(
-            message,
-            attempt,
-            self.group_id.as_ref(),
-            self.client_id.as_ref(),
-            self.parent_policy,
-        )
-    }
-
-    /// Run `handler` on every message until a fatal error, a stop decision or
-    /// [`stop_after`](Self::stop_after).
-    pub async fn run<F, Fut, E>(&self, handler: F) -> Result<RunSummary, ConsumeError<E>>
-    where
-        F: FnMut(OwnedMessage) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-        E: fmt::Display,
-    {
-        self.run_until(handler, std::future::pending()).await
-    }
-
-    /// Like [`run`](Self::run), and also return (with what was done so far) once `stop`
-    /// completes. `stop` is checked while waiting for a message, never while a handler
-    /// runs, so the message in hand is always settled first.
-    pub async fn run_until<F, Fut, E, S>(
-        &self,
-        mut handler: F,
-        stop: S,
-    ) -> Result<RunSummary, ConsumeError<E>>
-    where
-        F: FnMut(OwnedMessage) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-        E: fmt::Display,
-        S: Future<Output = ()>,
-    {
-        tokio::pin!(stop);
-        let mut summary = RunSummary::default();
-        loop {
-            if self.stop_after.is_some_and(|n| summary.settled() >= n) {
-                return Ok(summary);
-            }
-            let received = tokio::select! {
-                biased;
-                () = &mut stop => return Ok(summary),
-                received = self.consumer.recv() => received,
-            };
-            match received {
-                Ok(message) => self.handle(&message, &mut handler, &mut summary).await?,
-                Err(e) => self.recv_error(e)?,
-            }
-        }
-    }
-
-    /// A consumer error: fatal ones end the loop, the rest are logged (librdkafka retries
-    /// them itself).
-    // The error is large only on the way out of the loop, once.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn recv_error<E>(&self, e: KafkaError) -> Result<(), ConsumeError<E>> {
-        let fatal = matches!(e, KafkaError::MessageConsumptionFatal(_))
-            || e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
-        if fatal {
-            return Err(ConsumeError::Kafka(e));
-        }
-        tracing::warn!(error = %e, "kafka consumer error");
-        Ok(())
-    }
-
-    async fn handle<F, Fut, E>(
-        &self,
-        message: &BorrowedMessage<'_>,
-        handler: &mut F,
-        summary: &mut RunSummary,
-    ) -> Result<(), ConsumeError<E>>
-    where
-        F: FnMut(OwnedMessage) -> Fut,
-        Fut: Future<Output = Result<(), E>>,
-        E: fmt::Display,
-    {
-        let headers = HeaderSnapshot::of(message.headers());
-        let first_attempt = propagation::attempt(&headers).unwrap_or(1);
-        let mut runs: u32 = 0;
-        loop {
-            runs += 1;
-            let attempt = first_attempt.saturating_add(runs - 1);
-            let span = self
-                .telemetry
-                .process_span(self.describe(message, attempt), &headers);
-            let work = span.in_scope(|| handler(message.detach()));
-            let error = match span.run(work).await {
-                Ok(()) => {
-                    self.commit_one(message, summary);
-                    summary.succeeded += 1;
-                    span.end();
-                    return Ok(());
-                }
-                Err(error) => error,
-            };
-            // The failure borrows the error; it must not live across an await.
-            let decision = {
-                let failure = Failure {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    attempt,
-                    runs,
-                    messages: 1,
-                    error: &error,
-                };
-                self.on_failure.decide(&failure)
-            };
-            match decision {
-                Decision::Stop => {
-                    span.end();
-                    return Err(ConsumeError::Handler {
-                        error,
-                        position: MessagePosition::of(message),
-                    });
-                }
-                Decision::Skip => {
-                    self.commit_one(message, summary);
-                    summary.skipped += 1;
-                    span.end();
-                    return Ok(());
-                }
-                Decision::Retry { after } => {
-                    span.end();
-                    summary.retries += 1;
-                    if !after.is_zero() {
-                        tokio::time::sleep(after).await;
-                    }
-                }
-                Decision::Forward { topic } => {
-                    let forwarded = self.forward(message, &topic, attempt, &span).await;
-                    if let Err(e) = forwarded {
-                        span.end();
-                        return Err(ConsumeError::forward(
-                            e,
-                            error,
-                            topic,
-                            MessagePosition::of(message),
-                        ));
-                    }
-                    self.commit_one(message, summary);
-                    summary.forwarded += 1;
-                    span.end();
-                    return Ok(());
-                }
-            }
-        }
-    }
-
-    /// Send `message` to `topic` from inside `span`: key, payload and headers as they
-    /// were, `tracehop-attempt` set to the next attempt, fresh context. Fails with `None`
-    /// when there is no producer to forward with.
-    pub(crate) async fn forward(
-        &self,
-        message: &BorrowedMessage<'_>,
-        topic: &str,
-        attempt: u32,
-        span: &ProcessSpan,
-    ) -> Result<(), Option<KafkaError>> {
-        let Some(forwarder) = &self.forwarder else {
-            return Err(None);
-        };
-        let mut headers = message
-            .headers()
-            .map(BorrowedHeaders::detach)
-            .unwrap_or_default();
-        headers.set(propagation::ATTEMPT, attempt.saturating_add(1).to_string());
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic);
-        record.key = message.key();
-        record.payload = message.payload();
-        record.headers = Some(headers);
-        forwarder
-            .forward(record, self.forward_timeout, span.context())
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| Some(e))
-    }
-
-    fn commit_one(&self, message: &BorrowedMessage<'_>, summary: &mut RunSummary) {
-        let Some(mode) = self.commit else { return };
-        if let Err(e) = self.consumer.commit_message(message, mode) {
-            summary.commit_errors += 1;
-            tracing::warn!(error = %e, position = %MessagePosition::of(message), "kafka commit failed");
+    /// Close the consumer (leave its group) on the blocking pool and wait until it has.
+    pub async fn close(self) {
+        let mut source = self.into_source();
+        if let Some(consumer) = source.consumer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         }
     }
 }

@@ -78,10 +78,8 @@
 //! Process spans add `messaging.consumer.group.name`, `tracehop.delivery.attempt` and
 //! `tracehop.queue_time_ms`.
 
-mod batch;
 mod carrier;
 mod consumer;
-mod policy;
 mod producer;
 mod producer_context;
 
@@ -93,19 +91,22 @@ use opentelemetry::{StringValue, Value};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-pub use batch::{Batch, BatchOptions};
-pub use consumer::{ConsumeError, MessagePosition, RunSummary, TracedConsumer};
-pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
-pub use producer::TracedProducer;
+pub use consumer::{KafkaAction, KafkaDelivery, KafkaSource, TracedConsumer};
+pub use producer::{SendResult, TracedProducer};
 pub use producer_context::{Traced, TracingProducerContext};
+pub use rdkafka;
+
+/// A batch of Kafka messages, as [`TracedConsumer::run_batches`](crate::Consumer::run_batches)
+/// hands it to the handler.
+pub type Batch = crate::Batch<rdkafka::message::OwnedMessage>;
 
 use crate::messaging::attributes::{self as attr, system};
-use crate::{Incoming, ParentPolicy};
+use crate::Incoming;
 
 /// Which delivery of `message` this is, counting from 1: the `tracehop-attempt` header a
-/// forwarding consumer wrote (see [`Decision::Forward`]), or 1.
+/// forwarding consumer wrote (see [`KafkaAction::Forward`]), or 1.
 pub fn delivery_attempt<M: Message>(message: &M) -> u32 {
-    crate::propagation::attempt(&carrier::HeaderSnapshot::of(message.headers())).unwrap_or(1)
+    crate::messaging::consume::delivery_attempt(&carrier::HeaderSnapshot::of(message.headers()), 0)
 }
 
 /// A name recorded on every span (client id, consumer group), shared by them rather
@@ -135,26 +136,23 @@ fn key_text(key: Option<&[u8]>) -> Option<&str> {
     key.and_then(|k| std::str::from_utf8(k).ok())
 }
 
-/// A low-cardinality `error.type` for an rdkafka error: librdkafka's error code name.
+/// A low-cardinality `error.type` for an rdkafka error: librdkafka's error code name in
+/// snake case (`message_timed_out`).
 fn error_type(error: &KafkaError) -> String {
     match error.rdkafka_error_code() {
-        Some(code) => format!("{code:?}"),
-        None => "KafkaError".to_owned(),
+        Some(code) => crate::messaging::snake_case(&format!("{code:?}")),
+        None => "kafka_error".to_owned(),
     }
 }
 
 /// How a consumed message is described to the core.
 fn describe<'m, M: Message>(
     message: &'m M,
-    attempt: u32,
     group: Option<&StringValue>,
     client_id: Option<&StringValue>,
-    policy: ParentPolicy,
 ) -> Incoming<'m> {
     let payload = message.payload();
     let mut incoming = Incoming::new(system::KAFKA, message.topic())
-        .parent_policy(policy)
-        .attempt(attempt)
         .body_size(payload.map_or(0, <[u8]>::len))
         .attribute(
             attr::MESSAGING_DESTINATION_PARTITION_ID,

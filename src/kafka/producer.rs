@@ -7,22 +7,24 @@ use opentelemetry::{Context, StringValue};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::FromClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
 use rdkafka::message::{OwnedHeaders, ToBytes};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::future_producer::Delivery;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::{AsyncRuntime, DefaultRuntime, Timeout};
 use rdkafka::ClientConfig;
 
 use super::carrier::ContextHeaders;
 use super::{error_type, key_text};
 use crate::messaging::attributes::{self as attr, system};
-use crate::{Outgoing, SendSpan, Telemetry};
+use crate::{Outgoing, SendSpan, Sent, Telemetry};
 
 /// A [`FutureProducer`] whose every send is one `send <topic>` span (kind PRODUCER) with
 /// its context written into the record's headers.
 ///
 /// [`send`](Self::send) takes the same record and timeout as
-/// [`FutureProducer::send`] and returns the same result, rdkafka's errors unchanged. The
+/// [`FutureProducer::send`] and returns the same delivery (with the span context the
+/// message carries, as [`Sent`]), rdkafka's errors unchanged. The
 /// span is a child of the current context *when `send` is called* (inside a handler run by
 /// a [`TracedConsumer`](super::TracedConsumer), that is the process span), and carries
 /// `messaging.system=kafka`, the topic, the partition and offset once delivered, the key
@@ -137,7 +139,7 @@ where
         &'a self,
         record: FutureRecord<'a, K, P>,
         queue_timeout: T,
-    ) -> impl Future<Output = OwnedDeliveryResult> + 'a
+    ) -> impl Future<Output = SendResult> + 'a
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -154,7 +156,7 @@ where
         record: FutureRecord<'a, K, P>,
         queue_timeout: T,
         parent: &Context,
-    ) -> impl Future<Output = OwnedDeliveryResult> + 'a
+    ) -> impl Future<Output = SendResult> + 'a
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
@@ -193,20 +195,43 @@ where
         record: FutureRecord<'_, K, P>,
         queue_timeout: T,
         span: SendSpan,
-    ) -> OwnedDeliveryResult
+    ) -> SendResult
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
         T: Into<Timeout>,
     {
+        let sent = span.span_context();
         let result = self.producer.send(record, queue_timeout).await;
         match &result {
             Ok(delivery) => settle(span, Ok((delivery.partition, delivery.offset))),
             Err((error, _)) => settle(span, Err(error)),
         }
-        result
+        result.map(|delivery| Sent::new(delivery, sent))
+    }
+
+    /// Wait until every message sent so far has been delivered or has failed, at most
+    /// `timeout` (librdkafka's `flush`; it blocks the calling thread, so it runs on
+    /// Tokio's blocking pool here). Call it before the producer is dropped at shutdown.
+    pub async fn flush<T: Into<Timeout>>(&self, timeout: T) -> Result<(), KafkaError>
+    where
+        C: ClientContext + 'static,
+    {
+        let producer = self.producer.clone();
+        let timeout = timeout.into();
+        match tokio::task::spawn_blocking(move || producer.flush(timeout)).await {
+            Ok(flushed) => flushed,
+            Err(join) => {
+                tracing::warn!(error = %join, "kafka flush task failed");
+                Err(KafkaError::Canceled)
+            }
+        }
     }
 }
+
+/// What [`TracedProducer::send`] returns: rdkafka's delivery with the span context the
+/// message carries, or rdkafka's error and the message, unchanged.
+pub type SendResult = Result<Sent<Delivery>, (KafkaError, OwnedMessage)>;
 
 /// What a send span needs to know about a record.
 pub(crate) struct Record<'a> {
@@ -333,7 +358,7 @@ mod tests {
         assert_eq!(span.status, Status::Error);
         assert_eq!(
             span.attribute_str("error.type"),
-            Some("MessageSizeTooLarge")
+            Some("message_size_too_large")
         );
         assert_eq!(span.error.as_deref(), Some(error.to_string().as_str()));
         assert_eq!(span.attribute_str("messaging.client.id"), Some("unit"));
@@ -366,7 +391,7 @@ mod tests {
         assert_eq!(records[0].status, Status::Error);
         assert_eq!(
             records[0].attribute_str("error.type"),
-            Some("MessageSizeTooLarge")
+            Some("message_size_too_large")
         );
         assert_eq!(
             records[0].attribute("messaging.kafka.message.tombstone"),

@@ -30,6 +30,17 @@ pub const QUEUE_TIME_MS: &str = "tracehop.queue_time_ms";
 /// was linked, not adopted as parent.
 pub const CONTEXT_LINKED: &str = "tracehop.context.linked";
 
+/// What the consumer did with a delivery once its handler had run, on its process span:
+/// the broker's own word for it (`ack`, `commit`, `nack_requeue`, `nack`, `reject`, `nak`,
+/// `term`, `seek`, `forward`, `handler` when the handler had already settled it, `none`
+/// when nothing was settled).
+pub const SETTLEMENT: &str = "tracehop.settlement";
+/// Why the settlement of a delivery failed (the client's error), next to
+/// [`SETTLEMENT`].
+pub const SETTLEMENT_ERROR: &str = "tracehop.settlement.error";
+/// The `error.type` of a process span whose handler panicked.
+pub const PANIC: &str = "panic";
+
 /// `messaging.operation.type` values.
 pub mod operation_type {
     /// Creating a message (when it is separate from sending it).

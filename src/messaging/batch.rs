@@ -37,11 +37,21 @@ impl BatchSpan {
         batch: Incoming<'_>,
         carriers: impl IntoIterator<Item = &'c dyn ReadCarrier>,
     ) -> BatchSpan {
-        let inner = telemetry.inner();
-        let messages: Vec<Extracted> = carriers
+        let propagation = &telemetry.inner().propagation;
+        let messages = carriers
             .into_iter()
-            .map(|c| inner.propagation.extract(c))
+            .map(|c| propagation.extract(c))
             .collect();
+        BatchSpan::from_extracted(telemetry, batch, messages)
+    }
+
+    /// A batch span over messages whose headers were already read.
+    pub(crate) fn from_extracted(
+        telemetry: &Telemetry,
+        batch: Incoming<'_>,
+        messages: Vec<Extracted>,
+    ) -> BatchSpan {
+        let inner = telemetry.inner();
         let links: Vec<Link> = messages
             .iter()
             .map(|m| m.context.span().span_context().clone())

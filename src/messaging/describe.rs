@@ -101,6 +101,8 @@ pub struct Incoming<'a> {
     pub(crate) temporary: bool,
     /// The subscription's pattern, named in the span instead of the destination.
     pub(crate) template: Option<StringValue>,
+    /// Which delivery this is (`tracehop.delivery.attempt`).
+    pub(crate) attempt: Option<u32>,
 }
 
 impl<'a> Incoming<'a> {
@@ -116,6 +118,7 @@ impl<'a> Incoming<'a> {
             destination_value: None,
             temporary: false,
             template: None,
+            attempt: None,
         }
     }
 
@@ -173,9 +176,16 @@ impl<'a> Incoming<'a> {
         self.attribute(attr::MESSAGING_MESSAGE_ID, id)
     }
 
-    /// Which delivery of the message this is, counting from 1.
-    pub fn attempt(self, attempt: u32) -> Self {
-        self.attribute(attr::DELIVERY_ATTEMPT, i64::from(attempt))
+    /// Which delivery of the message this is, counting from 1. Without it, a process span
+    /// records the attempt the message's `tracehop-attempt` header carries, if any.
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.attempt = Some(attempt);
+        self
+    }
+
+    /// The destination (topic, subject, queue).
+    pub fn destination(&self) -> &'a str {
+        self.destination
     }
 
     /// When the broker stored the message; used for queue time when the producer did not

@@ -1,9 +1,12 @@
 //! The broker-agnostic heart: send and process spans, parent policy, running a handler
-//! inside its span and recording the outcome, delivery attempts and queue time.
+//! inside its span and recording the outcome, delivery attempts, queue time, reply spans,
+//! and [the one consume loop](consume) every broker's consumer runs through.
 //!
 //! A broker adapter describes a message with [`Outgoing`] or [`Incoming`] (destination,
 //! attributes it knows) and hands the core a header carrier; the core opens the span,
-//! injects or extracts context, and records what happened.
+//! injects or extracts context, and records what happened. For consuming it hands the
+//! core a [`Source`](consume::Source) of deliveries and how to
+//! [`Settle`](consume::Settle) one; [`Consumer`](consume::Consumer) does the rest.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -29,14 +32,17 @@
 
 pub mod attributes;
 mod batch;
+pub mod consume;
 mod describe;
 mod process;
 mod send;
+mod spans;
 
 pub use batch::BatchSpan;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
+pub(crate) use process::{record_error_on, snake_case};
 pub use process::{ProcessOutcome, ProcessSpan};
-pub use send::SendSpan;
+pub use send::{SendSpan, Sent};
 
 /// The attributes every messaging span has: `messaging.system`,
 /// `messaging.destination.name`, `messaging.operation.type` and `messaging.operation.name`.

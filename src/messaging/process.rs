@@ -64,8 +64,8 @@ impl ProcessSpan {
             Some(value) => value,
             None => msg.destination.to_owned().into(),
         };
-        // The core's attributes below, at most 7.
-        attributes.reserve(7);
+        // The core's attributes below, at most 8.
+        attributes.reserve(8);
         attributes.extend(super::common_attributes(
             msg.system,
             destination,
@@ -76,6 +76,9 @@ impl ProcessSpan {
             attributes.push(KeyValue::new(attr::CONTEXT_REJECTED, why.as_str()));
         } else if extracted.source == ContextSource::None {
             attributes.push(KeyValue::new(attr::CONTEXT_MISSING, true));
+        }
+        if let Some(attempt) = msg.attempt {
+            attributes.push(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(attempt)));
         }
         if let Some(sent) = extracted.sent_at.or(msg.enqueued_at) {
             let waited = now.duration_since(sent).unwrap_or_default();
@@ -173,28 +176,57 @@ impl ProcessSpan {
 
     /// Record a handler's result on the span and say what it came to.
     pub fn record<T, E: fmt::Display>(&self, result: &Result<T, E>) -> ProcessOutcome {
-        let span = self.cx.span();
         match result {
             Ok(_) => {
-                span.set_status(Status::Ok);
+                self.cx.span().set_status(Status::Ok);
                 ProcessOutcome::Ok
             }
-            Err(e) => {
-                let error_type = short_type_name::<E>();
-                let message = e.to_string();
-                record_error(&span, &error_type, &message);
-                ProcessOutcome::Error {
-                    error_type,
-                    message,
-                }
-            }
+            Err(e) => self.record_error(e),
         }
+    }
+
+    /// Record a handler's error: status error, `error.type` (the error's type name in
+    /// snake case: `HandlerError` is `handler_error`), and an `exception` event.
+    pub fn record_error<E: fmt::Display + ?Sized>(&self, error: &E) -> ProcessOutcome {
+        let (error_type, message) = record_error_on(&self.cx.span(), error);
+        ProcessOutcome::Error {
+            error_type,
+            message,
+        }
+    }
+
+    /// Record a panic of the handler: status error, `error.type=panic`, and an `exception`
+    /// event with the panic's message.
+    pub(crate) fn record_panic(&self, message: &str) {
+        record_error(&self.cx.span(), attr::PANIC, message);
+    }
+
+    /// Add several attributes to the span.
+    pub(crate) fn set_attributes(&self, attributes: impl IntoIterator<Item = KeyValue>) {
+        self.cx.span().set_attributes(attributes);
+    }
+
+    /// End the span while it is shared (a batch's message spans).
+    pub(crate) fn end_shared(&self) {
+        self.cx.span().end();
     }
 
     /// End the span.
     pub fn end(self) {
         self.cx.span().end();
     }
+}
+
+/// Mark a span as failed by `error`: its type name as `error.type`, its text as the
+/// status and an `exception` event. Returns both.
+pub(crate) fn record_error_on<E: fmt::Display + ?Sized>(
+    span: &SpanRef<'_>,
+    error: &E,
+) -> (String, String) {
+    let error_type = error_type_name::<E>();
+    let message = error.to_string();
+    record_error(span, &error_type, &message);
+    (error_type, message)
 }
 
 /// Mark a span as failed: status, `error.type` and an `exception` event.
@@ -210,11 +242,41 @@ pub(crate) fn record_error(span: &SpanRef<'_>, error_type: &str, message: &str) 
     span.set_status(Status::error(message.to_owned()));
 }
 
-/// The type name with every module path removed, generics kept (`my::HandlerError` ->
-/// `HandlerError`, `Box<dyn core::error::Error + Send>` -> `Box<dyn Error + Send>`): a
-/// stable, low-cardinality, readable `error.type`.
-fn short_type_name<E>() -> String {
-    strip_paths(std::any::type_name::<E>())
+/// `error.type` for a handler's error type: its name without module paths, in snake case
+/// (`my::HandlerError` -> `handler_error`, `Box<dyn core::error::Error + Send>` ->
+/// `box_dyn_error_send`): stable, low-cardinality, and in the style of the rest of
+/// tracehop's `error.type` values.
+fn error_type_name<E: ?Sized>() -> String {
+    snake_case(&strip_paths(std::any::type_name::<E>()))
+}
+
+/// `CamelCase` and punctuation to `snake_case`: a word boundary before an upper-case
+/// letter that follows a lower-case letter or digit (or starts a word before a lower-case
+/// one, `HTTPError` -> `http_error`), and one `_` for every run of other characters.
+pub(crate) fn snake_case(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_alphanumeric() {
+            if c.is_uppercase() && i > 0 && !out.is_empty() && !out.ends_with('_') {
+                let prev = chars[i - 1];
+                let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+                if prev.is_lowercase()
+                    || prev.is_ascii_digit()
+                    || (prev.is_uppercase() && next_lower)
+                {
+                    out.push('_');
+                }
+            }
+            out.extend(c.to_lowercase());
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+    out
 }
 
 fn strip_paths(full: &str) -> String {
@@ -239,29 +301,31 @@ fn strip_paths(full: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{short_type_name, strip_paths};
+    use super::{error_type_name, snake_case, strip_paths};
 
     #[test]
-    fn error_type_is_the_short_type_name() {
+    fn error_type_is_the_short_type_name_in_snake_case() {
         struct HandlerError;
-        assert_eq!(short_type_name::<HandlerError>(), "HandlerError");
-        assert_eq!(short_type_name::<std::io::Error>(), "Error");
-        assert_eq!(short_type_name::<String>(), "String");
+        assert_eq!(error_type_name::<HandlerError>(), "handler_error");
+        assert_eq!(error_type_name::<std::io::Error>(), "error");
+        assert_eq!(error_type_name::<String>(), "string");
+        assert_eq!(error_type_name::<&String>(), "string");
+        assert_eq!(error_type_name::<str>(), "str");
         assert_eq!(
             strip_paths("chain::handler_error::{{closure}}::ToolTimeout"),
             "ToolTimeout"
         );
         assert_eq!(
-            strip_paths("alloc::boxed::Box<dyn core::error::Error + core::marker::Send>"),
-            "Box<dyn Error + Send>"
+            error_type_name::<Box<dyn std::error::Error + Send + Sync>>(),
+            "box_dyn_error_send_sync"
         );
         assert_eq!(
-            short_type_name::<Result<std::io::Error, Vec<u8>>>(),
-            "Result<Error, Vec<u8>>"
+            error_type_name::<Result<std::io::Error, Vec<u8>>>(),
+            "result_error_vec_u8"
         );
-        assert_eq!(
-            short_type_name::<Box<dyn std::error::Error + Send + Sync>>(),
-            "Box<dyn Error + Send + Sync>"
-        );
+        assert_eq!(snake_case("HTTPError"), "http_error");
+        assert_eq!(snake_case("MessageTimedOut"), "message_timed_out");
+        assert_eq!(snake_case("Io2Error"), "io2_error");
+        assert_eq!(snake_case("already_snake"), "already_snake");
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer};
 use opentelemetry::{Context, KeyValue, Value};
 
 use super::attributes as attr;
@@ -76,6 +76,11 @@ impl SendSpan {
         &self.cx
     }
 
+    /// The span context the message carries (trace id and this span's id).
+    pub fn span_context(&self) -> SpanContext {
+        self.cx.span().span_context().clone()
+    }
+
     /// Add an attribute learnt after the send started (partition, offset, sequence).
     pub fn set_attribute(&self, key: &'static str, value: impl Into<Value>) {
         self.cx.span().set_attribute(KeyValue::new(key, value));
@@ -94,5 +99,44 @@ impl SendSpan {
         let span = self.cx.span();
         record_error(&span, error_type, &error.to_string());
         span.end();
+    }
+}
+
+/// What a traced send returns once the broker has the message: the client's own result
+/// (`value`, also reachable through `Deref`) and the span context the message carries,
+/// so the caller can log or return the trace id of what it just sent.
+#[derive(Debug, Clone)]
+pub struct Sent<T> {
+    value: T,
+    span: SpanContext,
+}
+
+impl<T> Sent<T> {
+    pub(crate) fn new(value: T, span: SpanContext) -> Sent<T> {
+        Sent { value, span }
+    }
+
+    /// The span context of the message's send span: the message's trace id and parent
+    /// span id, as its consumers see them.
+    pub fn span_context(&self) -> &SpanContext {
+        &self.span
+    }
+
+    /// The trace the message belongs to.
+    pub fn trace_id(&self) -> TraceId {
+        self.span.trace_id()
+    }
+
+    /// The client's result.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T> std::ops::Deref for Sent<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
     }
 }

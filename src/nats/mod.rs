@@ -131,15 +131,22 @@
 //! bounded run, fetch exactly what you will process (`consumer.fetch().max_messages(n)`).
 
 mod carrier;
-mod core;
+mod client;
+mod describe;
 mod jetstream;
+mod jetstream_consume;
 mod round_trip;
-mod run;
+mod subscription;
 
-pub use self::core::{Delivery, TracedClient, TracedSubscriber};
-pub use self::jetstream::{FailurePolicy, OnFailure, Settle, TracedJetStream, TracedMessages};
+pub use async_nats;
+
+pub use self::client::TracedClient;
+pub use self::jetstream::TracedJetStream;
+pub use self::jetstream_consume::{
+    JetStreamAction, JetStreamDelivery, JetStreamMessages, TracedMessages,
+};
 pub use self::round_trip::{round_trip, RoundTripError};
-pub use self::run::{Processed, Stop};
+pub use self::subscription::{NatsDelivery, Subscription, TracedSubscriber};
 
 /// The attribute names NATS spans carry (see the [module docs](self) for which span gets
 /// which).
@@ -164,10 +171,7 @@ pub mod attributes {
     pub const MESSAGING_NATS_JS_CONSUMER_SEQUENCE: &str = "messaging.nats.js.sequence.consumer";
     /// `true` when the stream reported the published message as a duplicate (tracehop).
     pub const MESSAGING_NATS_JS_DUPLICATE: &str = "messaging.nats.js.duplicate";
-    /// How a JetStream delivery was settled: `ack`, `nak`, `term` or `none` (tracehop).
-    pub const SETTLEMENT: &str = "tracehop.nats.settlement";
-    /// Why the settlement of a JetStream delivery could not be sent (tracehop).
-    pub const SETTLE_ERROR: &str = "tracehop.nats.settle_error";
+    pub use crate::messaging::attributes::{SETTLEMENT, SETTLEMENT_ERROR};
     /// `true` on a send span whose context headers were left out of the message because
     /// they would have pushed it over the server's `max_payload` (tracehop).
     pub const CONTEXT_DROPPED: &str = "tracehop.nats.context_dropped";

@@ -2,12 +2,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
-use futures_util::stream;
 
 use super::carrier::merge;
-use super::run::Until;
-use super::{FailurePolicy, OnFailure, Settle, Stop};
+use super::JetStreamAction;
 use crate::propagation::{ReadCarrier, WriteCarrier, TRACEPARENT};
+use crate::{Decision, Failure, FailurePolicy as _, OnFailure};
 use crate::{Incoming, Outgoing, SpanCollector, Telemetry};
 
 fn user_headers() -> HeaderMap {
@@ -162,44 +161,36 @@ fn merge_leaves_the_context_out_rather_than_fail_a_message_that_fits() {
 }
 
 #[test]
-fn on_failure_policies_decide_by_delivery_count() {
-    let err = "boom".to_owned();
-    assert_eq!(
-        FailurePolicy::on_failure(&mut OnFailure::Nak, &err, 1),
-        Settle::Nak(None)
-    );
-    assert_eq!(
-        FailurePolicy::on_failure(&mut OnFailure::NakAfter(Duration::from_secs(2)), &err, 1),
-        Settle::Nak(Some(Duration::from_secs(2)))
-    );
-    assert_eq!(
-        FailurePolicy::on_failure(&mut OnFailure::Term, &err, 1),
-        Settle::Term
-    );
-    assert_eq!(
-        FailurePolicy::on_failure(&mut OnFailure::Leave, &err, 1),
-        Settle::Leave
-    );
-    let mut retry = OnFailure::Retry {
-        max_deliveries: 3,
-        delay: None,
+fn jetstream_policies_decide_by_delivery_count() {
+    let failure = |attempt| Failure {
+        destination: "orders",
+        attempt,
+        runs: 1,
+        messages: 1,
+        error: &"boom",
+        panicked: false,
     };
-    assert_eq!(retry.on_failure(&err, 1), Settle::Nak(None));
-    assert_eq!(retry.on_failure(&err, 2), Settle::Nak(None));
-    assert_eq!(retry.on_failure(&err, 3), Settle::Term);
-    let mut by_error = |e: &String, _delivered: u32| {
-        if e == "permanent" {
-            Settle::Term
-        } else {
-            Settle::Nak(None)
-        }
-    };
+    let decide = |p: &OnFailure<JetStreamAction>, attempt| p.decide(&failure(attempt));
+    assert_eq!(decide(&OnFailure::default(), 1), Decision::Redeliver);
     assert_eq!(
-        by_error.on_failure(&"permanent".to_owned(), 1),
-        Settle::Term
+        decide(&OnFailure::nak_after(Duration::from_secs(2)), 1),
+        Decision::Settle(JetStreamAction::Nak {
+            delay: Some(Duration::from_secs(2))
+        })
     );
-    assert_eq!(by_error.on_failure(&err, 1), Settle::Nak(None));
-    assert_eq!(Settle::Leave.as_str(), "none");
+    assert_eq!(
+        decide(&OnFailure::term(), 1),
+        Decision::Settle(JetStreamAction::Term)
+    );
+    assert_eq!(
+        decide(&OnFailure::leave(), 1),
+        Decision::Settle(JetStreamAction::Leave)
+    );
+    let retry = OnFailure::nak_until(3, None);
+    let nak = Decision::Settle(JetStreamAction::Nak { delay: None });
+    assert_eq!(decide(&retry, 1), nak);
+    assert_eq!(decide(&retry, 2), nak);
+    assert_eq!(decide(&retry, 3), Decision::Settle(JetStreamAction::Term));
 }
 
 #[test]
@@ -227,41 +218,4 @@ fn context_crosses_a_header_map_hop() {
         records[1].parent_span_id.as_deref(),
         Some(records[0].span_id.as_str())
     );
-}
-
-#[tokio::test]
-async fn until_stops_at_the_limit_and_on_the_signal() {
-    let mut items = stream::iter(1..=5);
-    let mut until = Until::default();
-    until.limit(2);
-    let mut seen = Vec::new();
-    while let Some(n) = until.next(&mut items).await {
-        until.count();
-        seen.push(n);
-    }
-    assert_eq!(seen, [1, 2]);
-    let mut rest = Until::default();
-    assert_eq!(
-        rest.next(&mut items).await,
-        Some(3),
-        "items past the limit stay in the stream"
-    );
-
-    let stop = Stop::new();
-    let mut until = Until::default();
-    until.stop_on(&stop);
-    assert_eq!(until.next(&mut items).await, Some(4));
-    stop.stop();
-    assert!(stop.is_stopped());
-    assert_eq!(until.next(&mut items).await, None);
-
-    // A stop fired while the loop waits on an idle stream wakes it.
-    let stop = Stop::new();
-    let mut until = Until::default();
-    until.stop_on(&stop);
-    let mut idle = stream::pending::<u32>();
-    let waiter = tokio::spawn(async move { until.next(&mut idle).await });
-    tokio::task::yield_now().await;
-    stop.stop();
-    assert_eq!(waiter.await.expect("join"), None);
 }

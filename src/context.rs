@@ -1,0 +1,123 @@
+//! Your own work inside the trace: spans of your own around a future, and baggage set and
+//! read on the current context.
+//!
+//! A handler runs inside its message's process span, so everything here nests under it;
+//! a send made inside [`Telemetry::in_span`] or [`with_baggage`] carries that span as
+//! parent and that baggage to the next service.
+//!
+//! ```
+//! use tracehop::context::{baggage, with_baggage};
+//! use tracehop::{SpanCollector, Telemetry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> tracehop::Result<()> {
+//! let spans = SpanCollector::new();
+//! let agent = Telemetry::builder("agent").collector(&spans).build()?;
+//!
+//! let plan = with_baggage([("run.id", "run-7")], async {
+//!     agent
+//!         .in_span("plan", async {
+//!             // Baggage is readable anywhere below, and travels with every send.
+//!             assert_eq!(baggage("run.id").as_deref(), Some("run-7"));
+//!             "search invoices"
+//!         })
+//!         .await
+//! })
+//! .await;
+//! assert_eq!(plan, "search invoices");
+//! assert_eq!(spans.records()[0].operation_name.as_deref(), Some("plan"));
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+
+use opentelemetry::baggage::{Baggage, BaggageExt as _};
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, Key, StringValue};
+
+use crate::Telemetry;
+
+impl Telemetry {
+    /// Run `future` inside a new span named `name` (kind INTERNAL) of this service, a
+    /// child of the current context; the span ends when the future completes, with status
+    /// ok. For a future that returns a `Result`, [`try_in_span`](Self::try_in_span) also
+    /// records the error.
+    pub async fn in_span<F: Future>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        future: F,
+    ) -> F::Output {
+        let cx = self.child_context(name.into());
+        let output = future.with_context(cx.clone()).await;
+        let span = cx.span();
+        span.set_status(Status::Ok);
+        span.end();
+        output
+    }
+
+    /// [`in_span`](Self::in_span) for a fallible future: an `Err` marks the span failed
+    /// (status error, `error.type`, an `exception` event) and is returned unchanged.
+    pub async fn try_in_span<F, T, E>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        future: F,
+    ) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: fmt::Display,
+    {
+        let cx = self.child_context(name.into());
+        let output = future.with_context(cx.clone()).await;
+        let span = cx.span();
+        match &output {
+            Ok(_) => span.set_status(Status::Ok),
+            Err(e) => {
+                crate::messaging::record_error_on(&span, e);
+            }
+        }
+        span.end();
+        output
+    }
+
+    fn child_context(&self, name: Cow<'static, str>) -> Context {
+        let tracer = &self.inner().tracer;
+        Context::map_current(|parent| {
+            let span = tracer.start_with_context(name, parent);
+            parent.with_span(span)
+        })
+    }
+}
+
+/// Run `future` with `entries` added to the current context's baggage. Sends made inside
+/// carry it in the `baggage` header (within the W3C limits), and the consumers' process
+/// spans make it current again for their handlers.
+pub async fn with_baggage<F, K, V>(
+    entries: impl IntoIterator<Item = (K, V)>,
+    future: F,
+) -> F::Output
+where
+    F: Future,
+    K: Into<Key>,
+    V: Into<StringValue>,
+{
+    let cx = Context::map_current(|cx| {
+        let mut baggage: Baggage = cx
+            .baggage()
+            .iter()
+            .map(|(k, (v, m))| (k.clone(), (v.clone(), m.clone())))
+            .collect();
+        for (key, value) in entries {
+            baggage.insert(key, value);
+        }
+        cx.with_baggage(baggage)
+    });
+    future.with_context(cx).await
+}
+
+/// The value of baggage entry `key` in the current context, if there is one.
+pub fn baggage(key: &str) -> Option<String> {
+    Context::map_current(|cx| cx.baggage().get(key).map(|v| v.as_str().to_owned()))
+}

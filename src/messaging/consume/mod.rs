@@ -1,0 +1,405 @@
+//! THE consume loop: one implementation of receiving, tracing, handling and settling
+//! messages, used by every broker.
+//!
+//! A broker adapter supplies a [`Source`] of deliveries and, per delivery, how to
+//! describe, read and [`Settle`] it. [`Consumer`] owns everything else: the limit, the
+//! stop signal, the delivery attempt, the process span, running the handler (its panics
+//! caught), the [failure policy](FailurePolicy) and its [`Decision`], settlement and its
+//! recording (`tracehop.settlement` on the span), and the [`Summary`]. So every traced
+//! consumer, on every broker, is configured and run the same way:
+//!
+//! ```text
+//! consumer
+//!     .limit(100)                          // messages settled, then return
+//!     .stop_on(&stop)                      // or when this Stop fires
+//!     .on_failure(OnFailure::redeliver())  // what a failed (or panicking) handler means
+//!     .run(|message| async move { ... })   // -> Result<Summary, ConsumeError<E>>
+//! ```
+//!
+//! `kafka::TracedConsumer`, `amqp::TracedConsumer`, `nats::TracedSubscriber` and
+//! `nats::TracedMessages` are this type over their broker's source.
+
+mod batch;
+mod handler;
+mod policy;
+mod source;
+mod stop;
+mod summary;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+
+use opentelemetry::KeyValue;
+
+pub use batch::{Batch, BatchOptions};
+pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
+pub(crate) use source::NO_HEADERS;
+pub use source::{BoxError, Settle, SettleError, Settlement, Source, SourceError};
+pub use stop::Stop;
+pub use summary::{ConsumeError, Summary};
+
+use self::handler::{record, run_guarded};
+use self::summary::HandlerFailure;
+use super::attributes as attr;
+use crate::propagation::Extracted;
+use crate::{ParentPolicy, ProcessSpan, Telemetry};
+
+/// A traced consumer: a broker's [`Source`] of deliveries run through the one consume
+/// loop (see the [module docs](self)).
+///
+/// Each delivery gets a process span (kind CONSUMER, a child of the producer's send
+/// span, or linked under [`ParentPolicy::Link`]) with the delivery attempt and queue
+/// time; the handler runs inside it, so its own spans and sends nest under it. A handler
+/// that succeeds has its message settled as done (ack, commit). One that fails, or
+/// panics, is recorded on the span (status error, `error.type`, an `exception` event) and
+/// its message settled as the [`FailurePolicy`] decides (default: redeliver); the loop
+/// goes on with the next message.
+pub struct Consumer<S: Source> {
+    source: S,
+    telemetry: Telemetry,
+    on_failure: Box<dyn FailurePolicy<S::Action>>,
+    parent: ParentPolicy,
+    limit: Option<u64>,
+    stop: Option<Stop>,
+    propagate_panics: bool,
+    manual: bool,
+}
+
+impl<S: Source + fmt::Debug> fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("source", &self.source)
+            .field("service", &self.telemetry.service_name())
+            .field("parent", &self.parent)
+            .field("limit", &self.limit)
+            .field("stop", &self.stop.as_ref().map(Stop::is_stopped))
+            .field("propagate_panics", &self.propagate_panics)
+            .field("manual_settlement", &self.manual)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Source> Consumer<S> {
+    /// Consume `source` as service `telemetry`: redeliver failed messages, adopt the
+    /// producer's span as parent, no limit, no stop signal.
+    pub fn from_source(source: S, telemetry: Telemetry) -> Self {
+        Consumer {
+            source,
+            telemetry,
+            on_failure: Box::new(OnFailure::<S::Action>::redeliver()),
+            parent: ParentPolicy::Child,
+            limit: None,
+            stop: None,
+            propagate_panics: false,
+            manual: false,
+        }
+    }
+
+    /// Return after `messages` deliveries have been settled (a redelivered message counts
+    /// again). Applies to each [`run`](Self::run).
+    pub fn limit(mut self, messages: u64) -> Self {
+        self.limit = Some(messages);
+        self
+    }
+
+    /// Return when `stop` fires: the message in hand is finished and settled first.
+    pub fn stop_on(mut self, stop: &Stop) -> Self {
+        self.stop = Some(stop.clone());
+        self
+    }
+
+    /// What to do with a message whose handler failed or panicked: an [`OnFailure`], or
+    /// any `Fn(&Failure<'_>) -> Decision<Action>` closure.
+    pub fn on_failure(mut self, policy: impl FailurePolicy<S::Action>) -> Self {
+        self.on_failure = Box::new(policy);
+        self
+    }
+
+    /// Child of the producer's span (the default), or a new trace linked to it
+    /// ([`ParentPolicy::Link`], for trust boundaries).
+    pub fn parent_policy(mut self, policy: ParentPolicy) -> Self {
+        self.parent = policy;
+        self
+    }
+
+    /// Resume a handler's panic instead of going on: the panic is still recorded on the
+    /// span and the message given back to the broker (as [`Decision::Stop`] does), then
+    /// the loop unwinds with it.
+    pub fn propagate_panics(mut self) -> Self {
+        self.propagate_panics = true;
+        self
+    }
+
+    /// Settle nothing: the handler settles each message itself, or the broker needs no
+    /// settlement (a `no_ack` consumer, JetStream's `AckPolicy::None`, Kafka auto-commit).
+    /// Spans say `tracehop.settlement=none`.
+    pub fn manual_settlement(mut self) -> Self {
+        self.manual = true;
+        self
+    }
+
+    /// The source (the wrapped client consumer).
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The source, mutably.
+    pub fn source_mut(&mut self) -> &mut S {
+        &mut self.source
+    }
+
+    /// The source, taken out of the consumer.
+    pub fn into_source(self) -> S {
+        self.source
+    }
+
+    /// The service's telemetry handle.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// The parent policy the process spans use.
+    pub fn parent(&self) -> ParentPolicy {
+        self.parent
+    }
+
+    /// Run `handler` on every delivery until the source ends, the [limit](Self::limit)
+    /// is reached, the [stop signal](Self::stop_on) fires, the failure policy says
+    /// [`Decision::Stop`], or the consumer fails.
+    ///
+    /// The handler gets the message as the client gives it and runs with the message's
+    /// process span as the current context. Errors the consumer reports between messages
+    /// that it recovers from are logged and counted in
+    /// [`Summary::source_errors`]; a fatal one ends the loop with
+    /// [`ConsumeError::Source`].
+    pub async fn run<F, Fut, E>(&mut self, mut handler: F) -> Result<Summary, ConsumeError<E>>
+    where
+        F: FnMut(S::Message) -> Fut + Send,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: fmt::Display + Send,
+    {
+        self.source.prepare(self.limit).await;
+        let mut summary = Summary::default();
+        let mut stop = self.stop.clone();
+        loop {
+            if self.limit.is_some_and(|n| summary.messages >= n) {
+                break;
+            }
+            if stop.as_ref().is_some_and(Stop::is_stopped) {
+                // Stopped: drain what the source still holds, or return now.
+                stop = None;
+                if self.source.drain().await {
+                    continue;
+                }
+                break;
+            }
+            let item = match &stop {
+                Some(signal) => tokio::select! {
+                    biased;
+                    () = signal.stopped() => continue,
+                    item = self.source.next() => item,
+                },
+                None => self.source.next().await,
+            };
+            match item {
+                None => break,
+                Some(Err(e)) => self.source_error(e, &mut summary)?,
+                Some(Ok(delivery)) => self.handle(delivery, &mut handler, &mut summary).await?,
+            }
+        }
+        Ok(summary)
+    }
+
+    /// An error from the source: fatal ones end the loop, the rest are logged and counted.
+    fn source_error<E>(
+        &self,
+        e: SourceError,
+        summary: &mut Summary,
+    ) -> Result<(), ConsumeError<E>> {
+        if e.fatal {
+            return Err(ConsumeError::source(e));
+        }
+        tracing::warn!(error = %e, service = self.telemetry.service_name(), "consumer error");
+        summary.source_errors += 1;
+        Ok(())
+    }
+
+    /// The process span of one run on `delivery`.
+    fn open_span(
+        &self,
+        delivery: &S::Delivery<'_>,
+        attempt: u32,
+        extracted: &Extracted,
+        batch: Option<&opentelemetry::Context>,
+    ) -> ProcessSpan {
+        let msg = delivery
+            .describe()
+            .parent_policy(self.parent)
+            .attempt(attempt);
+        ProcessSpan::start(self.telemetry.inner(), msg, extracted, batch)
+    }
+
+    /// The first delivery attempt of `delivery`: the attempt its producer wrote (a
+    /// forwarded retry), else 1, plus the broker's redeliveries.
+    fn first_attempt(delivery: &S::Delivery<'_>) -> u32 {
+        delivery_attempt(delivery.headers(), delivery.redeliveries())
+    }
+
+    async fn handle<F, Fut, E>(
+        &self,
+        mut delivery: S::Delivery<'_>,
+        handler: &mut F,
+        summary: &mut Summary,
+    ) -> Result<(), ConsumeError<E>>
+    where
+        F: FnMut(S::Message) -> Fut + Send,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: fmt::Display + Send,
+    {
+        let extracted = self
+            .telemetry
+            .inner()
+            .propagation
+            .extract(delivery.headers());
+        let first = Self::first_attempt(&delivery);
+        let keep = self.on_failure.may_retry_in_place();
+        let mut runs: u32 = 0;
+        loop {
+            runs += 1;
+            let attempt = first.saturating_add(runs - 1);
+            let span = self.open_span(&delivery, attempt, &extracted, None);
+            let Some(message) = delivery.message(keep) else {
+                // A policy that said it never retries in place asked for a retry: the
+                // message was handed over, so give it back to the broker instead.
+                tracing::warn!(
+                    position = %delivery.position(),
+                    "retry in place asked for by a policy whose may_retry_in_place() is false; redelivering"
+                );
+                summary.failed += 1;
+                return self
+                    .settle(&mut delivery, span, Settlement::Redeliver, attempt, summary)
+                    .await;
+            };
+            let result = run_guarded(span.context(), || handler(message)).await;
+            record(&span, &result);
+            let failure = match result {
+                Ok(()) => {
+                    summary.succeeded += 1;
+                    return self
+                        .settle(&mut delivery, span, Settlement::Done, attempt, summary)
+                        .await;
+                }
+                Err(failure) => failure,
+            };
+            let decision = self.on_failure.decide(&Failure {
+                destination: delivery.destination(),
+                attempt,
+                runs,
+                messages: 1,
+                error: &failure,
+                panicked: failure.panicked(),
+            });
+            if let Decision::Retry { after } = decision {
+                span.end();
+                summary.retries += 1;
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                }
+                continue;
+            }
+            summary.failed += 1;
+            summary.panicked += u64::from(failure.panicked());
+            let stop =
+                self.propagate_panics && failure.panicked() || matches!(decision, Decision::Stop);
+            let settlement = match &decision {
+                _ if stop => Settlement::Redeliver,
+                Decision::Skip => Settlement::Done,
+                Decision::Settle(action) => Settlement::Action(action),
+                _ => Settlement::Redeliver,
+            };
+            self.settle(&mut delivery, span, settlement, attempt, summary)
+                .await?;
+            if !stop {
+                return Ok(());
+            }
+            return Err(self.stop_with(failure, delivery.position()));
+        }
+    }
+
+    /// The loop ends with `failure`: return it, or resume its panic when panics
+    /// propagate.
+    fn stop_with<E>(&self, failure: HandlerFailure<E>, position: String) -> ConsumeError<E> {
+        match failure {
+            HandlerFailure::Panic(panic) if self.propagate_panics => {
+                std::panic::resume_unwind(panic.payload)
+            }
+            failure => failure.into_error(position),
+        }
+    }
+
+    /// Settle `delivery` (or nothing, under manual settlement), record it on `span`, end
+    /// the span and count the message.
+    async fn settle<E>(
+        &self,
+        delivery: &mut S::Delivery<'_>,
+        span: ProcessSpan,
+        settlement: Settlement<'_, S::Action>,
+        attempt: u32,
+        summary: &mut Summary,
+    ) -> Result<(), ConsumeError<E>> {
+        let settlement = if self.manual {
+            Settlement::Nothing
+        } else {
+            settlement
+        };
+        let settled = delivery.settle(settlement, span.context(), attempt).await;
+        let fatal = record_settlement(&span, settled, summary, || delivery.position());
+        span.end();
+        match fatal {
+            Some(e) => Err(ConsumeError::settle(e, delivery.position())),
+            None => {
+                summary.messages += 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Which delivery of its message a delivery is, counting from 1: the attempt its producer
+/// wrote in `tracehop-attempt` (a forwarded retry), else 1, plus the broker's
+/// `redeliveries` of it.
+pub(crate) fn delivery_attempt(
+    headers: &dyn crate::propagation::ReadCarrier,
+    redeliveries: u32,
+) -> u32 {
+    crate::propagation::attempt(headers)
+        .unwrap_or(1)
+        .saturating_add(redeliveries)
+}
+
+/// Record what settling came to on `span`: `tracehop.settlement`, and on failure
+/// `tracehop.settlement.error`, a warning and a count. Returns the error if it is fatal.
+fn record_settlement(
+    span: &ProcessSpan,
+    settled: Result<&'static str, SettleError>,
+    summary: &mut Summary,
+    position: impl FnOnce() -> String,
+) -> Option<SettleError> {
+    match settled {
+        Ok(label) => {
+            span.set_attribute(attr::SETTLEMENT, label);
+            None
+        }
+        Err(e) => {
+            span.set_attributes([
+                KeyValue::new(attr::SETTLEMENT, e.settlement),
+                KeyValue::new(attr::SETTLEMENT_ERROR, e.error.to_string()),
+            ]);
+            tracing::warn!(error = %e, position = %position(), "settling a message failed");
+            summary.settle_errors += 1;
+            e.fatal.then_some(e)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The span-opening methods of [`Telemetry`]: send, process, batch and reply spans.
+
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::Context;
+
+use super::{BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessSpan, SendSpan};
+use crate::propagation::{ReadCarrier, WriteCarrier};
+use crate::Telemetry;
+
+impl Telemetry {
+    /// Open a send span for `msg` as a child of the current context and write its context
+    /// into `headers`.
+    ///
+    /// "Current" is OpenTelemetry's current context, which is also the current `tracing`
+    /// span when a `tracing-opentelemetry` layer is installed: a send inside a user's
+    /// `#[instrument]` span, or inside a handler run by a process span, continues that
+    /// trace.
+    pub fn send_span(&self, msg: Outgoing<'_>, headers: &mut dyn WriteCarrier) -> SendSpan {
+        Context::map_current(|cx| SendSpan::start(self.inner(), msg, cx, headers))
+    }
+
+    /// Open a send span with an explicit parent.
+    pub fn send_span_with_parent(
+        &self,
+        msg: Outgoing<'_>,
+        parent: &Context,
+        headers: &mut dyn WriteCarrier,
+    ) -> SendSpan {
+        SendSpan::start(self.inner(), msg, parent, headers)
+    }
+
+    /// Read `headers` and open the process span for `msg`: a child of the producer's span
+    /// (or a new root linked to it, under [`ParentPolicy::Link`](crate::ParentPolicy)). A
+    /// message without usable context gets a new root that says why.
+    pub fn process_span(&self, mut msg: Incoming<'_>, headers: &dyn ReadCarrier) -> ProcessSpan {
+        if msg.attempt.is_none() {
+            msg.attempt = crate::propagation::attempt(headers);
+        }
+        let extracted = self.inner().propagation.extract(headers);
+        ProcessSpan::start(self.inner(), msg, &extracted, None)
+    }
+
+    /// Open a process span for a message whose headers were already read.
+    pub fn process_span_extracted(
+        &self,
+        msg: Incoming<'_>,
+        extracted: &crate::Extracted,
+    ) -> ProcessSpan {
+        ProcessSpan::start(self.inner(), msg, extracted, None)
+    }
+
+    /// Open one span for a batch of messages, linked to each message's context. `batch`
+    /// describes the batch (destination, consumer group); one carrier per message.
+    pub fn batch_span<'c>(
+        &self,
+        batch: Incoming<'_>,
+        headers: impl IntoIterator<Item = &'c dyn ReadCarrier>,
+    ) -> BatchSpan {
+        BatchSpan::start(self, batch, headers)
+    }
+
+    /// Record the requester's span for a reply to its request, then end it: a child of
+    /// the responder's reply span, or of the request span when the reply brings no usable
+    /// context (the span says why). In link mode it stays under the request span (the
+    /// requester's own) and links to the responder's span, without adopting the
+    /// responder's baggage. Named after the operation alone: reply destinations are
+    /// temporary.
+    #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
+    pub(crate) fn record_reply(
+        &self,
+        msg: Incoming<'_>,
+        headers: &dyn ReadCarrier,
+        request: &Context,
+    ) {
+        let mut extracted = self.inner().propagation.extract(headers);
+        let msg = msg.temporary();
+        let span = if msg.policy == ParentPolicy::Link {
+            let remote = extracted.context.span().span_context().clone();
+            extracted.context = Context::new().with_remote_span_context(remote);
+            extracted.join_trace = None;
+            ProcessSpan::start(self.inner(), msg, &extracted, Some(request))
+        } else {
+            if !extracted.has_parent() {
+                // Keep `source`/`rejected` as found, so the span still says why.
+                extracted.context = request.clone();
+                extracted.join_trace = None;
+            }
+            ProcessSpan::start(self.inner(), msg, &extracted, None)
+        };
+        span.record(&Ok::<(), std::convert::Infallible>(()));
+        span.end();
+    }
+}

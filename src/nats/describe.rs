@@ -1,0 +1,163 @@
+//! How NATS messages are described to the core: the send and process span attributes
+//! (nats.net's names), the connected server's address, and the context headers merged
+//! into the user's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use async_nats::{Client, HeaderMap, Message};
+use bytes::Bytes;
+use opentelemetry::StringValue;
+
+use super::attributes as attr;
+use super::carrier::merge;
+use crate::messaging::attributes::system::NATS;
+use crate::{Incoming, Outgoing, SendSpan, Telemetry};
+
+/// Open the send span of a publish described by `msg`, and merge its context headers into
+/// the user's `headers`.
+pub(super) fn open_send(
+    telemetry: &Telemetry,
+    msg: Outgoing<'_>,
+    headers: Option<HeaderMap>,
+    payload: &Bytes,
+    client: &Client,
+) -> (SendSpan, Option<HeaderMap>) {
+    let mut context = HeaderMap::new();
+    let send = telemetry.send_span(msg, &mut context);
+    let headers = with_context(&send, headers, context, payload, client);
+    (send, headers)
+}
+
+/// Merge the context headers into the user's, saying so on the span if they had to be left
+/// out.
+fn with_context(
+    send: &SendSpan,
+    headers: Option<HeaderMap>,
+    context: HeaderMap,
+    payload: &Bytes,
+    client: &Client,
+) -> Option<HeaderMap> {
+    let (headers, dropped) = merge(headers, context, payload.len(), client.max_payload());
+    if dropped {
+        send.set_attribute(attr::CONTEXT_DROPPED, true);
+    }
+    headers
+}
+
+/// `server.address` and `server.port` of the server a client is connected to, cached.
+///
+/// async-nats only hands out a copy of the whole server `INFO` (a dozen strings), so the
+/// address is read from it when the client has (re)connected since the last read, and
+/// otherwise at most every [`Server::RECHECK`] messages; in between every message shares
+/// the cached value. Clones share the cache.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Server(Arc<ServerCache>);
+
+#[derive(Debug, Default)]
+struct ServerCache {
+    address: RwLock<Option<ServerAddress>>,
+    uses: AtomicU64,
+}
+
+#[derive(Debug)]
+struct ServerAddress {
+    /// The client's connect count when the address was read.
+    connects: u64,
+    host: StringValue,
+    port: i64,
+}
+
+impl Server {
+    /// Messages between two reads of the server `INFO` while the client stays connected
+    /// (async-nats counts a reconnect before it publishes the new server's `INFO`).
+    const RECHECK: u64 = 1024;
+
+    /// The address of the server `client` is connected to, if it has told us.
+    pub(crate) fn address(&self, client: &Client) -> Option<(StringValue, i64)> {
+        let cache = &self.0;
+        let connects = client.statistics().connects.load(Ordering::Relaxed);
+        let recheck = cache
+            .uses
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(Self::RECHECK);
+        if !recheck {
+            let cached = cache.address.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = cached.as_ref().filter(|a| a.connects == connects) {
+                return Some((a.host.clone(), a.port));
+            }
+        }
+        let info = client
+            .try_server_info()
+            .filter(|info| !info.host.is_empty());
+        let fresh = info.map(|info| ServerAddress {
+            connects,
+            host: StringValue::from(Arc::<str>::from(info.host)),
+            port: i64::from(info.port),
+        });
+        let out = fresh.as_ref().map(|a| (a.host.clone(), a.port));
+        *cache.address.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        out
+    }
+}
+
+/// Describe an outgoing core NATS message (operation name left to the caller).
+pub(crate) fn outgoing<'a>(
+    server: &Server,
+    client: &Client,
+    subject: &'a str,
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+) -> Outgoing<'a> {
+    let mut msg = Outgoing::new(NATS, subject).body_size(payload.len());
+    if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
+        msg = msg.message_id(id.as_str().to_owned());
+    }
+    if let Some((host, port)) = server.address(client) {
+        msg = msg
+            .attribute(attr::SERVER_ADDRESS, host)
+            .attribute(attr::SERVER_PORT, port);
+    }
+    msg
+}
+
+/// Describe an incoming NATS message, with the names nats.net uses. `core` is false for a
+/// JetStream delivery, whose reply subject is the server's ack subject (not recorded).
+pub(crate) fn incoming<'a>(
+    server: &Server,
+    client: &Client,
+    message: &'a Message,
+    subscription: Option<&StringValue>,
+    queue_group: Option<&StringValue>,
+    core: bool,
+) -> Incoming<'a> {
+    // One copy of the subject, shared by `messaging.destination.name` and
+    // `messaging.nats.message.subject`.
+    let subject = StringValue::from(Arc::<str>::from(message.subject.as_str()));
+    let mut msg = Incoming::with_destination_value(NATS, message.subject.as_str(), subject.clone())
+        .body_size(message.payload.len())
+        .attribute(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64)
+        .attribute(attr::MESSAGING_NATS_MESSAGE_SUBJECT, subject);
+    if let Some(reply) = message.reply.as_ref().filter(|_| core) {
+        msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
+    }
+    if let Some(subscription) = subscription {
+        msg = msg.destination_template(subscription.clone());
+    }
+    if let Some(group) = queue_group {
+        msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
+    }
+    if let Some(id) = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+    {
+        msg = msg.message_id(id.as_str().to_owned());
+    }
+    if let Some((host, port)) = server.address(client) {
+        msg = msg
+            .attribute(attr::SERVER_ADDRESS, host)
+            .attribute(attr::SERVER_PORT, port);
+    }
+    msg
+}

@@ -1,0 +1,284 @@
+//! JetStream consumers as a source for the one consume loop: each delivery, redeliveries
+//! included, is its own process span carrying the server's delivery count, acked after
+//! success and settled by the failure policy after an error.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::message::{Acker, Info};
+use async_nats::jetstream::{self, AckKind};
+use async_nats::Subject;
+use futures_util::{Stream, StreamExt as _};
+use opentelemetry::Context;
+
+use super::attributes as attr;
+use super::describe::incoming;
+use super::TracedJetStream;
+use crate::messaging::attributes::system::NATS;
+use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError, NO_HEADERS};
+use crate::propagation::ReadCarrier;
+use crate::{Consumer, Incoming, OnFailure};
+
+/// A JetStream consumer's message stream run through the one [`Consumer`] loop, from
+/// [`TracedJetStream::messages`].
+///
+/// After success a message is acked; after a failure the policy decides
+/// ([`OnFailure::redeliver`], a nak, by default; [`JetStreamAction`] adds nak with a
+/// delay, term and leave). Errors the stream reports between messages are logged and
+/// counted in [`Summary::source_errors`](crate::Summary::source_errors) (a final one
+/// ends the stream).
+///
+/// A loop that stops, or reaches its limit, leaves unsettled whatever it has not
+/// processed: a pull stream (`messages()`) may hold a whole batch already fetched, which
+/// the server redelivers after the ack wait with a higher delivery count, counting
+/// towards `max_deliver`. For a bounded run, fetch exactly what you will process
+/// (`consumer.fetch().max_messages(n)`).
+pub type TracedMessages<St> = Consumer<JetStreamMessages<St>>;
+
+/// What a JetStream failure policy can do beyond the common decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JetStreamAction {
+    /// Negative acknowledgement: redeliver, after `delay` if given
+    /// ([`Decision::Redeliver`](crate::Decision::Redeliver) is a nak without delay).
+    Nak {
+        /// How long the server waits before redelivering.
+        delay: Option<Duration>,
+    },
+    /// Terminate: never redeliver (the server publishes a `MSG_TERMINATED` advisory).
+    Term,
+    /// Send nothing: the server redelivers once the consumer's ack wait has passed.
+    Leave,
+}
+
+impl OnFailure<JetStreamAction> {
+    /// Nak with a delay before redelivery.
+    pub fn nak_after(delay: Duration) -> Self {
+        OnFailure::settle(JetStreamAction::Nak { delay: Some(delay) })
+    }
+
+    /// Term: never redeliver.
+    pub fn term() -> Self {
+        OnFailure::settle(JetStreamAction::Term)
+    }
+
+    /// Settle nothing: the server redelivers after the consumer's ack wait.
+    pub fn leave() -> Self {
+        OnFailure::settle(JetStreamAction::Leave)
+    }
+
+    /// Nak (after `delay`, if given) until delivery `max_deliveries` has failed, then
+    /// term.
+    pub fn nak_until(max_deliveries: u32, delay: Option<Duration>) -> Self {
+        OnFailure::settle(JetStreamAction::Nak { delay })
+            .below_attempt(max_deliveries)
+            .then(OnFailure::term())
+    }
+}
+
+/// The source behind [`TracedMessages`]: a JetStream message stream and the JetStream
+/// context its spans describe.
+pub struct JetStreamMessages<St> {
+    js: TracedJetStream,
+    stream: Mutex<Pin<Box<St>>>,
+}
+
+impl<St> fmt::Debug for JetStreamMessages<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamMessages").finish_non_exhaustive()
+    }
+}
+
+impl<St> JetStreamMessages<St> {
+    pub(super) fn consumer(js: TracedJetStream, messages: St) -> TracedMessages<St>
+    where
+        Self: Source,
+    {
+        let telemetry = js.telemetry.clone();
+        let policy = js.policy;
+        let source = JetStreamMessages {
+            js,
+            stream: Mutex::new(Box::pin(messages)),
+        };
+        Consumer::from_source(source, telemetry).parent_policy(policy)
+    }
+
+    /// The wrapped message stream.
+    pub fn stream_mut(&mut self) -> Pin<&mut St> {
+        self.stream
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+    }
+}
+
+impl<St, SE> Source for JetStreamMessages<St>
+where
+    St: Stream<Item = Result<jetstream::Message, SE>> + Send,
+    SE: fmt::Display,
+{
+    type Message = jetstream::Message;
+    type Action = JetStreamAction;
+    type Delivery<'a>
+        = JetStreamDelivery<'a>
+    where
+        St: 'a;
+
+    async fn next(&self) -> Option<Result<JetStreamDelivery<'_>, SourceError>> {
+        let next = std::future::poll_fn(|cx| {
+            self.stream
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .poll_next_unpin(cx)
+        });
+        let message = match next.await? {
+            Ok(message) => message,
+            Err(e) => return Some(Err(SourceError::transient(e.to_string()))),
+        };
+        let info = message.info().ok();
+        let delivered = info
+            .as_ref()
+            .and_then(|info| u32::try_from(info.delivered).ok());
+        let stream_sequence = info.as_ref().map(|info| info.stream_sequence);
+        Some(Ok(JetStreamDelivery {
+            js: &self.js,
+            acker: Acker::new(message.context.clone(), message.reply.clone()),
+            subject: message.subject.clone(),
+            delivered,
+            stream_sequence,
+            message: Some(message),
+        }))
+    }
+
+    fn describe_batch<'a>(&'a self, destination: &'a str) -> Incoming<'a> {
+        Incoming::new(NATS, destination)
+    }
+}
+
+/// A message delivered by a JetStream consumer.
+pub struct JetStreamDelivery<'a> {
+    js: &'a TracedJetStream,
+    acker: Acker,
+    subject: Subject,
+    /// The server's delivery count (from 1), from the ack subject.
+    delivered: Option<u32>,
+    stream_sequence: Option<u64>,
+    /// `None` once handed to the handler.
+    message: Option<jetstream::Message>,
+}
+
+impl fmt::Debug for JetStreamDelivery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamDelivery")
+            .field("subject", &self.subject)
+            .field("delivered", &self.delivered)
+            .field("stream_sequence", &self.stream_sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settle for JetStreamDelivery<'_> {
+    type Message = jetstream::Message;
+    type Action = JetStreamAction;
+
+    fn describe(&self) -> Incoming<'_> {
+        match &self.message {
+            Some(message) => describe_message(self.js, message),
+            None => Incoming::new(NATS, self.subject.as_str()),
+        }
+    }
+
+    fn destination(&self) -> &str {
+        self.subject.as_str()
+    }
+
+    fn headers(&self) -> &dyn ReadCarrier {
+        match &self.message {
+            Some(message) => &message.headers,
+            None => NO_HEADERS,
+        }
+    }
+
+    fn redeliveries(&self) -> u32 {
+        self.delivered.map_or(0, |n| n.saturating_sub(1))
+    }
+
+    fn message(&mut self, keep: bool) -> Option<jetstream::Message> {
+        if keep {
+            self.message.clone()
+        } else {
+            self.message.take()
+        }
+    }
+
+    fn position(&self) -> String {
+        match self.stream_sequence {
+            Some(seq) => format!("subject {} (stream sequence {seq})", self.subject),
+            None => format!("subject {}", self.subject),
+        }
+    }
+
+    async fn settle(
+        &mut self,
+        settlement: Settlement<'_, JetStreamAction>,
+        _span: &Context,
+        _attempt: u32,
+    ) -> Result<&'static str, SettleError> {
+        let (kind, label) = match settlement {
+            Settlement::Done => (AckKind::Ack, "ack"),
+            Settlement::Redeliver => (AckKind::Nak(None), "nak"),
+            Settlement::Action(JetStreamAction::Nak { delay }) => (AckKind::Nak(*delay), "nak"),
+            Settlement::Action(JetStreamAction::Term) => (AckKind::Term, "term"),
+            Settlement::Action(JetStreamAction::Leave) | Settlement::Nothing => return Ok("none"),
+        };
+        self.acker
+            .ack_with(kind)
+            .await
+            .map(|()| label)
+            .map_err(|e| SettleError::new(label, e))
+    }
+}
+
+/// Describe a JetStream message: the core NATS attributes plus stream, consumer and
+/// sequences from its ack subject's `info`.
+pub(super) fn describe_message<'a>(
+    js: &TracedJetStream,
+    message: &'a jetstream::Message,
+) -> Incoming<'a> {
+    let mut msg = incoming(&js.server, &js.client, &message.message, None, None, false)
+        .parent_policy(js.policy);
+    if let Ok(info) = message.info() {
+        msg = with_info(msg, &info);
+    }
+    msg
+}
+
+fn with_info<'a>(msg: Incoming<'a>, info: &Info<'_>) -> Incoming<'a> {
+    let msg = msg
+        .attribute(attr::MESSAGING_NATS_JS_STREAM, info.stream.to_owned())
+        .attribute(
+            attr::MESSAGING_NATS_JS_CONSUMER_NAME,
+            info.consumer.to_owned(),
+        )
+        .attribute(
+            attr::MESSAGING_NATS_JS_STREAM_SEQUENCE,
+            i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+        )
+        .attribute(
+            attr::MESSAGING_NATS_JS_CONSUMER_SEQUENCE,
+            i64::try_from(info.consumer_sequence).unwrap_or(i64::MAX),
+        );
+    match published_at(info.published) {
+        Some(published) => msg.enqueued_at(published),
+        None => msg,
+    }
+}
+
+/// When the server stored the message, if it is a time `SystemTime` can hold everywhere
+/// (the conversion panics on Windows for times before 1601).
+fn published_at(published: async_nats::datetime::DateTime) -> Option<SystemTime> {
+    let epoch = async_nats::datetime::DateTime::from(SystemTime::UNIX_EPOCH);
+    (published >= epoch).then(|| SystemTime::from(published))
+}
