@@ -41,3 +41,15 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+pub mod spans;
+
+/// Await a spawned consumer loop (or any task), failing the test if it takes longer than
+/// [`WAIT`] or panics.
+pub async fn finish<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
+    match tokio::time::timeout(WAIT, task).await {
+        Err(_) => panic!("{what} did not finish within {WAIT:?}"),
+        Ok(Err(e)) => panic!("{what} panicked: {e}"),
+        Ok(Ok(out)) => out,
+    }
+}
