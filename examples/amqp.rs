@@ -17,8 +17,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use tracehop::amqp::{AckPolicy, TracedChannel, TracedConsumer};
-use tracehop::Telemetry;
+use tracehop::amqp::{TracedChannel, TracedConsumer};
+use tracehop::{OnFailure, Telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -72,8 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?;
     TracedConsumer::new(consumer, worker.clone()) // + tracehop
-        .ack_policy(AckPolicy::Nack)
-        .stop_after(1)
+        .on_failure(OnFailure::dead_letter())
+        .limit(1)
         .run(|delivery| async move {
             eprintln!(
                 "worker handled {:?}",

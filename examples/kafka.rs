@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Telemetry::builder("gateway").build()?;
     let producer: FutureProducer = config.create()?;
     let producer = TracedProducer::new(producer, gateway.clone()); // + tracehop
-    producer
+    let sent = producer
         .send(
             FutureRecord::to("tasks")
                 .key("run-1")
@@ -40,6 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await
         .map_err(|(e, _)| e)?;
+    eprintln!(
+        "gateway sent offset {} in trace {}",
+        sent.offset,
+        sent.trace_id()
+    );
 
     // Consumer: your StreamConsumer, wrapped. The handler runs inside a `process` span that
     // is a child of the producer's span; the offset is committed after it succeeds.
@@ -50,9 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("auto.offset.reset", "earliest");
     let consumer: StreamConsumer = config.create()?;
     consumer.subscribe(&["tasks"])?;
-    let consumer = TracedConsumer::new(consumer, worker.clone()) // + tracehop
+    let mut consumer = TracedConsumer::new(consumer, worker.clone()) // + tracehop
         .group_id("workers")
-        .stop_after(1);
+        .limit(1);
     consumer
         .run(|task| async move {
             let body = task.payload_view::<str>().and_then(Result::ok);
@@ -61,7 +66,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    // Write every span before exiting.
+    // Write every span before exiting; leave the group off the async worker.
+    consumer.close().await;
     gateway.shutdown()?;
     worker.shutdown()?;
     Ok(())

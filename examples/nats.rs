@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use tracehop::nats::{OnFailure, TracedClient, TracedJetStream};
-use tracehop::Telemetry;
+use tracehop::nats::{TracedClient, TracedJetStream};
+use tracehop::{OnFailure, Telemetry};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -32,30 +32,40 @@ async fn main() -> Result<(), Error> {
 
     // Subscribe: `client.subscribe(s)` becomes `worker.subscribe(s)`, and the loop body
     // becomes a handler that runs inside a `process` span.
-    let jobs = worker.subscribe(subject("jobs")).await?.limit(1);
-    let echo = worker.subscribe(subject("echo")).await?.limit(1);
+    let mut jobs = worker.subscribe(subject("jobs")).await?.limit(1);
+    let mut echo = worker.subscribe(subject("echo")).await?.limit(1);
     // Wait until the server has the subscriptions (async-nats' `flush` does not), so a
     // message published from any connection from now on reaches them.
     worker.round_trip().await?;
-    let consume = tokio::spawn(jobs.process(|message| async move {
-        println!("# worker got {:?}", message.payload);
-        Ok::<(), Error>(())
-    }));
+    let consume = tokio::spawn(async move {
+        jobs.run(|message| async move {
+            println!("# worker got {:?}", message.payload);
+            Ok::<(), Error>(())
+        })
+        .await
+    });
     let responder = worker.clone();
-    let respond = tokio::spawn(echo.process(move |request| {
-        let responder = responder.clone();
-        // `client.publish(request.reply, ..)` becomes `respond(&request, ..)`.
-        async move { responder.respond(&request, request.payload.clone()).await }
-    }));
+    let respond = tokio::spawn(async move {
+        echo.run(move |request| {
+            let responder = responder.clone();
+            // `client.publish(request.reply, ..)` becomes `respond(&request, ..)`.
+            async move { responder.respond(&request, request.payload.clone()).await }
+        })
+        .await
+    });
 
     // Publish and request: `client.publish` / `client.request` become `gateway.…`.
     gateway
         .publish(subject("jobs"), "resize image 7".into())
         .await?;
     let reply = gateway.request(subject("echo"), "ping".into()).await?;
-    println!("# gateway got reply {:?}", reply.payload);
-    consume.await?;
-    respond.await?;
+    println!(
+        "# gateway got reply {:?} in trace {}",
+        reply.payload,
+        reply.trace_id()
+    );
+    consume.await??;
+    respond.await??;
 
     // JetStream: publish waits for the stream's ack; the consumer's handler fails on the
     // first delivery, the message is nak'ed, and the redelivery succeeds. Both deliveries
@@ -79,18 +89,18 @@ async fn main() -> Result<(), Error> {
         .publish(subject("orders"), "order 42".into())
         .await?;
     println!("# stored as {} #{}", ack.stream, ack.sequence);
-    let processed = TracedJetStream::new(js.clone(), worker.telemetry().clone())
+    let summary = TracedJetStream::new(js.clone(), worker.telemetry().clone())
         .messages(consumer.messages().await?)
-        .on_failure(OnFailure::NakAfter(Duration::from_millis(50)))
+        .on_failure(OnFailure::nak_after(Duration::from_millis(50)))
         .limit(2)
-        .process(|message| async move {
+        .run(|message| async move {
             match message.info()?.delivered {
                 1 => Err::<(), Error>("inventory service unavailable".into()),
                 _ => Ok(()),
             }
         })
-        .await;
-    println!("# {processed:?}");
+        .await?;
+    println!("# {summary:?}");
     js.delete_stream(&name).await?;
 
     gateway.telemetry().shutdown()?;

@@ -36,7 +36,7 @@ use std::future::Future;
 use opentelemetry::baggage::{Baggage, BaggageExt as _};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{Status, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, Key, StringValue};
+use opentelemetry::{Context, Key, KeyValue, StringValue};
 
 use crate::Telemetry;
 
@@ -50,7 +50,18 @@ impl Telemetry {
         name: impl Into<Cow<'static, str>>,
         future: F,
     ) -> F::Output {
-        let cx = self.child_context(name.into());
+        self.in_span_with(name, [], future).await
+    }
+
+    /// [`in_span`](Self::in_span) with attributes on the span from its start (where a
+    /// sampler sees them).
+    pub async fn in_span_with<F: Future>(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        attributes: impl IntoIterator<Item = KeyValue>,
+        future: F,
+    ) -> F::Output {
+        let cx = self.child_context(name.into(), attributes);
         let output = future.with_context(cx.clone()).await;
         let span = cx.span();
         span.set_status(Status::Ok);
@@ -69,7 +80,7 @@ impl Telemetry {
         F: Future<Output = Result<T, E>>,
         E: fmt::Display,
     {
-        let cx = self.child_context(name.into());
+        let cx = self.child_context(name.into(), []);
         let output = future.with_context(cx.clone()).await;
         let span = cx.span();
         match &output {
@@ -82,10 +93,17 @@ impl Telemetry {
         output
     }
 
-    fn child_context(&self, name: Cow<'static, str>) -> Context {
+    fn child_context(
+        &self,
+        name: Cow<'static, str>,
+        attributes: impl IntoIterator<Item = KeyValue>,
+    ) -> Context {
         let tracer = &self.inner().tracer;
         Context::map_current(|parent| {
-            let span = tracer.start_with_context(name, parent);
+            let span = tracer
+                .span_builder(name)
+                .with_attributes(attributes)
+                .start_with_context(tracer, parent);
             parent.with_span(span)
         })
     }

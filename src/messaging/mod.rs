@@ -40,7 +40,9 @@ mod spans;
 
 pub use batch::BatchSpan;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
-pub(crate) use process::{record_error_on, snake_case};
+pub(crate) use process::record_error_on;
+#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(unused_imports))]
+pub(crate) use process::snake_case;
 pub use process::{ProcessOutcome, ProcessSpan};
 pub use send::{SendSpan, Sent};
 

@@ -112,7 +112,8 @@ pub struct Sent<T> {
 }
 
 impl<T> Sent<T> {
-    pub(crate) fn new(value: T, span: SpanContext) -> Sent<T> {
+    /// The result `value` of sending a message whose send span has context `span`.
+    pub fn new(value: T, span: SpanContext) -> Sent<T> {
         Sent { value, span }
     }
 

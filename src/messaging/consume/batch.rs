@@ -138,7 +138,7 @@ impl<M> Batch<M> {
     }
 
     /// Record the batch handler's `result` on every message span it did not run.
-    fn record_unrun<E: fmt::Display>(&self, result: &Result<(), HandlerFailure<E>>) {
+    fn record_unrun<T, E: fmt::Display>(&self, result: &Result<T, HandlerFailure<E>>) {
         for (span, outcome) in self.inner.spans.iter().zip(&self.inner.outcomes) {
             if outcome.load(Ordering::Relaxed) == NOT_RUN {
                 record(span, result);
@@ -160,14 +160,14 @@ impl<S: Source> Consumer<S> {
     /// inside its own process span; the others are settled as done. The limit and the
     /// stop signal work as for [`run`](Self::run); a batch never takes more messages
     /// than the limit has left.
-    pub async fn run_batches<F, Fut, E>(
+    pub async fn run_batches<F, Fut, T, E>(
         &mut self,
         options: BatchOptions,
         mut handler: F,
     ) -> Result<Summary, ConsumeError<E>>
     where
         F: FnMut(Batch<S::Message>) -> Fut + Send,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: fmt::Display + Send,
         S::Message: Sync,
     {
@@ -227,7 +227,7 @@ impl<S: Source> Consumer<S> {
         Ok(summary)
     }
 
-    async fn handle_batch<F, Fut, E>(
+    async fn handle_batch<F, Fut, T, E>(
         &self,
         mut deliveries: Vec<S::Delivery<'_>>,
         handler: &mut F,
@@ -235,7 +235,7 @@ impl<S: Source> Consumer<S> {
     ) -> Result<(), ConsumeError<E>>
     where
         F: FnMut(Batch<S::Message>) -> Fut + Send,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: fmt::Display + Send,
         S::Message: Sync,
     {
@@ -291,7 +291,7 @@ impl<S: Source> Consumer<S> {
             let result = run_guarded(batch_span.context(), || handler(batch.clone())).await;
             batch.record_unrun(&result);
             let failure = match result {
-                Ok(()) => {
+                Ok(_) => {
                     self.settle_batch(&mut deliveries, &batch, &[], None, (&firsts, runs), summary)
                         .await?;
                     summary.succeeded += n as u64;

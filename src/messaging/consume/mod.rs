@@ -35,6 +35,10 @@ use opentelemetry::KeyValue;
 
 pub use batch::{Batch, BatchOptions};
 pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "nats", feature = "amqp")),
+    allow(unused_imports)
+)]
 pub(crate) use source::NO_HEADERS;
 pub use source::{BoxError, Settle, SettleError, Settlement, Source, SourceError};
 pub use stop::Stop;
@@ -174,10 +178,10 @@ impl<S: Source> Consumer<S> {
     /// that it recovers from are logged and counted in
     /// [`Summary::source_errors`]; a fatal one ends the loop with
     /// [`ConsumeError::Source`].
-    pub async fn run<F, Fut, E>(&mut self, mut handler: F) -> Result<Summary, ConsumeError<E>>
+    pub async fn run<F, Fut, T, E>(&mut self, mut handler: F) -> Result<Summary, ConsumeError<E>>
     where
         F: FnMut(S::Message) -> Fut + Send,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: fmt::Display + Send,
     {
         self.source.prepare(self.limit).await;
@@ -247,7 +251,7 @@ impl<S: Source> Consumer<S> {
         delivery_attempt(delivery.headers(), delivery.redeliveries())
     }
 
-    async fn handle<F, Fut, E>(
+    async fn handle<F, Fut, T, E>(
         &self,
         mut delivery: S::Delivery<'_>,
         handler: &mut F,
@@ -255,7 +259,7 @@ impl<S: Source> Consumer<S> {
     ) -> Result<(), ConsumeError<E>>
     where
         F: FnMut(S::Message) -> Fut + Send,
-        Fut: Future<Output = Result<(), E>> + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
         E: fmt::Display + Send,
     {
         let extracted = self
@@ -285,7 +289,7 @@ impl<S: Source> Consumer<S> {
             let result = run_guarded(span.context(), || handler(message)).await;
             record(&span, &result);
             let failure = match result {
-                Ok(()) => {
+                Ok(_) => {
                     summary.succeeded += 1;
                     return self
                         .settle(&mut delivery, span, Settlement::Done, attempt, summary)

@@ -200,8 +200,16 @@ impl fmt::Display for SettleError {
 }
 
 /// The headers of a delivery that has none (or whose message was handed over).
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "nats", feature = "amqp")),
+    allow(dead_code)
+)]
 pub(crate) const NO_HEADERS: &dyn ReadCarrier = &NoHeaders;
 
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "nats", feature = "amqp")),
+    allow(dead_code)
+)]
 struct NoHeaders;
 
 impl ReadCarrier for NoHeaders {
