@@ -26,11 +26,24 @@ use crate::{Consumer, Incoming};
 /// message back (it is recorded as failed, and the loop goes on). A
 /// [`limit`](Consumer::limit) also asks the server to stop delivering to this
 /// subscription after that many messages (NATS auto-unsubscribe), so in a queue group the
-/// rest go to the other members. When the [stop signal](Consumer::stop_on) fires, the
+/// rest go to the other members; the subscription then ends (a later `run` on it returns
+/// at once). When the [stop signal](Consumer::stop_on) fires, the
 /// subscription drains: it unsubscribes and processes what had already reached the client
 /// (a message still on the wire while the server reads the unsubscribe can be lost), and
 /// gives up waiting after 10 s if the connection is down.
 pub type TracedSubscriber = Consumer<Subscription>;
+
+impl TracedSubscriber {
+    /// The subscription subject (may hold wildcards).
+    pub fn subject(&self) -> &str {
+        self.source().subject()
+    }
+
+    /// The queue group, for a queue subscription.
+    pub fn queue_group(&self) -> Option<&str> {
+        self.source().queue_group()
+    }
+}
 
 /// How long a stopped subscription waits for its connection to finish the drain.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);

@@ -1,22 +1,24 @@
-#![cfg(feature = "nats")]
-//! JetStream against a real nats-server: acks on the send span, redeliveries as separate
-//! process spans under one send span, pull, fetch and push consumers, and settlement.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! JetStream: acks on the send span, redeliveries as separate process spans under one
+//! send span, pull, fetch and push consumers, and settlement by policy.
 
 use async_nats::jetstream::consumer::{pull, push, AckPolicy, Consumer};
 use async_nats::jetstream::{self, stream};
-use async_nats::{HeaderMap, HeaderValue};
-use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
-use opentelemetry::Context;
-use tracehop::journal::{Kind, Status};
-use tracehop::nats::{OnFailure, Settle, TracedJetStream};
-use tracehop::propagation::TRACEPARENT;
-use tracehop::{SpanCollector, SpanRecord, Telemetry};
-use tracehop_integration_tests::{nats_url, unique, WAIT};
+use tracehop::nats::{JetStreamAction, TracedJetStream};
+use tracehop::{Decision, Failure, OnFailure};
+
+use super::*;
+
+/// `CamelCase` to `snake_case`, as tracehop writes `error.type`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
 
 async fn jetstream_as(spans: &SpanCollector, name: &str) -> TracedJetStream {
     let client = async_nats::connect(nats_url())
@@ -144,17 +146,6 @@ async fn terminated(advisories: &mut async_nats::Subscriber) -> u64 {
     body["stream_seq"].as_u64().expect("stream_seq")
 }
 
-fn named<'a>(spans: &'a [SpanRecord], name: &str) -> Vec<&'a SpanRecord> {
-    spans
-        .iter()
-        .filter(|s| s.operation_name.as_deref() == Some(name))
-        .collect()
-}
-
-fn int(span: &SpanRecord, key: &str) -> Option<i64> {
-    span.attribute(key).and_then(|v| v.as_i64())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_records_stream_and_sequence_from_the_ack() {
     let spans = SpanCollector::new();
@@ -222,7 +213,7 @@ async fn publish_records_stream_and_sequence_from_the_ack() {
     assert_eq!(failed[0].status, Status::Error);
     assert_eq!(
         failed[0].attribute_str("error.type"),
-        Some(format!("{:?}", err.kind()).as_str())
+        Some(snake_case(&format!("{:?}", err.kind())).as_str())
     );
     assert_eq!(failed[0].attribute("messaging.nats.js.stream"), None);
 }
@@ -252,12 +243,10 @@ async fn nak_twice_then_ack_shows_three_deliveries_under_one_send_span() {
     let seen: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
     let sink = seen.clone();
     let messages = consumer.messages().await.expect("messages");
-    let done = tokio::spawn(
-        worker
-            .messages(messages)
-            .on_failure(OnFailure::Nak)
-            .limit(3)
-            .process(move |message| {
+    let mut traced = worker.messages(messages).limit(3);
+    let done = tokio::spawn(async move {
+        traced
+            .run(move |message| {
                 let sink = sink.clone();
                 async move {
                     let delivered = message.info().map_err(|e| e.to_string())?.delivered;
@@ -271,10 +260,12 @@ async fn nak_twice_then_ack_shows_three_deliveries_under_one_send_span() {
                         Ok(())
                     }
                 }
-            }),
-    )
+            })
+            .await
+    })
     .await
-    .expect("worker loop");
+    .expect("worker loop")
+    .expect("consume");
     assert_eq!((done.messages, done.failed), (3, 2));
     assert_eq!(
         *seen.lock().unwrap(),
@@ -305,10 +296,7 @@ async fn nak_twice_then_ack_shows_three_deliveries_under_one_send_span() {
     assert_eq!(attempts, [Some(1), Some(2), Some(3)]);
     let statuses: Vec<_> = processes.iter().map(|p| p.status).collect();
     assert_eq!(statuses, [Status::Error, Status::Error, Status::Ok]);
-    let settlements: Vec<_> = processes
-        .iter()
-        .map(|p| p.attribute_str("tracehop.nats.settlement"))
-        .collect();
+    let settlements: Vec<_> = processes.iter().map(|p| settlement(p)).collect();
     assert_eq!(settlements, [Some("nak"), Some("nak"), Some("ack")]);
     for (p, consumer_sequence) in processes.iter().zip(1..) {
         assert_eq!(
@@ -347,7 +335,7 @@ async fn nak_twice_then_ack_shows_three_deliveries_under_one_send_span() {
         processes[0].error.as_deref(),
         Some("inventory service unavailable (delivery 1)")
     );
-    assert_eq!(processes[0].attribute_str("error.type"), Some("String"));
+    assert_eq!(processes[0].attribute_str("error.type"), Some("string"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,20 +362,23 @@ async fn push_consumer_naks_with_delay_then_acks() {
         .await
         .expect("publish");
 
-    let done = tokio::spawn(
-        worker
-            .messages(messages)
-            .on_failure(OnFailure::NakAfter(Duration::from_millis(300)))
-            .limit(2)
-            .process(|message| async move {
+    let mut traced = worker
+        .messages(messages)
+        .on_failure(OnFailure::nak_after(Duration::from_millis(300)))
+        .limit(2);
+    let done = tokio::spawn(async move {
+        traced
+            .run(|message| async move {
                 match message.info().map_err(|e| e.to_string())?.delivered {
                     1 => Err("first try fails".to_owned()),
                     _ => Ok(()),
                 }
-            }),
-    )
+            })
+            .await
+    })
     .await
-    .expect("worker loop");
+    .expect("worker loop")
+    .expect("consume");
     assert_eq!((done.messages, done.failed), (2, 1));
     let info = s.wait_settled(&mut consumer).await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
@@ -402,14 +393,8 @@ async fn push_consumer_naks_with_delay_then_acks() {
         assert_eq!(p.parent_span_id.as_ref(), Some(&send.span_id));
         assert_eq!(p.trace_id, send.trace_id);
     }
-    assert_eq!(
-        processes[0].attribute_str("tracehop.nats.settlement"),
-        Some("nak")
-    );
-    assert_eq!(
-        processes[1].attribute_str("tracehop.nats.settlement"),
-        Some("ack")
-    );
+    assert_eq!(settlement(processes[0]), Some("nak"));
+    assert_eq!(settlement(processes[1]), Some("ack"));
     // The nak asked for a 300 ms delay: the redelivery starts no sooner (a plain nak is
     // redelivered within a few milliseconds).
     let first_end = processes[0].start_time.expect("start")
@@ -448,8 +433,9 @@ async fn fetched_batch_gives_each_message_its_own_parent() {
         .expect("fetch");
     let done = worker
         .messages(batch)
-        .process(|_message| async { Ok::<(), String>(()) })
-        .await;
+        .run(|_message| async { Ok::<(), String>(()) })
+        .await
+        .expect("consume");
     assert_eq!((done.messages, done.failed), (3, 0));
     let info = s.wait_settled(&mut consumer).await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
@@ -474,7 +460,7 @@ async fn fetched_batch_gives_each_message_its_own_parent() {
             "the delivery of the message that send published"
         );
         assert_eq!(int(p, "tracehop.delivery.attempt"), Some(1));
-        assert_eq!(p.attribute_str("tracehop.nats.settlement"), Some("ack"));
+        assert_eq!(settlement(p), Some("ack"));
     }
 }
 
@@ -494,13 +480,11 @@ async fn retry_policy_terms_after_the_last_delivery() {
     let messages = consumer.messages().await.expect("messages");
     let done = worker
         .messages(messages)
-        .on_failure(OnFailure::Retry {
-            max_deliveries: 2,
-            delay: None,
-        })
+        .on_failure(OnFailure::nak_until(2, None))
         .limit(2)
-        .process(|_message| async { Err::<(), _>("cannot parse") })
-        .await;
+        .run(|_message| async { Err::<(), _>("cannot parse") })
+        .await
+        .expect("consume");
     assert_eq!((done.messages, done.failed), (2, 2));
     let info = s.wait_settled(&mut consumer).await;
     assert_eq!(
@@ -517,16 +501,13 @@ async fn retry_policy_terms_after_the_last_delivery() {
     let spans = spans.records();
     let mut processes = named(&spans, &format!("process {}", s.subject));
     processes.sort_by_key(|p| int(p, "tracehop.delivery.attempt"));
-    let settlements: Vec<_> = processes
-        .iter()
-        .map(|p| p.attribute_str("tracehop.nats.settlement"))
-        .collect();
+    let settlements: Vec<_> = processes.iter().map(|p| settlement(p)).collect();
     assert_eq!(settlements, [Some("nak"), Some("term")]);
     assert!(processes.iter().all(|p| p.status == Status::Error));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closure_policy_and_handle_settle_one_message() {
+async fn a_closure_policy_settles_one_message_by_its_error() {
     let spans = SpanCollector::new();
     let producer = jetstream_as(&spans, "producer").await;
     let worker = jetstream_as(&spans, "worker").await;
@@ -553,22 +534,30 @@ async fn a_closure_policy_and_handle_settle_one_message() {
         .await
         .expect("one message")
         .expect("no error");
-    let mut permanent_errors_term = |error: &String, _delivered: u32| {
-        if error.starts_with("permanent") {
-            Settle::Term
+    // A policy of one's own: permanent errors are terminated, the rest nak'ed.
+    let permanent_errors_term = |failure: &Failure<'_>| {
+        if failure.error.to_string().starts_with("permanent") {
+            Decision::Settle(JetStreamAction::Term)
         } else {
-            Settle::Nak(None)
+            Decision::Settle(JetStreamAction::Nak { delay: None })
         }
     };
     let received: Arc<Mutex<Option<HeaderMap>>> = Arc::default();
     let sink = received.clone();
-    let outcome = worker
-        .handle(message, &mut permanent_errors_term, |message| async move {
-            *sink.lock().unwrap() = message.headers.clone();
-            Err::<(), _>("permanent: not a number".to_owned())
+    let one = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(message)]);
+    let error = worker
+        .messages(one)
+        .on_failure(permanent_errors_term)
+        .run(|message| {
+            let sink = sink.clone();
+            async move {
+                *sink.lock().unwrap() = message.headers.clone();
+                Err::<(), _>("permanent: not a number".to_owned())
+            }
         })
-        .await;
-    assert_eq!(outcome, Err("permanent: not a number".to_owned()));
+        .await
+        .expect("the loop goes on after a failure");
+    assert_eq!((error.messages, error.failed), (1, 1));
     let info = s.wait_settled(&mut consumer).await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
     assert_eq!(
@@ -590,9 +579,90 @@ async fn a_closure_policy_and_handle_settle_one_message() {
     let send = named(&spans, &format!("publish {}", s.subject))[0];
     let process = named(&spans, &format!("process {}", s.subject))[0];
     assert_eq!(process.parent_span_id.as_ref(), Some(&send.span_id));
-    assert_eq!(
-        process.attribute_str("tracehop.nats.settlement"),
-        Some("term")
-    );
+    assert_eq!(settlement(process), Some("term"));
     assert_eq!(process.error.as_deref(), Some("permanent: not a number"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_naks_and_the_redelivery_is_processed() {
+    let spans = SpanCollector::new();
+    let producer = jetstream_as(&spans, "producer").await;
+    let worker = jetstream_as(&spans, "worker").await;
+    let s = TestStream::create(&producer, "js-panic").await;
+    let mut consumer = s.pull_consumer().await;
+    for i in 0..3 {
+        producer
+            .publish(s.subject.clone(), format!("job-{i}").into())
+            .await
+            .expect("publish");
+    }
+    let handled: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let sink = handled.clone();
+    let messages = consumer.messages().await.expect("messages");
+    let summary = worker
+        .messages(messages)
+        .limit(4)
+        .run(move |message| {
+            let sink = sink.clone();
+            async move {
+                let delivered = message.info().map_err(|e| e.to_string())?.delivered;
+                let body = String::from_utf8_lossy(&message.payload).into_owned();
+                if body == "job-1" && delivered == 1 {
+                    panic!("corrupt input in {body}");
+                }
+                sink.lock().unwrap().push((body, delivered));
+                Ok::<(), String>(())
+            }
+        })
+        .await
+        .expect("the loop ends normally at its limit");
+    assert_eq!(
+        (
+            summary.messages,
+            summary.succeeded,
+            summary.failed,
+            summary.panicked
+        ),
+        (4, 3, 1, 1)
+    );
+    let mut handled = handled.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(
+        handled,
+        [
+            ("job-0".to_owned(), 1),
+            ("job-1".to_owned(), 2),
+            ("job-2".to_owned(), 1)
+        ]
+    );
+    let info = s.wait_settled(&mut consumer).await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+
+    let spans = spans.records();
+    let sends = named(&spans, &format!("publish {}", s.subject));
+    let send = sends
+        .iter()
+        .find(|p| int(p, "messaging.nats.js.sequence.stream") == Some(2))
+        .expect("the send of job-1");
+    let mut runs: Vec<&SpanRecord> = named(&spans, &format!("process {}", s.subject))
+        .into_iter()
+        .filter(|p| int(p, "messaging.nats.js.sequence.stream") == Some(2))
+        .collect();
+    runs.sort_by_key(|p| int(p, "tracehop.delivery.attempt"));
+    assert_eq!(runs.len(), 2, "{spans:#?}");
+    assert_eq!(runs[0].status, Status::Error);
+    assert_eq!(runs[0].attribute_str("error.type"), Some("panic"));
+    assert_eq!(runs[0].error.as_deref(), Some("corrupt input in job-1"));
+    assert_eq!(settlement(runs[0]), Some("nak"));
+    assert_eq!(runs[1].status, Status::Ok);
+    assert_eq!(settlement(runs[1]), Some("ack"));
+    for run in &runs {
+        assert_eq!(run.parent_span_id.as_ref(), Some(&send.span_id));
+    }
+    assert_eq!(
+        runs.iter()
+            .map(|r| int(r, "tracehop.delivery.attempt"))
+            .collect::<Vec<_>>(),
+        [Some(1), Some(2)]
+    );
 }
