@@ -217,9 +217,14 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> KafkaSource<C, R> {
             .map_err(|e| SettleError::new("commit", e))
     }
 
-    /// Seek `message`'s partition back to it, so it is consumed again.
-    fn seek_back(&self, message: &BorrowedMessage<'_>) -> Result<&'static str, SettleError> {
-        self.rewinds.add(message);
+    /// Seek `message`'s partition back to it, so it is consumed again (its
+    /// `redeliveries` so far count towards the next delivery's attempt).
+    fn seek_back(
+        &self,
+        message: &BorrowedMessage<'_>,
+        redeliveries: u32,
+    ) -> Result<&'static str, SettleError> {
+        self.rewinds.add(message, redeliveries.saturating_add(1));
         self.consumer()
             .seek(
                 message.topic(),
@@ -281,10 +286,11 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> Source for KafkaSource<C, R>
     async fn next(&self) -> Option<Result<KafkaDelivery<'_, C, R>, SourceError>> {
         match self.consumer().recv().await {
             Ok(message) => {
-                self.rewinds.arrived(&message);
+                let redeliveries = self.rewinds.arrived(&message);
                 Some(Ok(KafkaDelivery {
                     source: self,
                     message,
+                    redeliveries,
                 }))
             }
             Err(e) => {
@@ -319,6 +325,8 @@ where
 {
     source: &'a KafkaSource<C, R>,
     message: BorrowedMessage<'a>,
+    /// How often this consumer sought back to this message before.
+    redeliveries: u32,
 }
 
 impl<C: ConsumerContext + 'static, R: AsyncRuntime> fmt::Debug for KafkaDelivery<'_, C, R> {
@@ -349,6 +357,10 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> Settle for KafkaDelivery<'_,
         message_headers(&self.message)
     }
 
+    fn redeliveries(&self) -> u32 {
+        self.redeliveries
+    }
+
     fn message(&mut self, _keep: bool) -> Option<OwnedMessage> {
         // The borrowed message stays, for committing and forwarding.
         Some(self.message.detach())
@@ -367,10 +379,14 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> Settle for KafkaDelivery<'_,
         let source = self.source;
         match settlement {
             Settlement::Nothing => Ok("none"),
-            Settlement::Done => source.commit(&self.message),
-            Settlement::Redeliver => source.seek_back(&self.message),
+            Settlement::Done => {
+                source.rewinds.settled(&self.message, self.redeliveries);
+                source.commit(&self.message)
+            }
+            Settlement::Redeliver => source.seek_back(&self.message, self.redeliveries),
             Settlement::Action(KafkaAction::Forward { topic }) => {
                 source.forward(&self.message, topic, span, attempt).await?;
+                source.rewinds.settled(&self.message, self.redeliveries);
                 // Forwarded: the copy is what counts now.
                 source.commit(&self.message).map(|_| "forward")
             }
@@ -388,51 +404,97 @@ fn position<M: Message>(message: &M) -> String {
     )
 }
 
-/// Partitions sought back to a message that has not come again yet: committing a later
-/// offset of such a partition would commit the message before it is processed.
+/// What seeking back left behind: partitions sought back to a message that has not come
+/// again yet (committing a later offset of such a partition would commit the message
+/// before it is processed), and how often each message was sought back to (Kafka counts
+/// no redeliveries; this consumer counts the ones it caused).
 #[derive(Debug, Default)]
 struct Rewinds {
     any: AtomicBool,
-    pending: Mutex<Vec<(String, i32, i64)>>,
+    state: Mutex<RewindState>,
+}
+
+#[derive(Debug, Default)]
+struct RewindState {
+    /// (topic, partition, offset sought back to).
+    pending: Vec<(String, i32, i64)>,
+    /// (topic, partition, offset) and how often it was sought back to.
+    counts: Vec<((String, i32, i64), u32)>,
+}
+
+fn same<M: Message>(message: &M, topic: &str, partition: i32) -> bool {
+    message.topic() == topic && message.partition() == partition
 }
 
 impl Rewinds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, i32, i64)>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, RewindState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn add<M: Message>(&self, message: &M) {
-        let mut pending = self.lock();
+    fn refresh(&self, state: &RewindState) {
+        let any = !state.pending.is_empty() || !state.counts.is_empty();
+        self.any.store(any, Ordering::Release);
+    }
+
+    /// `message` is sought back to, its `redeliveries`-th time.
+    fn add<M: Message>(&self, message: &M, redeliveries: u32) {
+        let mut state = self.lock();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        match pending
+        match state
+            .pending
             .iter_mut()
             .find(|(t, p, _)| t == topic && *p == partition)
         {
             Some(entry) => entry.2 = entry.2.min(offset),
-            None => pending.push((topic.to_owned(), partition, offset)),
+            None => state.pending.push((topic.to_owned(), partition, offset)),
         }
-        self.any.store(true, Ordering::Release);
+        let key = (topic.to_owned(), partition, offset);
+        match state.counts.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = redeliveries,
+            None => state.counts.push((key, redeliveries)),
+        }
+        self.refresh(&state);
     }
 
     /// A message arrived: a seek that brought its partition back to (or before) it is
-    /// done.
-    fn arrived<M: Message>(&self, message: &M) {
+    /// done. Returns how often this consumer sought back to the message before.
+    fn arrived<M: Message>(&self, message: &M) -> u32 {
         if !self.any.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut state = self.lock();
+        state
+            .pending
+            .retain(|(t, p, o)| !(same(message, t, *p) && message.offset() <= *o));
+        let count = state
+            .counts
+            .iter()
+            .find(|((t, p, o), _)| same(message, t, *p) && *o == message.offset())
+            .map_or(0, |(_, n)| *n);
+        self.refresh(&state);
+        count
+    }
+
+    /// `message` is done with: forget how often it was sought back to.
+    fn settled<M: Message>(&self, message: &M, redeliveries: u32) {
+        if redeliveries == 0 {
             return;
         }
-        let mut pending = self.lock();
-        pending.retain(|(t, p, o)| {
-            !(t == message.topic() && *p == message.partition() && message.offset() <= *o)
-        });
-        self.any.store(!pending.is_empty(), Ordering::Release);
+        let mut state = self.lock();
+        state
+            .counts
+            .retain(|((t, p, o), _)| !(same(message, t, *p) && *o == message.offset()));
+        self.refresh(&state);
     }
 
     /// Whether committing `message` would commit past a message still to come again.
     fn blocks<M: Message>(&self, message: &M) -> bool {
         self.any.load(Ordering::Acquire)
-            && self.lock().iter().any(|(t, p, o)| {
-                t == message.topic() && *p == message.partition() && message.offset() > *o
-            })
+            && self
+                .lock()
+                .pending
+                .iter()
+                .any(|(t, p, o)| same(message, t, *p) && message.offset() > *o)
     }
 }
 
