@@ -236,15 +236,21 @@ impl Settle for AmqpDelivery<'_> {
             ),
         };
         match done {
-            // lapin answers `false` for a delivery that was already settled through a
-            // clone of its acker (the handler did it).
             Ok(true) => Ok(label),
+            // lapin answers `false` both for a delivery already settled through a clone of
+            // its acker (the handler did it) and for one whose channel closed: the broker
+            // delivers that one again, so it was not settled.
+            Ok(false) if acker.poisoned() => Err(SettleError::fatal(label, CHANNEL_CLOSED)),
             Ok(false) => Ok("handler"),
             // The channel is gone: the loop cannot settle anything more.
             Err(e) => Err(SettleError::fatal(label, e)),
         }
     }
 }
+
+/// Why a delivery could not be settled after its channel closed.
+const CHANNEL_CLOSED: &str =
+    "the channel closed before the delivery was settled; the broker delivers it again";
 
 /// A copy of `delivery` for one run of the handler (lapin's `Delivery` is not `Clone`);
 /// its acker settles the same delivery.
