@@ -239,7 +239,6 @@ async fn consumer_whose_channel_fails_under_it_ends_with_a_source_error() {
 }
 
 #[tokio::test]
-#[ignore = "library bug (src/amqp/consume.rs, reported to the lead): lapin's Acker::ack answers Ok(false) for a poisoned acker (channel closed) as for one the handler used, so the loop records tracehop.settlement=handler, counts the message as settled and ends Ok while the broker requeues it"]
 async fn delivery_in_hand_when_its_channel_closes_is_not_reported_as_settled() {
     let capture = Capture::new();
     let worker = capture.service("worker");
