@@ -38,17 +38,22 @@
 //! # Quick start per broker
 //!
 //! Wrap producers before publish, wrap consumers around handlers; the rest of the client
-//! code stays as it is.
+//! code stays as it is. Every traced consumer is the one [`Consumer`] over its broker's
+//! client, with the same builder methods (`limit`, `stop_on`, `on_failure`,
+//! `parent_policy`), the same `run(handler)` returning a [`Summary`] or a
+//! [`ConsumeError`], and the same answer to a failing or panicking handler (recorded on the
+//! process span, the message settled by the [`OnFailure`] policy, the loop goes on).
 //!
 //! | feature | producer | consumer | more |
 //! |---|---|---|---|
-//! | `kafka` (rdkafka) | `kafka::TracedProducer::new(future_producer, telemetry)` then `.send(record, timeout)` | `kafka::TracedConsumer::new(stream_consumer, telemetry).run(handler)` | failure policies (retry, dead letter), `run_batches`, `TracingProducerContext` for `BaseProducer`/`ThreadedProducer` |
-//! | `nats` (async-nats) | `nats::TracedClient::new(client, telemetry).publish(subject, payload)` | `.subscribe(subject).await?.process(handler)` | `request`/`respond` round trips, `nats::TracedJetStream` publish with ack and consumers with nak/term policies |
-//! | `amqp` (lapin) | `amqp::TracedChannel::new(channel, telemetry).basic_publish(..)` | `amqp::TracedConsumer::new(consumer, telemetry).run(handler)` | ack policies, dead-lettering, `amqp::RpcClient` |
+//! | `kafka` (rdkafka) | `kafka::TracedProducer::new(future_producer, telemetry)` then `.send(record, timeout)` | `kafka::TracedConsumer::new(stream_consumer, telemetry).run(handler)` | retry and dead-letter topics (`forward_with`), `run_batches`, `TracingProducerContext` for `BaseProducer`/`ThreadedProducer` |
+//! | `nats` (async-nats) | `nats::TracedClient::new(client, telemetry).publish(subject, payload)` | `client.subscribe(subject).await?.run(handler)` | `request`/`respond` round trips, `nats::TracedJetStream` publish with ack and `messages(stream).run(handler)` with nak/term policies |
+//! | `amqp` (lapin) | `amqp::TracedChannel::new(channel, telemetry).basic_publish(..)` | `amqp::TracedConsumer::new(consumer, telemetry).run(handler)` | dead-lettering, `amqp::RpcClient` |
 //!
 //! Each adapter's module documentation has a complete example, its span names and its
 //! attributes; `examples/` has a runnable one per broker and the article's multi-agent
-//! run (`cargo run --example agent_pipeline --features full`).
+//! run (`cargo run --example agent_pipeline --features full`). [`context`] has your own
+//! spans ([`Telemetry::in_span`]) and baggage.
 //!
 //! # Where spans go
 //!

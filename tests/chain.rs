@@ -159,7 +159,7 @@ async fn handler_error_is_recorded_with_type_and_exception() {
     let p = by_name(&spans, "agent_runtime", "process jobs");
     assert_eq!(p.status, Status::Error);
     assert_eq!(p.error.as_deref(), Some("tool call timed out"));
-    assert_eq!(p.attribute_str("error.type"), Some("ToolTimeout"));
+    assert_eq!(p.attribute_str("error.type"), Some("tool_timeout"));
     assert_eq!(p.attribute("tracehop.delivery.attempt"), Some(&3.into()));
 }
 

@@ -196,7 +196,7 @@ async fn journals_from_a_real_chain_check_whole_and_render_the_expected_tree() {
         report.errors[0].service_name.as_deref(),
         Some("tool_service")
     );
-    assert_eq!(report.errors[0].error_type.as_deref(), Some("ToolTimeout"));
+    assert_eq!(report.errors[0].error_type.as_deref(), Some("tool_timeout"));
 
     // The services along the retried path, root to leaf.
     let run = traces.iter().next().unwrap();

@@ -10,12 +10,14 @@
 //! - [`TracedProducer`] wraps a `FutureProducer`: each send is a `send <topic>` span
 //!   whose context travels in the record's headers. [`TracingProducerContext`] does the
 //!   same for `BaseProducer` and `ThreadedProducer`.
-//! - [`TracedConsumer`] wraps a `StreamConsumer`: a loop that runs your async handler for
-//!   each message inside a `process <topic>` span, child of the producer's span, commits
-//!   after success, and hands failures to a [`FailurePolicy`] (stop, skip, retry in place,
-//!   forward to a retry or dead-letter topic from inside the failed span).
-//! - [`TracedConsumer::run_batches`] handles a [`Batch`] at once in one span linking every
-//!   message, with a child process span per message.
+//! - [`TracedConsumer`] wraps a `StreamConsumer` in the one consume loop
+//!   ([`Consumer`](crate::Consumer)): your async handler runs for each message inside a
+//!   `process <topic>` span, child of the producer's span; the offset is committed once the
+//!   message is settled, and failures go to the [`OnFailure`](crate::OnFailure) policy
+//!   (redeliver by seeking back, skip, retry in place, or [`KafkaAction::Forward`] to a
+//!   retry or dead-letter topic from inside the failed span).
+//! - [`run_batches`](crate::Consumer::run_batches) handles a [`Batch`] at once in one span
+//!   linking every message, with a child process span per message.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,7 +43,7 @@
 //! let worker = Telemetry::builder("worker").build()?;
 //! let tools = TracedProducer::from_config(&config, worker.clone())?;
 //! config.set("group.id", "workers").set("enable.auto.commit", "false");
-//! let consumer = TracedConsumer::from_config(&config, worker)?;
+//! let mut consumer = TracedConsumer::from_config(&config, worker)?;
 //! consumer.inner().subscribe(&["tasks"])?;
 //! consumer
 //!     .run(|task| {
@@ -49,8 +51,7 @@
 //!         async move {
 //!             let record = FutureRecord::<str, [u8]>::to("tool.calls")
 //!                 .payload(rdkafka::Message::payload(&task).unwrap_or_default());
-//!             tools.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)?;
-//!             Ok::<_, rdkafka::error::KafkaError>(())
+//!             tools.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e)
 //!         }
 //!     })
 //!     .await?;

@@ -245,8 +245,8 @@ impl TracedClient {
         result.map(|reply| Sent::new(reply, span))
     }
 
-    /// Subscribe to `subject`; process the messages with [`TracedSubscriber::process`] or
-    /// take them one at a time with [`TracedSubscriber::next`].
+    /// Subscribe to `subject`; run a handler for its messages with
+    /// [`TracedSubscriber::run`](crate::Consumer::run).
     pub async fn subscribe<S: ToSubject>(
         &self,
         subject: S,
@@ -282,7 +282,7 @@ impl TracedClient {
     }
 
     /// The process span for a message you received yourself (from a plain
-    /// [`Subscriber`]): run your handler with [`ProcessSpan::run`], then
+    /// [`Subscriber`](async_nats::Subscriber)): run your handler with [`ProcessSpan::run`], then
     /// [`end`](ProcessSpan::end) it.
     pub fn process_span(&self, message: &Message) -> ProcessSpan {
         let msg = incoming(&self.server, &self.client, message, None, None, true)

@@ -18,15 +18,19 @@
 //!
 //! // Consumer: each message's handler runs inside a `process jobs` span, a child of the
 //! // publisher's `publish jobs` span.
-//! let jobs = worker.subscribe("jobs").await?.limit(1);
-//! let consumer = tokio::spawn(jobs.process(|message| async move {
-//!     println!("got {:?}", message.payload);
-//!     Ok::<(), std::io::Error>(())
-//! }));
+//! let mut jobs = worker.subscribe("jobs").await?.limit(1);
+//! worker.round_trip().await?; // the server has the subscription before anyone publishes
+//! let consumer = tokio::spawn(async move {
+//!     jobs.run(|message| async move {
+//!         println!("got {:?}", message.payload);
+//!         Ok::<(), std::io::Error>(())
+//!     })
+//!     .await
+//! });
 //!
 //! // Producer: publish as usual, through the wrapper.
 //! gateway.publish("jobs", "resize image 7".into()).await?;
-//! consumer.await?;
+//! consumer.await??;
 //! # Ok(()) }
 //! ```
 //!
@@ -40,7 +44,7 @@
 //! | [`TracedClient::respond`] (inside the handler) | `publish` | PRODUCER | the handler's process span |
 //! | the reply, on the requester's side | `process` | CONSUMER | the responder's reply span |
 //! | [`TracedJetStream::publish`] | `publish <subject>`, ended by the stream's ack | PRODUCER | the current context |
-//! | a JetStream delivery ([`TracedMessages`], [`TracedJetStream::handle`]) | `process <subject>`, one per delivery | CONSUMER | the message's send span |
+//! | a JetStream delivery ([`TracedMessages`], [`TracedJetStream::process_span`]) | `process <subject>`, one per delivery | CONSUMER | the message's send span |
 //!
 //! A request is traced as a send (kind PRODUCER, as nats.net does) rather than a CLIENT
 //! span: the core opens every outgoing message as a send span, and the request span simply
@@ -92,8 +96,8 @@
 //! | `messaging.nats.js.duplicate` | JetStream publish | `true` when the stream reported a duplicate |
 //! | `messaging.message.id` | publish, process | the `Nats-Msg-Id` header, when present |
 //! | `tracehop.delivery.attempt` | JetStream process | the server's delivery count (1, 2, 3 …); for core NATS, the `tracehop-attempt` header of a forwarded message |
-//! | `tracehop.nats.settlement` | JetStream process | `ack`, `nak`, `term` or `none` |
-//! | `tracehop.nats.settle_error` | JetStream process | why the settlement could not be sent |
+//! | `tracehop.settlement` | process | `ack`, `nak`, `term` or `none` (JetStream); `none` (core NATS, at most once) |
+//! | `tracehop.settlement.error` | JetStream process | why the settlement could not be sent |
 //! | `tracehop.nats.context_dropped` | publish | `true` when the context headers were left out because they would have pushed the message over the server's `max_payload` |
 //!
 //! # Headers
@@ -118,13 +122,13 @@
 //!
 //! # Processing loops
 //!
-//! [`TracedSubscriber::process`] and [`TracedMessages::process`] return `Send` futures:
-//! spawn them. They return when the subscription or stream ends, after
-//! [`limit`](TracedSubscriber::limit) messages, or when a [`Stop`] fires, with a
-//! [`Processed`] count. A core NATS subscription with a limit asks the server to stop
-//! delivering after that many messages, and one told to stop drains first, processing
-//! what had reached the client (core NATS is at most once: a message still on the wire
-//! while the server reads the unsubscribe can be lost). A JetStream loop that stops, or
+//! [`TracedSubscriber`] and [`TracedMessages`] are the one [`Consumer`](crate::Consumer)
+//! loop: `run(handler)` returns when the subscription or stream ends, after
+//! [`limit`](crate::Consumer::limit) messages, or when a [`Stop`](crate::Stop) fires, with a
+//! [`Summary`](crate::Summary). Its future is `Send`: spawn it. A core NATS subscription
+//! with a limit asks the server to stop delivering after that many messages, and one told
+//! to stop drains first, processing what had reached the client (core NATS is at most
+//! once: a message still on the wire while the server reads the unsubscribe can be lost). A JetStream loop that stops, or
 //! reaches its limit, leaves unsettled whatever it has not processed: a pull stream
 //! (`messages()`) may hold a whole batch already fetched, which the server redelivers
 //! after the ack wait with a higher delivery count, counting towards `max_deliver`. For a

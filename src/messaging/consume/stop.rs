@@ -18,7 +18,8 @@ use tokio::sync::watch;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let stop = tracehop::Stop::new();
-/// let waiter = tokio::spawn(stop.clone().into_future());
+/// let signal = stop.clone();
+/// let waiter = tokio::spawn(async move { signal.await }); // a `Stop` is a future
 /// stop.stop();
 /// waiter.await.unwrap();
 /// assert!(stop.is_stopped());
