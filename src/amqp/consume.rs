@@ -97,19 +97,12 @@ impl TracedConsumer {
 }
 
 /// The source behind a [`TracedConsumer`]: a lapin consumer and its queue.
+#[derive(Debug)]
 pub struct Deliveries {
     consumer: Mutex<lapin::Consumer>,
     queue: String,
     /// `queue` as the process spans' `messaging.destination.name`, shared by all of them.
     queue_value: StringValue,
-}
-
-impl fmt::Debug for Deliveries {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Deliveries")
-            .field("queue", &self.queue)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Source for Deliveries {
@@ -292,21 +285,7 @@ fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a>
             i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
         )
         .attribute(REDELIVERED, delivery.redelivered);
-    if !delivery.routing_key.as_str().is_empty() {
-        msg = msg.attribute(
-            attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-            delivery.routing_key.as_str().to_owned(),
-        );
-    }
-    if let Some(id) = properties.message_id() {
-        msg = msg.message_id(id.as_str().to_owned());
-    }
-    if let Some(id) = properties.correlation_id() {
-        msg = msg.attribute(
-            attr::MESSAGING_MESSAGE_CONVERSATION_ID,
-            id.as_str().to_owned(),
-        );
-    }
+    msg = super::with_routing(msg, &delivery.routing_key, properties);
     if let Some(at) = properties
         .timestamp()
         .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))

@@ -116,6 +116,32 @@ pub const DEFAULT_EXCHANGE: &str = "amq.default";
 /// before and not acknowledged). Not (yet) in the OpenTelemetry conventions.
 pub const REDELIVERED: &str = "messaging.rabbitmq.message.redelivered";
 
+/// The routing key, message id and correlation id of a message, on a description of
+/// either direction.
+fn with_routing<M: crate::messaging::Describe>(
+    mut msg: M,
+    routing_key: &lapin::types::ShortString,
+    properties: &lapin::BasicProperties,
+) -> M {
+    use crate::messaging::attributes as attr;
+    if !routing_key.as_str().is_empty() {
+        msg = msg.with(
+            attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+            routing_key.as_str().to_owned(),
+        );
+    }
+    if let Some(id) = properties.message_id() {
+        msg = msg.with(attr::MESSAGING_MESSAGE_ID, id.as_str().to_owned());
+    }
+    if let Some(id) = properties.correlation_id() {
+        msg = msg.with(
+            attr::MESSAGING_MESSAGE_CONVERSATION_ID,
+            id.as_str().to_owned(),
+        );
+    }
+    msg
+}
+
 /// A low-cardinality `error.type` for a lapin error.
 fn error_type(e: &lapin::Error) -> &'static str {
     use lapin::ErrorKind as K;

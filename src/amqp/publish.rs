@@ -77,21 +77,7 @@ impl TracedChannel {
         let mut msg = Outgoing::new(attr::system::RABBITMQ, destination)
             .operation_name("publish")
             .body_size(payload.len());
-        if !routing_key.as_str().is_empty() {
-            msg = msg.attribute(
-                attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-                routing_key.as_str().to_owned(),
-            );
-        }
-        if let Some(id) = properties.message_id() {
-            msg = msg.message_id(id.as_str().to_owned());
-        }
-        if let Some(id) = properties.correlation_id() {
-            msg = msg.attribute(
-                attr::MESSAGING_MESSAGE_CONVERSATION_ID,
-                id.as_str().to_owned(),
-            );
-        }
+        msg = super::with_routing(msg, &routing_key, &properties);
 
         let (properties, span) =
             carrier::with_headers(properties, |headers| self.telemetry.send_span(msg, headers));

@@ -10,7 +10,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::message::{OwnedHeaders, ToBytes};
 use rdkafka::producer::future_producer::Delivery;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::IntoOpaque;
 use rdkafka::util::{AsyncRuntime, DefaultRuntime, Timeout};
 use rdkafka::ClientConfig;
 
@@ -178,13 +179,7 @@ where
         let span = open_send_span(
             &self.telemetry,
             self.client_id.as_ref(),
-            Record {
-                topic: record.topic,
-                partition: record.partition,
-                key: record.key.map(ToBytes::to_bytes),
-                payload: record.payload.map(ToBytes::to_bytes),
-            },
-            &mut record.headers,
+            &mut record,
             parent,
         );
         (record, span)
@@ -233,23 +228,50 @@ where
 /// message carries, or rdkafka's error and the message, unchanged.
 pub type SendResult = Result<Sent<Delivery>, (KafkaError, OwnedMessage)>;
 
-/// What a send span needs to know about a record.
+/// What a send span needs to know about a record, and where its headers go.
 pub(crate) struct Record<'a> {
     pub(crate) topic: &'a str,
     pub(crate) partition: Option<i32>,
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) payload: Option<&'a [u8]>,
+    pub(crate) headers: &'a mut Option<OwnedHeaders>,
 }
 
+/// A record of one of rdkafka's producers, seen as a [`Record`].
+pub(crate) trait SendRecord {
+    fn record(&mut self) -> Record<'_>;
+}
+
+/// `SendRecord` for a record type with rdkafka's public record fields.
+macro_rules! send_record {
+    ($record:ty $(, $bound:ident: $trait:path)?) => {
+        impl<K: ToBytes + ?Sized, P: ToBytes + ?Sized $(, $bound: $trait)?> SendRecord for $record {
+            fn record(&mut self) -> Record<'_> {
+                Record {
+                    topic: self.topic,
+                    partition: self.partition,
+                    key: self.key.map(ToBytes::to_bytes),
+                    payload: self.payload.map(ToBytes::to_bytes),
+                    headers: &mut self.headers,
+                }
+            }
+        }
+    };
+}
+
+send_record!(FutureRecord<'_, K, P>);
+send_record!(BaseRecord<'_, K, P, D>, D: IntoOpaque);
+
 /// Open the send span of `record` (a child of `parent`, else of the current context) and
-/// write its context into `headers`, keeping the headers already there.
+/// write its context into its headers, keeping the headers already there.
 pub(crate) fn open_send_span(
     telemetry: &Telemetry,
     client_id: Option<&StringValue>,
-    record: Record<'_>,
-    headers: &mut Option<OwnedHeaders>,
+    record: &mut dyn SendRecord,
     parent: Option<&Context>,
 ) -> SendSpan {
+    let record = record.record();
+    let headers = record.headers;
     let mut msg =
         Outgoing::new(system::KAFKA, record.topic).body_size(record.payload.map_or(0, <[u8]>::len));
     if record.payload.is_none() {
@@ -403,19 +425,11 @@ mod tests {
     fn a_tombstone_is_marked() {
         let spans = SpanCollector::new();
         let telemetry = Telemetry::builder("svc").collector(&spans).build().unwrap();
-        let mut headers = None;
-        let span = open_send_span(
-            &telemetry,
-            None,
-            Record {
-                topic: "t",
-                partition: Some(3),
-                key: Some(&[0xff, 0xfe]),
-                payload: None,
-            },
-            &mut headers,
-            None,
-        );
+        let mut record = BaseRecord::<[u8], [u8]>::to("t")
+            .partition(3)
+            .key(&[0xff, 0xfe][..]);
+        let span = open_send_span(&telemetry, None, &mut record, None);
+        let headers = record.headers;
         settle(span, Ok((3, 42)));
         assert!(headers.is_some_and(|h| h.iter().any(|h| h.key == TRACEPARENT)));
         let records = spans.records();

@@ -15,7 +15,7 @@ use rdkafka::producer::{
 use rdkafka::statistics::Statistics;
 use rdkafka::IntoOpaque;
 
-use super::producer::{open_send_span, settle, Record};
+use super::producer::{open_send_span, settle};
 use crate::{SendSpan, Telemetry};
 
 /// A [`ProducerContext`] for [`BaseProducer`](rdkafka::producer::BaseProducer) and
@@ -129,13 +129,7 @@ impl<C> TracingProducerContext<C> {
         let span = open_send_span(
             &self.telemetry,
             self.client_id.as_ref(),
-            Record {
-                topic: record.topic,
-                partition: record.partition,
-                key: record.key.map(ToBytes::to_bytes),
-                payload: record.payload.map(ToBytes::to_bytes),
-            },
-            &mut record.headers,
+            &mut record,
             parent,
         );
         BaseRecord {

@@ -58,13 +58,8 @@ impl BatchSpan {
             .filter(|sc| sc.is_valid())
             .map(Link::with_context)
             .collect();
-        let mut attributes = batch.attributes;
-        attributes.extend(super::common_attributes(
-            batch.system,
-            batch.destination.to_owned(),
-            attr::operation_type::PROCESS,
-            batch.operation_name,
-        ));
+        let mut batch = batch;
+        let mut attributes = batch.span_attributes(attr::operation_type::PROCESS);
         attributes.push(KeyValue::new(
             attr::MESSAGING_BATCH_MESSAGE_COUNT,
             messages.len() as i64,

@@ -6,6 +6,83 @@ use opentelemetry::{KeyValue, StringValue, Value};
 
 use super::attributes as attr;
 
+/// The builder methods [`Outgoing`] and [`Incoming`] share: written once.
+macro_rules! shared_builders {
+    ($default:literal, $operation:literal) => {
+        #[doc = concat!("The system-specific operation name (", $default, ").")]
+        pub fn operation_name(mut self, name: &'static str) -> Self {
+            self.operation_name = name;
+            self
+        }
+
+        #[doc = concat!(
+            "The destination exists only for this exchange (a reply inbox, a server-named ",
+            "queue): sets `messaging.destination.temporary`, and the span is named after the ",
+            "operation alone (`", $operation, "`), as the conventions ask, since the ",
+            "destination's name would make span names unbounded. `messaging.destination.name` ",
+            "still holds it."
+        )]
+        pub fn temporary(mut self) -> Self {
+            self.temporary = true;
+            self.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true)
+        }
+
+        /// The size of the message body in bytes.
+        pub fn body_size(self, bytes: usize) -> Self {
+            self.attribute(attr::MESSAGING_MESSAGE_BODY_SIZE, bytes as i64)
+        }
+
+        /// The message id, where the system has one.
+        pub fn message_id(self, id: impl Into<Value>) -> Self {
+            self.attribute(attr::MESSAGING_MESSAGE_ID, id)
+        }
+
+        /// Any further attribute.
+        pub fn attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
+            self.attributes.push(KeyValue::new(key, value));
+            self
+        }
+
+        /// The destination (topic, subject, queue, exchange).
+        pub fn destination(&self) -> &'a str {
+            self.destination
+        }
+
+        /// The adapter's attributes followed by the four every messaging span has
+        /// (system, destination, operation type and name), for a span of `operation_type`.
+        pub(crate) fn span_attributes(&mut self, operation_type: &'static str) -> Vec<KeyValue> {
+            let mut attributes = std::mem::take(&mut self.attributes);
+            attributes.extend(super::common_attributes(
+                self.system,
+                self.destination.to_owned(),
+                operation_type,
+                self.operation_name,
+            ));
+            attributes
+        }
+    };
+}
+
+/// Adding attributes to a message description of either direction, for adapters' helpers
+/// that describe both.
+#[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
+pub(crate) trait Describe: Sized {
+    /// [`Outgoing::attribute`] / [`Incoming::attribute`].
+    fn with(self, key: &'static str, value: impl Into<Value>) -> Self;
+}
+
+impl Describe for Outgoing<'_> {
+    fn with(self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.attribute(key, value)
+    }
+}
+
+impl Describe for Incoming<'_> {
+    fn with(self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.attribute(key, value)
+    }
+}
+
 /// How a consumer relates its process span to the context a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -51,37 +128,10 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    /// The system-specific operation name (`send` by default; `publish` for NATS and
-    /// RabbitMQ).
-    pub fn operation_name(mut self, name: &'static str) -> Self {
-        self.operation_name = name;
-        self
-    }
-
-    /// The destination exists only for this exchange (a reply inbox, a server-named
-    /// queue): sets `messaging.destination.temporary`, and the span is named after the
-    /// operation alone (`publish`), as the conventions ask, since the destination's name
-    /// would make span names unbounded. `messaging.destination.name` still holds it.
-    pub fn temporary(mut self) -> Self {
-        self.temporary = true;
-        self.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true)
-    }
-
-    /// The size of the message body in bytes.
-    pub fn body_size(self, bytes: usize) -> Self {
-        self.attribute(attr::MESSAGING_MESSAGE_BODY_SIZE, bytes as i64)
-    }
-
-    /// The message id, where the system has one.
-    pub fn message_id(self, id: impl Into<Value>) -> Self {
-        self.attribute(attr::MESSAGING_MESSAGE_ID, id)
-    }
-
-    /// Any further attribute.
-    pub fn attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
-        self.attributes.push(KeyValue::new(key, value));
-        self
-    }
+    shared_builders!(
+        "`send` by default; `publish` for NATS and RabbitMQ",
+        "publish"
+    );
 }
 
 /// An incoming message, as an adapter describes it to [`Telemetry::process_span`].
@@ -106,6 +156,8 @@ pub struct Incoming<'a> {
 }
 
 impl<'a> Incoming<'a> {
+    shared_builders!("`process` by default", "process");
+
     /// A message from `destination` on `system`.
     pub fn new(system: &'static str, destination: &'a str) -> Self {
         Incoming {
@@ -135,21 +187,6 @@ impl<'a> Incoming<'a> {
         msg
     }
 
-    /// The system-specific operation name (`process` by default).
-    pub fn operation_name(mut self, name: &'static str) -> Self {
-        self.operation_name = name;
-        self
-    }
-
-    /// The destination exists only for this exchange (a reply inbox, a server-named
-    /// queue): sets `messaging.destination.temporary`, and the span is named after the
-    /// operation alone (`process`), as the conventions ask, since the destination's name
-    /// would make span names unbounded. `messaging.destination.name` still holds it.
-    pub fn temporary(mut self) -> Self {
-        self.temporary = true;
-        self.attribute(attr::MESSAGING_DESTINATION_TEMPORARY, true)
-    }
-
     /// The pattern the consumer subscribed with (`orders.*`): sets
     /// `messaging.destination.template`, and the span is named after it (`process
     /// orders.*`) rather than the concrete destination, as the conventions ask, so
@@ -166,16 +203,6 @@ impl<'a> Incoming<'a> {
         self
     }
 
-    /// The size of the message body in bytes.
-    pub fn body_size(self, bytes: usize) -> Self {
-        self.attribute(attr::MESSAGING_MESSAGE_BODY_SIZE, bytes as i64)
-    }
-
-    /// The message id, where the system has one.
-    pub fn message_id(self, id: impl Into<Value>) -> Self {
-        self.attribute(attr::MESSAGING_MESSAGE_ID, id)
-    }
-
     /// Which delivery of the message this is, counting from 1. Without it, a process span
     /// records the attempt the message's `tracehop-attempt` header carries, if any.
     pub fn attempt(mut self, attempt: u32) -> Self {
@@ -183,21 +210,10 @@ impl<'a> Incoming<'a> {
         self
     }
 
-    /// The destination (topic, subject, queue).
-    pub fn destination(&self) -> &'a str {
-        self.destination
-    }
-
     /// When the broker stored the message; used for queue time when the producer did not
     /// write `tracehop-sent-at`.
     pub fn enqueued_at(mut self, at: SystemTime) -> Self {
         self.enqueued_at = Some(at);
-        self
-    }
-
-    /// Any further attribute.
-    pub fn attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
-        self.attributes.push(KeyValue::new(key, value));
         self
     }
 }

@@ -39,6 +39,8 @@ mod send;
 mod spans;
 
 pub use batch::BatchSpan;
+#[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(unused_imports))]
+pub(crate) use describe::Describe;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
 pub(crate) use process::record_error_on;
 #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(unused_imports))]

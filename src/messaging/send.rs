@@ -37,13 +37,8 @@ impl SendSpan {
         parent: &Context,
         carrier: &mut dyn WriteCarrier,
     ) -> SendSpan {
-        let mut attributes = msg.attributes;
-        attributes.extend(super::common_attributes(
-            msg.system,
-            msg.destination.to_owned(),
-            attr::operation_type::SEND,
-            msg.operation_name,
-        ));
+        let mut msg = msg;
+        let attributes = msg.span_attributes(attr::operation_type::SEND);
         let mut builder = inner
             .tracer
             .span_builder(super::span_name(

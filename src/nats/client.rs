@@ -5,7 +5,7 @@ use async_nats::{Client, HeaderMap, Message, Request, Subject, ToSubject};
 use bytes::Bytes;
 
 use super::attributes as attr;
-use super::describe::{incoming, open_send, outgoing, Server};
+use super::describe::{incoming, Publish, Server};
 use super::subscription::{Subscription, TracedSubscriber};
 use crate::{ParentPolicy, ProcessSpan, Sent, Telemetry};
 
@@ -146,21 +146,18 @@ impl TracedClient {
         payload: Bytes,
         to_reply_subject: bool,
     ) -> Result<Sent<()>, PublishError> {
-        let mut msg = outgoing(
-            &self.server,
-            &self.client,
-            subject.as_str(),
-            headers.as_ref(),
-            &payload,
-        )
-        .operation_name("publish");
-        if let Some(reply) = &reply {
-            msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
-        }
-        if to_reply_subject {
-            msg = msg.temporary();
-        }
-        let (send, headers) = open_send(&self.telemetry, msg, headers, &payload, &self.client);
+        let (send, headers) =
+            self.publisher("publish")
+                .open(subject.as_str(), headers, &payload, |mut msg| {
+                    if let Some(reply) = &reply {
+                        msg =
+                            msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
+                    }
+                    if to_reply_subject {
+                        msg = msg.temporary();
+                    }
+                    msg
+                });
         let client = &self.client;
         let result = match (reply, headers) {
             (None, None) => client.publish(subject, payload).await,
@@ -217,15 +214,9 @@ impl TracedClient {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<Sent<Message>, RequestError> {
-        let msg = outgoing(
-            &self.server,
-            &self.client,
-            subject.as_str(),
-            headers.as_ref(),
-            &payload,
-        )
-        .operation_name("request");
-        let (send, headers) = open_send(&self.telemetry, msg, headers, &payload, &self.client);
+        let (send, headers) =
+            self.publisher("request")
+                .open(subject.as_str(), headers, &payload, |msg| msg);
         let mut request = Request::new().payload(payload);
         if let Some(headers) = headers {
             request = request.headers(headers);
@@ -292,6 +283,17 @@ impl TracedClient {
             None => msg,
         };
         self.telemetry.process_span(msg, &message.headers)
+    }
+}
+
+impl TracedClient {
+    fn publisher(&self, operation: &'static str) -> Publish<'_> {
+        Publish {
+            telemetry: &self.telemetry,
+            server: &self.server,
+            client: &self.client,
+            operation,
+        }
     }
 }
 

@@ -12,21 +12,37 @@ use opentelemetry::StringValue;
 use super::attributes as attr;
 use super::carrier::merge;
 use crate::messaging::attributes::system::NATS;
+use crate::messaging::Describe;
 use crate::{Incoming, Outgoing, SendSpan, Telemetry};
 
-/// Open the send span of a publish described by `msg`, and merge its context headers into
-/// the user's `headers`.
-pub(super) fn open_send(
-    telemetry: &Telemetry,
-    msg: Outgoing<'_>,
-    headers: Option<HeaderMap>,
-    payload: &Bytes,
-    client: &Client,
-) -> (SendSpan, Option<HeaderMap>) {
-    let mut context = HeaderMap::new();
-    let send = telemetry.send_span(msg, &mut context);
-    let headers = with_context(&send, headers, context, payload, client);
-    (send, headers)
+/// Where a NATS message is published, as a send span describes it.
+pub(super) struct Publish<'a> {
+    pub(super) telemetry: &'a Telemetry,
+    pub(super) server: &'a Server,
+    pub(super) client: &'a Client,
+    /// `publish` or `request`.
+    pub(super) operation: &'static str,
+}
+
+impl Publish<'_> {
+    /// Open the send span of a message to `subject` (its description finished by
+    /// `describe`) and merge its context headers into the user's `headers`.
+    pub(super) fn open<'s>(
+        &self,
+        subject: &'s str,
+        headers: Option<HeaderMap>,
+        payload: &Bytes,
+        describe: impl FnOnce(Outgoing<'s>) -> Outgoing<'s>,
+    ) -> (SendSpan, Option<HeaderMap>) {
+        let msg = Outgoing::new(NATS, subject)
+            .operation_name(self.operation)
+            .body_size(payload.len());
+        let msg = describe(with_common(msg, self.server, self.client, headers.as_ref()));
+        let mut context = HeaderMap::new();
+        let send = self.telemetry.send_span(msg, &mut context);
+        let headers = with_context(&send, headers, context, payload, self.client);
+        (send, headers)
+    }
 }
 
 /// Merge the context headers into the user's, saying so on the span if they had to be left
@@ -101,22 +117,24 @@ impl Server {
     }
 }
 
-/// Describe an outgoing core NATS message (operation name left to the caller).
-pub(crate) fn outgoing<'a>(
+/// The message id (`Nats-Msg-Id`) and the connected server's address, on a description of
+/// either direction.
+fn with_common<M: Describe>(
+    mut msg: M,
     server: &Server,
     client: &Client,
-    subject: &'a str,
     headers: Option<&HeaderMap>,
-    payload: &Bytes,
-) -> Outgoing<'a> {
-    let mut msg = Outgoing::new(NATS, subject).body_size(payload.len());
+) -> M {
     if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
-        msg = msg.message_id(id.as_str().to_owned());
+        msg = msg.with(
+            crate::messaging::attributes::MESSAGING_MESSAGE_ID,
+            id.as_str().to_owned(),
+        );
     }
     if let Some((host, port)) = server.address(client) {
         msg = msg
-            .attribute(attr::SERVER_ADDRESS, host)
-            .attribute(attr::SERVER_PORT, port);
+            .with(attr::SERVER_ADDRESS, host)
+            .with(attr::SERVER_PORT, port);
     }
     msg
 }
@@ -147,17 +165,71 @@ pub(crate) fn incoming<'a>(
     if let Some(group) = queue_group {
         msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
     }
-    if let Some(id) = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-    {
-        msg = msg.message_id(id.as_str().to_owned());
+    with_common(msg, server, client, message.headers.as_ref())
+}
+
+/// A core NATS or JetStream message.
+pub(super) trait NatsMessage: Clone {
+    /// The NATS message itself.
+    fn nats(&self) -> &Message;
+}
+
+impl NatsMessage for Message {
+    fn nats(&self) -> &Message {
+        self
     }
-    if let Some((host, port)) = server.address(client) {
-        msg = msg
-            .attribute(attr::SERVER_ADDRESS, host)
-            .attribute(attr::SERVER_PORT, port);
+}
+
+impl NatsMessage for async_nats::jetstream::Message {
+    fn nats(&self) -> &Message {
+        &self.message
     }
-    msg
+}
+
+/// A received message as a delivery holds it: its subject, and the message until it is
+/// handed to the handler (core NATS and JetStream deliveries alike).
+#[derive(Debug)]
+pub(super) struct Held<M> {
+    subject: async_nats::Subject,
+    message: Option<M>,
+}
+
+impl<M: NatsMessage> Held<M> {
+    pub(super) fn new(message: M) -> Held<M> {
+        Held {
+            subject: message.nats().subject.clone(),
+            message: Some(message),
+        }
+    }
+
+    pub(super) fn subject(&self) -> &str {
+        self.subject.as_str()
+    }
+
+    /// The message's description by `describe`, or just its subject once handed over.
+    pub(super) fn describe<'a>(
+        &'a self,
+        describe: impl FnOnce(&'a M) -> Incoming<'a>,
+    ) -> Incoming<'a> {
+        match &self.message {
+            Some(message) => describe(message),
+            None => Incoming::new(NATS, self.subject.as_str()),
+        }
+    }
+
+    pub(super) fn headers(&self) -> &dyn crate::propagation::ReadCarrier {
+        match &self.message {
+            Some(message) => &message.nats().headers,
+            None => crate::messaging::consume::NO_HEADERS,
+        }
+    }
+
+    /// The message for a handler run: a copy when it must be kept for another run.
+    pub(super) fn hand_over(&mut self, keep: bool) -> Option<M> {
+        if keep {
+            self.message.clone()
+        } else {
+            self.message.take()
+        }
+    }
 }

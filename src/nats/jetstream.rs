@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::attributes as attr;
 use super::client::error_type;
-use super::describe::{open_send, outgoing, Server};
+use super::describe::{Publish, Server};
 use super::jetstream_consume::{JetStreamMessages, TracedMessages};
 use crate::messaging::consume::delivery_attempt;
 use crate::{ParentPolicy, ProcessSpan, Sent, Telemetry};
@@ -88,15 +88,13 @@ impl TracedJetStream {
         headers: Option<HeaderMap>,
         payload: Bytes,
     ) -> Result<Sent<PublishAck>, PublishError> {
-        let msg = outgoing(
-            &self.server,
-            &self.client,
-            subject.as_str(),
-            headers.as_ref(),
-            &payload,
-        )
-        .operation_name("publish");
-        let (send, headers) = open_send(&self.telemetry, msg, headers, &payload, &self.client);
+        let publisher = Publish {
+            telemetry: &self.telemetry,
+            server: &self.server,
+            client: &self.client,
+            operation: "publish",
+        };
+        let (send, headers) = publisher.open(subject.as_str(), headers, &payload, |msg| msg);
         let sent = match headers {
             Some(headers) => {
                 self.context

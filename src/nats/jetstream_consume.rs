@@ -9,15 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::message::{Acker, Info};
 use async_nats::jetstream::{self, AckKind};
-use async_nats::Subject;
 use futures_util::{Stream, StreamExt as _};
 use opentelemetry::Context;
 
 use super::attributes as attr;
-use super::describe::incoming;
+use super::describe::{incoming, Held};
 use super::TracedJetStream;
 use crate::messaging::attributes::system::NATS;
-use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError, NO_HEADERS};
+use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError};
 use crate::propagation::ReadCarrier;
 use crate::{Consumer, Incoming, OnFailure};
 
@@ -145,10 +144,9 @@ where
         Some(Ok(JetStreamDelivery {
             js: &self.js,
             acker: Acker::new(message.context.clone(), message.reply.clone()),
-            subject: message.subject.clone(),
             delivered,
             stream_sequence,
-            message: Some(message),
+            held: Held::new(message),
         }))
     }
 
@@ -161,18 +159,16 @@ where
 pub struct JetStreamDelivery<'a> {
     js: &'a TracedJetStream,
     acker: Acker,
-    subject: Subject,
     /// The server's delivery count (from 1), from the ack subject.
     delivered: Option<u32>,
     stream_sequence: Option<u64>,
-    /// `None` once handed to the handler.
-    message: Option<jetstream::Message>,
+    held: Held<jetstream::Message>,
 }
 
 impl fmt::Debug for JetStreamDelivery<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JetStreamDelivery")
-            .field("subject", &self.subject)
+            .field("subject", &self.held.subject())
             .field("delivered", &self.delivered)
             .field("stream_sequence", &self.stream_sequence)
             .finish_non_exhaustive()
@@ -184,21 +180,16 @@ impl Settle for JetStreamDelivery<'_> {
     type Action = JetStreamAction;
 
     fn describe(&self) -> Incoming<'_> {
-        match &self.message {
-            Some(message) => describe_message(self.js, message),
-            None => Incoming::new(NATS, self.subject.as_str()),
-        }
+        self.held
+            .describe(|message| describe_message(self.js, message))
     }
 
     fn destination(&self) -> &str {
-        self.subject.as_str()
+        self.held.subject()
     }
 
     fn headers(&self) -> &dyn ReadCarrier {
-        match &self.message {
-            Some(message) => &message.headers,
-            None => NO_HEADERS,
-        }
+        self.held.headers()
     }
 
     fn redeliveries(&self) -> u32 {
@@ -206,17 +197,13 @@ impl Settle for JetStreamDelivery<'_> {
     }
 
     fn message(&mut self, keep: bool) -> Option<jetstream::Message> {
-        if keep {
-            self.message.clone()
-        } else {
-            self.message.take()
-        }
+        self.held.hand_over(keep)
     }
 
     fn position(&self) -> String {
         match self.stream_sequence {
-            Some(seq) => format!("subject {} (stream sequence {seq})", self.subject),
-            None => format!("subject {}", self.subject),
+            Some(seq) => format!("subject {} (stream sequence {seq})", self.held.subject()),
+            None => format!("subject {}", self.held.subject()),
         }
     }
 

@@ -11,9 +11,9 @@ use futures_util::StreamExt as _;
 use opentelemetry::{Context, StringValue};
 
 use super::client::TracedClient;
-use super::describe::incoming;
+use super::describe::{incoming, Held};
 use crate::messaging::attributes::system::NATS;
-use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError, NO_HEADERS};
+use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError};
 use crate::propagation::ReadCarrier;
 use crate::{Consumer, Incoming};
 
@@ -134,8 +134,7 @@ impl Source for Subscription {
         self.taken.fetch_add(1, Ordering::Relaxed);
         Some(Ok(NatsDelivery {
             source: self,
-            subject: message.subject.clone(),
-            message: Some(message),
+            held: Held::new(message),
         }))
     }
 
@@ -172,9 +171,7 @@ impl Source for Subscription {
 #[derive(Debug)]
 pub struct NatsDelivery<'a> {
     source: &'a Subscription,
-    subject: async_nats::Subject,
-    /// `None` once handed to the handler.
-    message: Option<Message>,
+    held: Held<Message>,
 }
 
 impl Settle for NatsDelivery<'_> {
@@ -182,40 +179,33 @@ impl Settle for NatsDelivery<'_> {
     type Action = Infallible;
 
     fn describe(&self) -> Incoming<'_> {
-        match &self.message {
-            Some(message) => incoming(
-                &self.source.client.server,
-                &self.source.client.client,
+        let source = self.source;
+        self.held.describe(|message| {
+            incoming(
+                &source.client.server,
+                &source.client.client,
                 message,
-                Some(&self.source.subject),
-                self.source.queue_group.as_ref(),
+                Some(&source.subject),
+                source.queue_group.as_ref(),
                 true,
-            ),
-            None => Incoming::new(NATS, self.subject.as_str()),
-        }
+            )
+        })
     }
 
     fn destination(&self) -> &str {
-        self.subject.as_str()
+        self.held.subject()
     }
 
     fn headers(&self) -> &dyn ReadCarrier {
-        match &self.message {
-            Some(message) => &message.headers,
-            None => NO_HEADERS,
-        }
+        self.held.headers()
     }
 
     fn message(&mut self, keep: bool) -> Option<Message> {
-        if keep {
-            self.message.clone()
-        } else {
-            self.message.take()
-        }
+        self.held.hand_over(keep)
     }
 
     fn position(&self) -> String {
-        format!("subject {}", self.subject)
+        format!("subject {}", self.held.subject())
     }
 
     async fn settle(

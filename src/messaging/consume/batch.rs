@@ -11,7 +11,7 @@ use opentelemetry::Context;
 
 use super::handler::{record, run_guarded};
 use super::summary::HandlerFailure;
-use super::{Consumer, Decision, Failure, Settle, Settlement, Source, Stop, Summary};
+use super::{Consumer, Decision, Failure, Settle, Settlement, Source, Summary};
 use crate::messaging::BatchSpan;
 use crate::propagation::Extracted;
 use crate::{ConsumeError, ProcessSpan};
@@ -180,23 +180,7 @@ impl<S: Source> Consumer<S> {
                 Some(n) => usize::try_from(n - summary.messages).unwrap_or(usize::MAX),
                 None => usize::MAX,
             };
-            if stop.as_ref().is_some_and(Stop::is_stopped) {
-                // Stopped: drain what the source still holds, or return now.
-                stop = None;
-                if self.source.drain().await {
-                    continue;
-                }
-                break;
-            }
-            let item = match &stop {
-                Some(signal) => tokio::select! {
-                    biased;
-                    () = signal.stopped() => continue,
-                    item = self.source.next() => item,
-                },
-                None => self.source.next().await,
-            };
-            let first = match item {
+            let first = match receive!(self, stop) {
                 None => break,
                 Some(Err(e)) => {
                     self.source_error(e, &mut summary)?;
@@ -319,14 +303,7 @@ impl<S: Source> Consumer<S> {
                 }
                 continue;
             }
-            let stop =
-                self.propagate_panics && failure.panicked() || matches!(decision, Decision::Stop);
-            let settlement = match &decision {
-                _ if stop => Settlement::Redeliver,
-                Decision::Skip => Settlement::Done,
-                Decision::Settle(action) => Settlement::Action(action),
-                _ => Settlement::Redeliver,
-            };
+            let (settlement, stop) = self.settlement(&decision, failure.panicked());
             summary.failed += failed.len() as u64;
             summary.succeeded += (n - failed.len()) as u64;
             if failure.panicked() {

@@ -19,14 +19,29 @@
 //! `kafka::TracedConsumer`, `amqp::TracedConsumer`, `nats::TracedSubscriber` and
 //! `nats::TracedMessages` are this type over their broker's source.
 
+/// The next item of the consumer's source inside its loop, or `continue` (the stop signal
+/// fired and the source drains) or `break` (it fired and the loop ends): the receiving
+/// step of `run` and `run_batches`, written once.
+macro_rules! receive {
+    ($consumer:expr, $stop:ident) => {{
+        match $consumer.after_stop(&mut $stop).await {
+            Some(true) => continue,
+            Some(false) => break,
+            None => {}
+        }
+        let Some(item) = $consumer.next_unless_stopped($stop.as_ref()).await else {
+            continue;
+        };
+        item
+    }};
+}
+
 mod batch;
 mod handler;
 mod policy;
 mod source;
 mod stop;
 mod summary;
-#[cfg(test)]
-mod tests;
 
 use std::fmt;
 use std::future::Future;
@@ -191,22 +206,7 @@ impl<S: Source> Consumer<S> {
             if self.limit.is_some_and(|n| summary.messages >= n) {
                 break;
             }
-            if stop.as_ref().is_some_and(Stop::is_stopped) {
-                // Stopped: drain what the source still holds, or return now.
-                stop = None;
-                if self.source.drain().await {
-                    continue;
-                }
-                break;
-            }
-            let item = match &stop {
-                Some(signal) => tokio::select! {
-                    biased;
-                    () = signal.stopped() => continue,
-                    item = self.source.next() => item,
-                },
-                None => self.source.next().await,
-            };
+            let item = receive!(self, stop);
             match item {
                 None => break,
                 Some(Err(e)) => self.source_error(e, &mut summary)?,
@@ -214,6 +214,31 @@ impl<S: Source> Consumer<S> {
             }
         }
         Ok(summary)
+    }
+
+    /// If the stop signal has fired: forget it and drain the source (`Some(true)`: go on
+    /// reading what it still holds) or end (`Some(false)`). `None` while it has not fired.
+    async fn after_stop(&mut self, stop: &mut Option<Stop>) -> Option<bool> {
+        if !stop.as_ref().is_some_and(Stop::is_stopped) {
+            return None;
+        }
+        *stop = None;
+        Some(self.source.drain().await)
+    }
+
+    /// The source's next item, or `None` if `stop` fires first.
+    async fn next_unless_stopped(
+        &self,
+        stop: Option<&Stop>,
+    ) -> Option<Option<Result<S::Delivery<'_>, SourceError>>> {
+        match stop {
+            Some(signal) => tokio::select! {
+                biased;
+                () = signal.stopped() => None,
+                item = self.source.next() => Some(item),
+            },
+            None => Some(self.source.next().await),
+        }
     }
 
     /// An error from the source: fatal ones end the loop, the rest are logged and counted.
@@ -315,14 +340,7 @@ impl<S: Source> Consumer<S> {
             }
             summary.failed += 1;
             summary.panicked += u64::from(failure.panicked());
-            let stop =
-                self.propagate_panics && failure.panicked() || matches!(decision, Decision::Stop);
-            let settlement = match &decision {
-                _ if stop => Settlement::Redeliver,
-                Decision::Skip => Settlement::Done,
-                Decision::Settle(action) => Settlement::Action(action),
-                _ => Settlement::Redeliver,
-            };
+            let (settlement, stop) = self.settlement(&decision, failure.panicked());
             self.settle(&mut delivery, span, settlement, attempt, summary)
                 .await?;
             if !stop {
@@ -330,6 +348,23 @@ impl<S: Source> Consumer<S> {
             }
             return Err(self.stop_with(failure, delivery.position()));
         }
+    }
+
+    /// How to settle a failed delivery the policy decided on (never a retry), and whether
+    /// the loop then stops.
+    fn settlement<'d>(
+        &self,
+        decision: &'d Decision<S::Action>,
+        panicked: bool,
+    ) -> (Settlement<'d, S::Action>, bool) {
+        let stop = self.propagate_panics && panicked || matches!(decision, Decision::Stop);
+        let settlement = match decision {
+            _ if stop => Settlement::Redeliver,
+            Decision::Skip => Settlement::Done,
+            Decision::Settle(action) => Settlement::Action(action),
+            _ => Settlement::Redeliver,
+        };
+        (settlement, stop)
     }
 
     /// The loop ends with `failure`: return it, or resume its panic when panics

@@ -105,9 +105,9 @@ pub trait Settle: Send {
     ) -> impl Future<Output = Result<&'static str, SettleError>> + Send;
 }
 
-/// How the loop asks a delivery to be settled.
+/// How the loop asks a delivery to be settled. (Not `non_exhaustive`: an adapter must
+/// handle every case, so a new one is a breaking change.)
 #[derive(Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Settlement<'a, A> {
     /// The message is done: it succeeded, or the policy said skip (ack, commit).
     Done,

@@ -1,16 +1,21 @@
-//! The consume loop over an in-memory broker: limits, stop, policies, panics, retries,
-//! batches and settlement, asserted on the spans and on what the broker was told.
+//! The one consume loop over an in-memory broker of the test's own, written against the
+//! public `Source` and `Settle` traits as a user adding another client would: limits,
+//! stop, policies, panics, retries, batches and settlement, asserted on the spans and on
+//! what the broker was told.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::Context;
-
-use super::*;
-use crate::journal::Status;
-use crate::propagation::ReadCarrier;
-use crate::{Incoming, Outgoing, SpanCollector, SpanRecord};
+use tracehop::journal::Status;
+use tracehop::messaging::attributes as attr;
+use tracehop::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError};
+use tracehop::propagation::ReadCarrier;
+use tracehop::{
+    BatchOptions, ConsumeError, Consumer, Incoming, OnFailure, Outgoing, SpanCollector,
+    SpanRecord, Stop, Telemetry,
+};
 
 /// A message in the in-memory broker.
 #[derive(Debug, Clone)]
@@ -302,7 +307,7 @@ fn propagate_panics_resumes_the_panic_after_recording_it() {
         })
     }));
     let payload = unwound.expect_err("the panic is resumed");
-    assert_eq!(handler::panic_message(&*payload), "boom");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom"));
     assert_eq!(*log_handle.lock().unwrap(), [(1, "redeliver")]);
     let records = spans.records();
     assert_eq!(
@@ -405,7 +410,7 @@ async fn the_attempt_a_producer_wrote_is_where_counting_starts() {
     let (spans, telemetry, broker) = setup(1);
     broker.queue.lock().unwrap()[0]
         .headers
-        .insert(crate::propagation::ATTEMPT.to_owned(), "4".to_owned());
+        .insert(tracehop::propagation::ATTEMPT.to_owned(), "4".to_owned());
     let mut consumer = Consumer::from_source(broker, telemetry).limit(1);
     consumer
         .run(|_| async { Ok::<(), String>(()) })
