@@ -13,8 +13,8 @@ use tracehop::messaging::attributes as attr;
 use tracehop::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError};
 use tracehop::propagation::ReadCarrier;
 use tracehop::{
-    BatchOptions, ConsumeError, Consumer, Incoming, OnFailure, Outgoing, SpanCollector,
-    SpanRecord, Stop, Telemetry,
+    BatchOptions, ConsumeError, Consumer, Incoming, OnFailure, Outgoing, SpanCollector, SpanRecord,
+    Stop, Telemetry,
 };
 
 /// A message in the in-memory broker.

@@ -83,6 +83,7 @@ mod carrier;
 mod consumer;
 mod producer;
 mod producer_context;
+mod rewinds;
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
