@@ -16,6 +16,9 @@
 //!                    journaled wrapper on one broker (default nats-core, or --only),
 //!                    printing resident memory at checkpoints (with one --modes value:
 //!                    that configuration instead, to compare)
+//!   --once           instead: one run of --messages messages, one broker (--only) and
+//!                    one configuration (--modes), no warm-up: what
+//!                    `cargo xtask bench-instructions` runs under callgrind
 //! ```
 //!
 //! Brokers: NATS on `TRACEHOP_NATS_URL` (default `nats://127.0.0.1:4222`, JetStream
@@ -140,6 +143,7 @@ struct Options {
     window: usize,
     modes: Vec<Mode>,
     memory: bool,
+    once: bool,
 }
 
 fn options() -> Result<Options, Error> {
@@ -151,6 +155,7 @@ fn options() -> Result<Options, Error> {
         window: 2000,
         modes: MODES.to_vec(),
         memory: false,
+        once: false,
     };
     let mut only = false;
     let mut args = std::env::args().skip(1);
@@ -183,6 +188,7 @@ fn options() -> Result<Options, Error> {
                     .collect::<Result<_, _>>()?;
             }
             "--memory" => o.memory = true,
+            "--once" => o.once = true,
             // `cargo bench` passes `--bench` to every bench binary.
             "--bench" => {}
             other => return Err(format!("unknown option {other:?} (see the file's docs)").into()),
@@ -462,6 +468,26 @@ async fn memory(o: &Options) -> Result<(), Error> {
     Ok(())
 }
 
+/// One run of one configuration on one broker, nothing else: the unit of
+/// `cargo xtask bench-instructions`.
+async fn once(o: &Options) -> Result<(), Error> {
+    let (&broker, &mode) = match (o.brokers.as_slice(), o.modes.as_slice()) {
+        ([broker], [mode]) => (broker, mode),
+        _ => return Err("--once takes one --only broker and one --modes configuration".into()),
+    };
+    let env = env(broker).await?;
+    let (result, _) = run_one(&env, broker, mode, o, o.messages, Vec::new()).await?;
+    println!(
+        "{} {} {} messages: {:.0} msg/s, journal {:?}",
+        broker.name(),
+        mode.name(),
+        o.messages,
+        result.rate,
+        result.spans.map(|(lines, _, _)| lines)
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Error> {
     let o = options()?;
     let _ = now_ns();
@@ -470,7 +496,9 @@ fn main() -> Result<(), Error> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        if o.memory {
+        if o.once {
+            once(&o).await
+        } else if o.memory {
             memory(&o).await
         } else {
             throughput(&o).await

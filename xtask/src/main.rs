@@ -6,6 +6,8 @@
 //! the tests use; set `TRACEHOP_SKIP_SERVICES=1` to use brokers you run yourself (with
 //! `TRACEHOP_NATS_URL`, `TRACEHOP_AMQP_URL`, `TRACEHOP_KAFKA_BROKERS`).
 
+mod instructions;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -20,8 +22,12 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "test" => services().and_then(|()| run_tests()),
         "services" => services(),
+        "bench-instructions" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            services().and_then(|()| instructions::run(&args))
+        }
         _ => {
-            eprintln!("usage: cargo xtask <test|services>");
+            eprintln!("usage: cargo xtask <test|services|bench-instructions>");
             return ExitCode::from(2);
         }
     };

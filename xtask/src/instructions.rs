@@ -1,0 +1,153 @@
+//! `cargo xtask bench-instructions`: instructions per message of each broker's raw client,
+//! raw client with the context headers, and tracehop unsampled and sampled + journaled,
+//! counted by `valgrind --tool=callgrind` in the client process (brokers are separate
+//! processes; the journal's writer thread is counted).
+//!
+//! Each configuration runs twice, with `--messages` and with ten times that plus as many
+//! again; the difference divided by the difference in messages is the cost per message,
+//! free of start-up and connection costs. Instruction counts do not move with machine
+//! noise: two runs of the same binary and inputs give the same figures to a fraction of a
+//! percent.
+//!
+//! ```text
+//! cargo xtask bench-instructions [--messages N] [--only nats-core,jetstream,rabbitmq,kafka-tansu]
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The brokers measured by default (the in-process MockCluster would count the broker).
+const BROKERS: &[&str] = &["nats-core", "jetstream", "rabbitmq", "kafka-tansu"];
+const MODES: &[&str] = &["raw", "raw+headers", "unsampled", "sampled"];
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let mut small: u64 = 2_000;
+    let mut brokers: Vec<String> = BROKERS.iter().map(|b| (*b).to_owned()).collect();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--messages" => small = value.parse().map_err(|e| format!("--messages: {e}"))?,
+            "--only" => brokers = value.split(',').map(str::to_owned).collect(),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let large = small * 11;
+    which("valgrind")?;
+    let bench = build_bench()?;
+    let out_dir = std::env::temp_dir().join("tracehop-callgrind");
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    println!(
+        "# instructions per message: (I({large}) - I({small})) / {} messages, 128-byte payloads",
+        large - small
+    );
+    println!();
+    println!("| broker | raw | raw+headers | unsampled | sampled + journaled | tracehop over raw+headers (unsampled / journaled) |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for broker in &brokers {
+        let mut per_message = Vec::new();
+        for mode in MODES {
+            let a = instructions(&bench, &out_dir, broker, mode, small)?;
+            let b = instructions(&bench, &out_dir, broker, mode, large)?;
+            per_message.push(b.saturating_sub(a) as f64 / (large - small) as f64);
+        }
+        let over = |i: usize| per_message[i] - per_message[1];
+        println!(
+            "| {broker} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} |",
+            per_message[0],
+            per_message[1],
+            per_message[2],
+            per_message[3],
+            over(2),
+            over(3)
+        );
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> Result<(), String> {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} is not installed (apt-get install -y {program})"
+        ))
+    }
+}
+
+/// Build the throughput bench (release, all brokers) and return its executable.
+fn build_bench() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "bench",
+            "--features",
+            "full",
+            "--bench",
+            "throughput",
+            "--no-run",
+            "--message-format",
+            "json",
+        ])
+        .output()
+        .map_err(|e| format!("building the bench: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the bench failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("\"executable\"") && l.contains("throughput"))
+        .find_map(|l| {
+            let start = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let end = l[start..].find('"')? + start;
+            Some(PathBuf::from(&l[start..end]))
+        })
+        .ok_or_else(|| "cargo did not name the bench executable".to_owned())
+}
+
+/// Total instructions of one `--once` run under callgrind.
+fn instructions(
+    bench: &Path,
+    out_dir: &Path,
+    broker: &str,
+    mode: &str,
+    messages: u64,
+) -> Result<u64, String> {
+    let out = out_dir.join(format!("{broker}-{mode}-{messages}.out"));
+    let status = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(bench)
+        .args([
+            "--once",
+            "--only",
+            broker,
+            "--modes",
+            mode,
+            "--messages",
+            &messages.to_string(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("running valgrind: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "{broker} {mode} {messages}: the run failed ({status})"
+        ));
+    }
+    let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("{}: no instruction total", out.display()))
+}
