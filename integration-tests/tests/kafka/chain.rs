@@ -1,6 +1,6 @@
 //! Hops between services are one trace: parents, span kinds and messaging attributes
-//! along a chain over two topics, link mode at a trust boundary, and the
-//! `ThreadedProducer` context.
+//! along a chain over two topics, link mode at a trust boundary, the `ThreadedProducer`
+//! context, and the trace a send returns to its caller.
 
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::message::Message;
@@ -196,8 +196,57 @@ async fn threaded_producer_is_traced_too(broker: Broker) {
     assert_eq!(text(send, "messaging.client.id"), Some("threaded-gateway"));
 }
 
+/// `TracedProducer::send` returns the context the message carries: its trace id and span
+/// id are the send span's, and the consumer's process span is in that trace, the send
+/// span its parent. Both for a send inside a request and for one that starts a trace.
+async fn send_returns_the_trace_it_started(broker: Broker) {
+    let spans = SpanCollector::new();
+    let (gateway, worker) = (service(&spans, "gateway"), service(&spans, "worker"));
+    let topic = broker.topic("sent", 1).await;
+    let producer = broker.producer(&gateway);
+    let in_request =
+        deliver_in_request(&producer, FutureRecord::to(&topic).key("req").payload("a")).await;
+    let alone = deliver(&producer, FutureRecord::to(&topic).key("root").payload("b")).await;
+    assert_ne!(in_request.trace_id(), alone.trace_id());
+    assert!(alone.span_context().is_valid());
+
+    let task = spawn_run(
+        broker.consumer(&worker, &topic, &unique("sent")).limit(2),
+        |_m| async { Ok::<_, String>(()) },
+    );
+    finish(task, "consumer").await.1.expect("consumer loop");
+
+    let all = spans.records();
+    let request = one(&all, "gateway", "handle_request");
+    let send_op = format!("send {topic}");
+    let process_op = format!("process {topic}");
+    for (sent, key) in [(&in_request, "req"), (&alone, "root")] {
+        let send = crate::for_key(&all, "gateway", &send_op, key);
+        let process = crate::for_key(&all, "worker", &process_op, key);
+        let ([send], [process]) = (send.as_slice(), process.as_slice()) else {
+            panic!("one send and one process span for {key}: {all:#?}");
+        };
+        assert_eq!(sent.trace_id().to_string(), send.trace_id, "{key}");
+        assert_eq!(
+            sent.span_context().span_id().to_string(),
+            send.span_id,
+            "{key}"
+        );
+        assert_eq!(sent.trace_id().to_string(), process.trace_id, "{key}");
+        assert_child(process, send);
+        assert_eq!(offset_of(send), Some(sent.offset));
+    }
+    assert_eq!(in_request.trace_id().to_string(), request.trace_id);
+    assert_eq!(
+        crate::for_key(&all, "gateway", &send_op, "root")[0].parent_span_id,
+        None,
+        "a send outside any span starts the trace"
+    );
+}
+
 on_both_brokers!(
     chain_over_two_topics_is_one_trace,
     link_mode_links_instead_of_adopting,
     threaded_producer_is_traced_too,
+    send_returns_the_trace_it_started,
 );

@@ -11,6 +11,7 @@
 //!   panicking handler.
 //! - [`batch`]: batch spans and links, forwarding only a batch's failed messages.
 //! - [`groups`]: a consumer group of two members.
+//! - [`closing`]: dropping or closing a consumer does not block the async worker.
 //!
 //! Run one side with a filter: `cargo test ... --test kafka mock::` or `tansu::`.
 #![cfg(feature = "kafka")]
@@ -66,6 +67,7 @@ macro_rules! on_both_brokers {
 
 mod batch;
 mod chain;
+mod closing;
 mod failures;
 mod groups;
 mod headers;
@@ -335,4 +337,12 @@ fn key_of(span: &SpanRecord) -> Option<&str> {
 /// `messaging.kafka.offset`.
 fn offset_of(span: &SpanRecord) -> Option<i64> {
     spans::int(span, "messaging.kafka.offset")
+}
+
+/// The spans of `service` named `op` for the message with `key`.
+fn for_key<'a>(all: &'a [SpanRecord], service: &str, op: &str, key: &str) -> Vec<&'a SpanRecord> {
+    spans::find(all, service, op)
+        .into_iter()
+        .filter(|s| key_of(s) == Some(key))
+        .collect()
 }
