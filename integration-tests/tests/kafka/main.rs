@@ -39,11 +39,13 @@ use tracehop_integration_tests::{kafka_brokers, spans, unique};
 /// Each named scenario (an `async fn(Broker)` of the calling module) as a test against
 /// MockCluster (module `mock`) and one against the external broker (module `tansu`), on
 /// a multi-thread runtime, or on the runtime flavor given first (`flavor = "..."; ...`).
+/// Attributes before a name (`#[ignore = "why"]`) go on both of its tests.
 macro_rules! on_both_brokers {
-    (flavor = $flavor:literal; $($scenario:ident),* $(,)?) => {
+    (flavor = $flavor:literal; $($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
         /// Against `rdkafka::mocking::MockCluster`, in process.
         mod mock {
             $(
+                $(#[$attr])*
                 #[tokio::test(flavor = $flavor)]
                 async fn $scenario() {
                     super::$scenario(crate::Broker::mock()).await
@@ -53,6 +55,7 @@ macro_rules! on_both_brokers {
         /// Against the external broker at `TRACEHOP_KAFKA_BROKERS` (tansu in CI).
         mod tansu {
             $(
+                $(#[$attr])*
                 #[tokio::test(flavor = $flavor)]
                 async fn $scenario() {
                     super::$scenario(crate::Broker::tansu()).await
@@ -60,8 +63,8 @@ macro_rules! on_both_brokers {
             )*
         }
     };
-    ($($scenario:ident),* $(,)?) => {
-        on_both_brokers!(flavor = "multi_thread"; $($scenario),*);
+    ($($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
+        on_both_brokers!(flavor = "multi_thread"; $($(#[$attr])* $scenario),*);
     };
 }
 
