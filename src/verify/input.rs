@@ -1,106 +1,170 @@
 //! Reading verification input: span journals and OTLP JSON, from files or standard input.
+//!
+//! Journals are read a line at a time (the file is never held in memory) straight into
+//! compact [`Spans`]; a file whose first line is not a JSON value (a pretty-printed OTLP
+//! document) is read whole.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 use serde_json::Value;
 
 use super::otlp_json;
-use crate::journal::{self, Malformed, ReadReport};
+use super::parse::{journal_line, LineOutcome};
+use super::store::{Detail, Spans};
+use crate::journal::Malformed;
 use crate::{Error, Result};
 
 const OTLP_MARKER: &[u8] = b"\"resourceSpans\"";
 
-/// Read every file in `paths` (`-` is standard input) as span journal lines or OTLP JSON,
-/// in any mix. A file that cannot be read is an error; lines that are not spans are
-/// counted in [`ReadReport::malformed`] with file and line.
-pub fn read_files<P: AsRef<Path>>(paths: &[P]) -> Result<ReadReport> {
-    let mut report = ReadReport::default();
-    for path in paths {
-        let (name, bytes) = read_path(path.as_ref())?;
-        merge(&mut report, read_bytes(&name, &bytes));
-    }
-    Ok(report)
+/// What reading produced: the spans, and the lines that were not spans.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// Every span read, compact, in input order.
+    pub spans: Spans,
+    /// Lines that were not spans, with where they were.
+    pub malformed: Vec<Malformed>,
+    /// Well-formed events that are not finished spans (`span_started`, log lines), skipped.
+    pub skipped: usize,
 }
 
-/// The contents of `path` (`-` is standard input) and the name to report it by.
-fn read_path(path: &Path) -> Result<(String, Vec<u8>)> {
-    let name = path.display().to_string();
-    let mut bytes = Vec::new();
-    let result = if name == "-" {
-        io::stdin().lock().read_to_end(&mut bytes).map(|_| ())
-    } else {
-        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes).map(|_| ()))
-    };
-    match result {
-        Ok(()) => Ok((name, bytes)),
-        Err(source) => Err(Error::JournalIo { path: name, source }),
-    }
-}
-
-/// Add `more` to `report`.
-fn merge(report: &mut ReadReport, more: ReadReport) {
-    report.spans.extend(more.spans);
-    report.malformed.extend(more.malformed);
-    report.skipped += more.skipped;
-}
-
-/// Read span journal lines and OTLP JSON from memory; `source` names it in
-/// [`Malformed`] entries.
-///
-/// OTLP JSON may be one document per line (the Collector's file exporter) or a single
-/// pretty-printed document.
-pub fn read_bytes(source: &str, bytes: &[u8]) -> ReadReport {
-    if !contains(bytes, OTLP_MARKER) {
-        return read_journal(source, bytes);
-    }
-    // One document spread over many lines.
-    if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
-        if otlp_json::is_otlp(&doc) {
-            let mut report = ReadReport::default();
-            add_otlp(&mut report, source, 1, &doc);
-            return report;
+impl Input {
+    /// Nothing read yet; spans will be kept with `detail`.
+    pub fn new(detail: Detail) -> Input {
+        Input {
+            spans: Spans::new(detail),
+            ..Input::default()
         }
     }
-    // Line by line: OTLP lines are converted here and blanked for the journal reader, which
-    // keeps line numbers.
-    let mut report = ReadReport::default();
-    let mut rest = Vec::with_capacity(bytes.len());
-    for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
-        if contains(line, OTLP_MARKER) {
-            if let Ok(doc) = serde_json::from_slice::<Value>(line) {
+
+    /// Add what `more` read.
+    pub fn append(&mut self, more: Input) {
+        self.spans.append(more.spans);
+        self.malformed.extend(more.malformed);
+        self.skipped += more.skipped;
+    }
+
+    fn line(&mut self, source: &str, line: usize, bytes: &[u8]) {
+        if contains(bytes, OTLP_MARKER) {
+            if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
                 if otlp_json::is_otlp(&doc) {
-                    add_otlp(&mut report, source, i + 1, &doc);
-                    rest.push(b'\n');
-                    continue;
+                    self.otlp(source, line, &doc);
+                    return;
                 }
             }
         }
-        rest.extend_from_slice(line);
+        match journal_line(bytes, &mut self.spans) {
+            LineOutcome::Span | LineOutcome::Blank => {}
+            LineOutcome::Skipped => self.skipped += 1,
+            LineOutcome::Malformed(error) => self.malformed.push(Malformed {
+                source: source.to_owned(),
+                line,
+                error,
+            }),
+        }
     }
-    let journal = read_journal(source, &rest);
-    merge(&mut report, journal);
-    report.malformed.sort_by_key(|m| m.line);
-    report
+
+    fn otlp(&mut self, source: &str, line: usize, doc: &Value) {
+        let (records, errors) = otlp_json::spans(doc);
+        self.spans.extend_records(&records);
+        self.malformed
+            .extend(errors.into_iter().map(|error| Malformed {
+                source: source.to_owned(),
+                line,
+                error: format!("OTLP span not read: {error}"),
+            }));
+    }
+
+    /// Read `bytes` from `source`: one document (pretty-printed OTLP) or lines.
+    fn bytes(&mut self, source: &str, bytes: &[u8]) {
+        if contains(bytes, OTLP_MARKER) {
+            if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
+                if otlp_json::is_otlp(&doc) {
+                    self.otlp(source, 1, &doc);
+                    return;
+                }
+            }
+        }
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            self.line(source, i + 1, line);
+        }
+    }
+
+    /// Read lines from `reader`; a first line that is not a JSON value (the start of a
+    /// pretty-printed document) makes it read the rest whole.
+    fn stream(&mut self, source: &str, mut reader: impl BufRead) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(4096);
+        let mut line_no = 0;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            if line_no == 1 && starts_a_document(&buf) {
+                reader.read_to_end(&mut buf)?;
+                self.bytes(source, &buf);
+                return Ok(());
+            }
+            self.line(source, line_no, &buf);
+        }
+    }
 }
 
-fn read_journal(source: &str, bytes: &[u8]) -> ReadReport {
-    // Reading from memory cannot fail.
-    journal::read_reader(source, bytes).unwrap_or_default()
+/// A first line that opens a JSON object or array it does not close.
+fn starts_a_document(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    (text.starts_with('{') || text.starts_with('['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
 }
 
-fn add_otlp(report: &mut ReadReport, source: &str, line: usize, doc: &Value) {
-    let (spans, errors) = otlp_json::spans(doc);
-    report.spans.extend(spans);
-    report
-        .malformed
-        .extend(errors.into_iter().map(|error| Malformed {
-            source: source.to_owned(),
-            line,
-            error: format!("OTLP span not read: {error}"),
-        }));
+/// Read every file in `paths` (`-` is standard input) as span journal lines or OTLP JSON,
+/// in any mix, keeping every detail of each span. A file that cannot be read is an error;
+/// lines that are not spans are counted in [`Input::malformed`] with file and line.
+pub fn read_files<P: AsRef<Path>>(paths: &[P]) -> Result<Input> {
+    read_files_with(paths, Detail::Full)
+}
+
+/// [`read_files`], keeping `detail` of each span ([`Detail::Lean`] for the least memory).
+pub fn read_files_with<P: AsRef<Path>>(paths: &[P], detail: Detail) -> Result<Input> {
+    let mut input = Input::new(detail);
+    for path in paths {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let io_err = |source: io::Error| Error::JournalIo {
+            path: name.clone(),
+            source,
+        };
+        if name == "-" {
+            input.stream(&name, io::stdin().lock()).map_err(io_err)?;
+        } else {
+            let file = File::open(path).map_err(io_err)?;
+            input
+                .stream(&name, BufReader::with_capacity(1 << 18, file))
+                .map_err(io_err)?;
+        }
+    }
+    Ok(input)
+}
+
+/// Read span journal lines and OTLP JSON from memory, keeping every detail; `source`
+/// names it in [`Malformed`] entries.
+///
+/// OTLP JSON may be one document per line (the Collector's file exporter) or a single
+/// pretty-printed document.
+pub fn read_bytes(source: &str, bytes: &[u8]) -> Input {
+    read_bytes_with(source, bytes, Detail::Full)
+}
+
+/// [`read_bytes`], keeping `detail` of each span.
+pub fn read_bytes_with(source: &str, bytes: &[u8], detail: Detail) -> Input {
+    let mut input = Input::new(detail);
+    input.bytes(source, bytes);
+    input
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
