@@ -190,7 +190,11 @@ fn verdict_text(findings: usize, errors: usize) -> String {
         format!("{findings} finding{}", if findings == 1 { "" } else { "s" })
     };
     if errors > 0 {
-        let _ = write!(text, ", {errors} failed span{}", if errors == 1 { "" } else { "s" });
+        let _ = write!(
+            text,
+            ", {errors} failed span{}",
+            if errors == 1 { "" } else { "s" }
+        );
     }
     text
 }
@@ -265,7 +269,13 @@ fn run_section(
     out.push_str("<svg class=\"links\" aria-hidden=\"true\"></svg></div></section>\n");
 }
 
-fn banner(out: &mut String, run: &[Trace<'_>], by_trace: &ByTrace<'_>, findings: usize, errors: usize) {
+fn banner(
+    out: &mut String,
+    run: &[Trace<'_>],
+    by_trace: &ByTrace<'_>,
+    findings: usize,
+    errors: usize,
+) {
     let class = if findings > 0 { "bad" } else { "ok" };
     let _ = write!(
         out,
@@ -291,7 +301,11 @@ fn banner(out: &mut String, run: &[Trace<'_>], by_trace: &ByTrace<'_>, findings:
                 esc(e.service_name.as_deref().unwrap_or("<no service>")),
                 esc(e.operation_name.as_deref().unwrap_or("<no operation>")),
                 esc(&e.span_id),
-                esc(e.error.as_deref().or(e.error_type.as_deref()).unwrap_or("error"))
+                esc(e
+                    .error
+                    .as_deref()
+                    .or(e.error_type.as_deref())
+                    .unwrap_or("error"))
             );
         }
     }
@@ -344,8 +358,20 @@ fn trace_rows(
     out.push_str("</div>\n");
     for node in trace.nodes() {
         let k = details.len();
-        details.push(detail(&node, self_times[node.index()], on_path[node.index()]));
-        row(out, k, &node, axis, services, on_path[node.index()], &steps[node.index()]);
+        details.push(detail(
+            &node,
+            self_times[node.index()],
+            on_path[node.index()],
+        ));
+        row(
+            out,
+            k,
+            &node,
+            axis,
+            services,
+            on_path[node.index()],
+            &steps[node.index()],
+        );
     }
 }
 
@@ -402,7 +428,10 @@ fn row(
         4 + 14 * node.depth().min(40)
     );
     if children > 0 {
-        let _ = write!(out, "<button class=\"tog\" title=\"collapse {children} children\">▾</button>");
+        let _ = write!(
+            out,
+            "<button class=\"tog\" title=\"collapse {children} children\">▾</button>"
+        );
     } else {
         out.push_str("<span class=\"tog\"></span>");
     }
@@ -425,14 +454,22 @@ fn row(
     if node.is_send() {
         let deliveries = node.children().filter(Node::is_consumer).count();
         if deliveries > 1 {
-            let _ = write!(out, " <span class=\"badge retries\">{deliveries} deliveries</span>");
+            let _ = write!(
+                out,
+                " <span class=\"badge retries\">{deliveries} deliveries</span>"
+            );
         }
     }
     if let Some(n) = node.batch_size() {
         let _ = write!(out, " <span class=\"badge\">batch of {n}</span>");
     }
     if !links.is_empty() {
-        let _ = write!(out, " <span class=\"badge link\">↗ {} link{}</span>", links.len(), if links.len() == 1 { "" } else { "s" });
+        let _ = write!(
+            out,
+            " <span class=\"badge link\">↗ {} link{}</span>",
+            links.len(),
+            if links.len() == 1 { "" } else { "s" }
+        );
     }
     if error {
         out.push_str(" <span class=\"badge error\">error</span>");

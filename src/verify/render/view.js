@@ -118,10 +118,10 @@
       svg.innerHTML = parts.join("");
     });
   }
-  // Very large runs start with deep subtrees collapsed, so the page stays quick.
+  // Very large pages start with subtrees below depth 2 collapsed, so they stay quick.
   if (rows.length > 5000) {
     rows.forEach(function (r) {
-      if (+r.dataset.depth === 3 && r.querySelector("button.tog")) setCollapsed(r, true, true);
+      if (+r.dataset.depth === 2 && r.querySelector("button.tog")) setCollapsed(r, true, true);
     });
   }
   window.addEventListener("resize", drawLinks);
