@@ -45,6 +45,13 @@ fn list(nodes: &[Node<'_>]) -> String {
     nodes.iter().map(describe).collect::<Vec<_>>().join(", ")
 }
 
+/// A consumer span that carried no message: no destination, no links, no children (a
+/// poll that returned nothing, which OpenTelemetry Python's confluent-kafka
+/// instrumentation records as a `recv` span of its own).
+pub(crate) fn received_nothing(node: &Node<'_>) -> bool {
+    node.destination().is_none() && node.links().len() == 0 && node.children().next().is_none()
+}
+
 /// A consumer span of `trace` whose link leads to a send span of another trace in the
 /// input: the trace is a linked continuation of that one.
 pub(crate) fn continues<'a>(trace: &Trace<'a>) -> Option<(Node<'a>, Node<'a>)> {
@@ -216,7 +223,8 @@ fn split(trace: &Trace<'_>, root: &Node<'_>, options: &CheckOptions) -> Option<(
     if root.context_rejected().is_some() || intended_root(root) || entry {
         return None;
     }
-    if continues(trace).is_some() {
+    // A linked continuation of another run; or a poll that consumed nothing (no run).
+    if continues(trace).is_some() || (root.is_consumer() && received_nothing(root)) {
         return None;
     }
     if root.is_consumer() {

@@ -292,6 +292,9 @@ fn delivery<'a>(consumer: &Node<'a>, continued: bool) -> Option<(Option<Node<'a>
     }
     let broken = consumer.context_missing()
         || consumer.context_rejected().is_some()
-        || (consumer.depth() == 0 && !continued && consumer.links().len() == 0);
+        || (consumer.depth() == 0
+            && !continued
+            && consumer.links().len() == 0
+            && !super::rules::received_nothing(consumer));
     broken.then_some((None, true))
 }
