@@ -148,7 +148,7 @@ fn read(input: &Input, detail: Detail) -> Result<Read, String> {
 fn run(input: &Input, task: Task, out: Option<PathBuf>) -> Result<ExitCode, String> {
     // Text output needs only what the rules and trees read; JSON and HTML show every
     // attribute.
-    let detail = if input.json || task == Task::View {
+    let detail = if (input.json && task != Task::Stats) || task == Task::View {
         Detail::Full
     } else {
         Detail::Lean

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
+use std::sync::{mpsc, Mutex};
 
 use serde_json::Value;
 
@@ -86,29 +87,99 @@ impl Input {
                 }
             }
         }
+        self.lines(source, 1, bytes);
+    }
+
+    /// Read the lines of `bytes`, the first being line `first_line`.
+    fn lines(&mut self, source: &str, first_line: usize, bytes: &[u8]) {
         for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            self.line(source, i + 1, line);
+            self.line(source, first_line + i, line);
         }
     }
 
-    /// Read lines from `reader`; a first line that is not a JSON value (the start of a
-    /// pretty-printed document) makes it read the rest whole.
+    /// Read lines from `reader` in blocks, parsed on a thread per core; a first line that
+    /// is not a JSON value (the start of a pretty-printed document) makes it read the
+    /// rest whole.
     fn stream(&mut self, source: &str, mut reader: impl BufRead) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(4096);
-        let mut line_no = 0;
-        loop {
-            buf.clear();
-            if reader.read_until(b'\n', &mut buf)? == 0 {
-                return Ok(());
-            }
-            line_no += 1;
-            if line_no == 1 && starts_a_document(&buf) {
-                reader.read_to_end(&mut buf)?;
-                self.bytes(source, &buf);
-                return Ok(());
-            }
-            self.line(source, line_no, &buf);
+        let mut first = Vec::new();
+        if reader.read_until(b'\n', &mut first)? == 0 {
+            return Ok(());
         }
+        if starts_a_document(&first) {
+            reader.read_to_end(&mut first)?;
+            self.bytes(source, &first);
+            return Ok(());
+        }
+        let before = self.malformed.len();
+        let detail = self.spans.detail();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let (tx, rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(workers * 2);
+        let rx = Mutex::new(rx);
+        let read = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut input = Input::new(detail);
+                        loop {
+                            let next = rx
+                                .lock()
+                                .map_err(|_| ())
+                                .and_then(|rx| rx.recv().map_err(|_| ()));
+                            let Ok((first_line, block)) = next else { break };
+                            input.lines(source, first_line, &block);
+                        }
+                        input.spans.spans.shrink_to_fit();
+                        input
+                    })
+                })
+                .collect();
+            let read = send_blocks(&mut reader, first, &tx);
+            drop(tx);
+            for handle in handles {
+                match handle.join() {
+                    Ok(input) => self.append(input),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            read
+        });
+        self.malformed[before..].sort_by_key(|m| m.line);
+        read
+    }
+}
+
+/// Blocks of ~4 MiB of whole lines, each with the number of its first line.
+fn send_blocks(
+    reader: &mut impl BufRead,
+    first: Vec<u8>,
+    tx: &mpsc::SyncSender<(usize, Vec<u8>)>,
+) -> io::Result<()> {
+    const BLOCK: usize = 1 << 22;
+    let mut line = 1;
+    let mut block = first;
+    loop {
+        while block.len() < BLOCK {
+            let buf = reader.fill_buf()?;
+            if buf.is_empty() {
+                break;
+            }
+            let n = buf.len().min(BLOCK - block.len());
+            block.extend_from_slice(&buf[..n]);
+            reader.consume(n);
+        }
+        if block.is_empty() {
+            return Ok(());
+        }
+        if block.last() != Some(&b'\n') {
+            reader.read_until(b'\n', &mut block)?;
+        }
+        let lines = memchr::memchr_iter(b'\n', &block).count();
+        let next = line + lines.max(1);
+        if tx.send((line, block)).is_err() {
+            return Ok(());
+        }
+        line = next;
+        block = Vec::with_capacity(BLOCK + (1 << 16));
     }
 }
 

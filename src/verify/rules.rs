@@ -45,11 +45,15 @@ fn list(nodes: &[Node<'_>]) -> String {
     nodes.iter().map(describe).collect::<Vec<_>>().join(", ")
 }
 
-/// A consumer span that carried no message: no destination, no links, no children (a
-/// poll that returned nothing, which OpenTelemetry Python's confluent-kafka
-/// instrumentation records as a `recv` span of its own).
+/// A consumer span that carried no message: a consumer by kind alone, with no messaging
+/// attributes, no links and no children (a poll that returned nothing, which
+/// OpenTelemetry Python's confluent-kafka instrumentation records as a `recv` span).
 pub(crate) fn received_nothing(node: &Node<'_>) -> bool {
-    node.destination().is_none() && node.links().len() == 0 && node.children().next().is_none()
+    !node.raw().has(super::store::flag::PROCESS)
+        && node.destination().is_none()
+        && node.messaging_system().is_none()
+        && node.links().len() == 0
+        && node.children().next().is_none()
 }
 
 /// A consumer span of `trace` whose link leads to a send span of another trace in the

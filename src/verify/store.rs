@@ -403,6 +403,8 @@ pub struct Spans {
     pub(crate) trace_slots: FxMap<TraceKey, u32>,
     pub(crate) trace_keys: Vec<TraceKey>,
     pub(crate) detail: Detail,
+    /// The last name interned for each name field (length, index).
+    last_names: [(usize, u32); 5],
 }
 
 impl From<Vec<SpanRecord>> for Spans {
@@ -498,6 +500,7 @@ impl Spans {
     pub fn new(detail: Detail) -> Spans {
         Spans {
             detail,
+            last_names: [(0, NONE); 5],
             ..Spans::default()
         }
     }
@@ -571,7 +574,7 @@ impl Spans {
 
     /// Add the spans of `other` (read with any detail).
     pub fn append(&mut self, other: Spans) {
-        if self.spans.is_empty() && self.detail == other.detail {
+        if self.spans.is_empty() && self.extras.is_empty() && self.detail == other.detail {
             *self = other;
             return;
         }
@@ -583,42 +586,57 @@ impl Spans {
             trace_keys,
             ..
         } = other;
-        let name = |i: u32, me: &mut Interner| names.get(i).map_or(NONE, |s| me.intern(s));
-        let span_key = |k: SpanKey, me: &mut Interner| match k {
-            SpanKey::Text(i) => SpanKey::Text(ids.get(i).map_or(i, |s| me.intern(s))),
-            hex => hex,
-        };
-        let trace_key = |k: TraceKey, me: &mut Interner| match k {
-            TraceKey::Text(i) => TraceKey::Text(ids.get(i).map_or(i, |s| me.intern(s))),
-            hex => hex,
-        };
-        self.spans.reserve(spans.len());
-        for mut span in spans {
-            span.service = name(span.service, &mut self.names);
-            span.operation = name(span.operation, &mut self.names);
-            span.destination = name(span.destination, &mut self.names);
-            span.system = name(span.system, &mut self.names);
-            span.error_type = name(span.error_type, &mut self.names);
-            span.id = span_key(span.id, &mut self.ids);
-            span.parent = span.parent.map(|p| span_key(p, &mut self.ids));
-            let key = trace_key(trace_keys[span.trace as usize], &mut self.ids);
-            span.trace = self.trace_slot(key);
-            if span.extra != NONE {
-                let mut extra = extras[span.extra as usize].clone();
-                let links: Vec<Link> = extra
-                    .links
-                    .iter()
-                    .map(|l| Link {
-                        trace: trace_key(l.trace, &mut self.ids),
-                        span: span_key(l.span, &mut self.ids),
-                        attributes: l.attributes.clone(),
-                    })
-                    .collect();
-                extra.links = links.into();
-                span.extra = self.add_extra(extra);
+        // Each distinct name, id and trace once, not once per span.
+        let name_map: Vec<u32> = names.strings.iter().map(|n| self.names.intern(n)).collect();
+        let id_map: Vec<u32> = ids.strings.iter().map(|n| self.ids.intern(n)).collect();
+        let name = |i: u32| {
+            if i == NONE {
+                NONE
+            } else {
+                name_map[i as usize]
             }
-            self.spans.push(span);
-        }
+        };
+        let span_key = |k: SpanKey| match k {
+            SpanKey::Text(i) => SpanKey::Text(id_map[i as usize]),
+            hex => hex,
+        };
+        let trace_key = |k: TraceKey| match k {
+            TraceKey::Text(i) => TraceKey::Text(id_map[i as usize]),
+            hex => hex,
+        };
+        let slot_map: Vec<u32> = trace_keys
+            .iter()
+            .map(|&k| self.trace_slot(trace_key(k)))
+            .collect();
+        let extra_base = self.extras.len() as u32;
+        self.extras.extend(extras.into_iter().map(|mut e| {
+            let links: Vec<Link> = e
+                .links
+                .iter()
+                .map(|l| Link {
+                    trace: trace_key(l.trace),
+                    span: span_key(l.span),
+                    attributes: l.attributes.clone(),
+                })
+                .collect();
+            e.links = links.into();
+            e
+        }));
+        self.spans.reserve_exact(spans.len());
+        self.spans.extend(spans.into_iter().map(|mut span| {
+            span.service = name(span.service);
+            span.operation = name(span.operation);
+            span.destination = name(span.destination);
+            span.system = name(span.system);
+            span.error_type = name(span.error_type);
+            span.id = span_key(span.id);
+            span.parent = span.parent.map(span_key);
+            span.trace = slot_map[span.trace as usize];
+            if span.extra != NONE {
+                span.extra += extra_base;
+            }
+            span
+        }));
     }
 
     fn trace_slot(&mut self, key: TraceKey) -> u32 {
@@ -636,8 +654,21 @@ impl Spans {
         i
     }
 
-    fn name(&mut self, name: Option<&str>) -> u32 {
-        name.map_or(NONE, |n| self.names.intern(n))
+    fn name(&mut self, name: Option<&str>, field: usize) -> u32 {
+        let Some(name) = name else { return NONE };
+        // Lines of one journal mostly repeat the previous line's names.
+        let (last, i) = self.last_names[field];
+        if i != NONE
+            && self
+                .names
+                .get(i)
+                .is_some_and(|n| n.len() == last && n == name)
+        {
+            return i;
+        }
+        let i = self.names.intern(name);
+        self.last_names[field] = (name.len(), i);
+        i
     }
 
     /// Add one span from the fields a reader found.
@@ -703,11 +734,11 @@ impl Spans {
             id,
             parent,
             trace,
-            service: self.name(f.service),
-            operation: self.name(f.operation),
-            destination: self.name(k.destination.as_deref()),
-            system: self.name(k.system.as_deref()),
-            error_type: self.name(k.error_type.as_deref()),
+            service: self.name(f.service, 0),
+            operation: self.name(f.operation, 1),
+            destination: self.name(k.destination.as_deref(), 2),
+            system: self.name(k.system.as_deref(), 3),
+            error_type: self.name(k.error_type.as_deref(), 4),
             attempt: small(k.attempt),
             batch: small(k.batch),
             extra,
