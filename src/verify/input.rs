@@ -47,7 +47,7 @@ impl Input {
     }
 
     fn line(&mut self, source: &str, line: usize, bytes: &[u8]) {
-        if contains(bytes, OTLP_MARKER) {
+        if contains_otlp(bytes) {
             if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
                 if otlp_json::is_otlp(&doc) {
                     self.otlp(source, line, &doc);
@@ -79,7 +79,7 @@ impl Input {
 
     /// Read `bytes` from `source`: one document (pretty-printed OTLP) or lines.
     fn bytes(&mut self, source: &str, bytes: &[u8]) {
-        if contains(bytes, OTLP_MARKER) {
+        if contains_otlp(bytes) {
             if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
                 if otlp_json::is_otlp(&doc) {
                     self.otlp(source, 1, &doc);
@@ -87,14 +87,24 @@ impl Input {
                 }
             }
         }
-        self.lines(source, 1, bytes);
+        let _ = self.lines(source, 1, bytes);
     }
 
-    /// Read the lines of `bytes`, the first being line `first_line`.
-    fn lines(&mut self, source: &str, first_line: usize, bytes: &[u8]) {
-        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            self.line(source, first_line + i, line);
+    /// Read the lines of `bytes`, the first being line `first_line`; returns how many
+    /// lines there were.
+    fn lines(&mut self, source: &str, first_line: usize, bytes: &[u8]) -> usize {
+        let mut start = 0;
+        let mut line = first_line;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            self.line(source, line, &bytes[start..end]);
+            start = end + 1;
+            line += 1;
         }
+        if start < bytes.len() {
+            self.line(source, line, &bytes[start..]);
+            line += 1;
+        }
+        line - first_line
     }
 
     /// Read lines from `reader` in blocks, parsed on a thread per core; a first line that
@@ -110,54 +120,79 @@ impl Input {
             self.bytes(source, &first);
             return Ok(());
         }
-        let before = self.malformed.len();
         let detail = self.spans.detail();
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let (tx, rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(workers * 2);
         let rx = Mutex::new(rx);
-        let read = std::thread::scope(|scope| {
+        // Per block: its number, its lines, and the malformed lines it added (numbered
+        // from 1 in the block until every block's length is known).
+        type Blocks = Vec<(usize, usize, std::ops::Range<usize>)>;
+        let (read, parts) = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
                         let mut input = Input::new(detail);
+                        let mut blocks: Blocks = Vec::new();
                         loop {
                             let next = rx
                                 .lock()
                                 .map_err(|_| ())
                                 .and_then(|rx| rx.recv().map_err(|_| ()));
-                            let Ok((first_line, block)) = next else { break };
-                            input.lines(source, first_line, &block);
+                            let Ok((seq, block)) = next else { break };
+                            let before = input.malformed.len();
+                            let lines = input.lines(source, 1, &block);
+                            blocks.push((seq, lines, before..input.malformed.len()));
                         }
                         input.spans.spans.shrink_to_fit();
-                        input
+                        (input, blocks)
                     })
                 })
                 .collect();
             let read = send_blocks(&mut reader, first, &tx);
             drop(tx);
-            for handle in handles {
-                match handle.join() {
-                    Ok(input) => self.append(input),
-                    Err(panic) => std::panic::resume_unwind(panic),
+            let parts: Vec<(Input, Blocks)> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect();
+            (read, parts)
+        });
+        let blocks: usize = parts.iter().map(|(_, b)| b.len()).sum();
+        let mut lines = vec![0; blocks];
+        for (_, b) in &parts {
+            for (seq, n, _) in b {
+                lines[*seq] = *n;
+            }
+        }
+        let mut first_line = vec![1; blocks];
+        for seq in 1..blocks {
+            first_line[seq] = first_line[seq - 1] + lines[seq - 1];
+        }
+        let before = self.malformed.len();
+        for (mut input, b) in parts {
+            for (seq, _, range) in b {
+                for m in &mut input.malformed[range] {
+                    m.line += first_line[seq] - 1;
                 }
             }
-            read
-        });
+            self.append(input);
+        }
         self.malformed[before..].sort_by_key(|m| m.line);
         read
     }
 }
 
-/// Blocks of ~4 MiB of whole lines, each with the number of its first line.
+/// Blocks of ~4 MiB of whole lines, numbered.
 fn send_blocks(
     reader: &mut impl BufRead,
     first: Vec<u8>,
     tx: &mpsc::SyncSender<(usize, Vec<u8>)>,
 ) -> io::Result<()> {
     const BLOCK: usize = 1 << 22;
-    let mut line = 1;
     let mut block = first;
-    loop {
+    for seq in 0.. {
         while block.len() < BLOCK {
             let buf = reader.fill_buf()?;
             if buf.is_empty() {
@@ -168,19 +203,17 @@ fn send_blocks(
             reader.consume(n);
         }
         if block.is_empty() {
-            return Ok(());
+            break;
         }
         if block.last() != Some(&b'\n') {
             reader.read_until(b'\n', &mut block)?;
         }
-        let lines = memchr::memchr_iter(b'\n', &block).count();
-        let next = line + lines.max(1);
-        if tx.send((line, block)).is_err() {
-            return Ok(());
+        if tx.send((seq, block)).is_err() {
+            break;
         }
-        line = next;
         block = Vec::with_capacity(BLOCK + (1 << 16));
     }
+    Ok(())
 }
 
 /// A first line that opens a JSON object or array it does not close.
@@ -236,6 +269,9 @@ pub fn read_bytes_with(source: &str, bytes: &[u8], detail: Detail) -> Input {
     input
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
+/// Whether `haystack` mentions `"resourceSpans"` (an OTLP document).
+fn contains_otlp(haystack: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(OTLP_MARKER));
+    FINDER.find(haystack).is_some()
 }

@@ -134,20 +134,44 @@ pub(crate) enum TraceKey {
     Text(u32),
 }
 
+/// The value of each lowercase hex digit; 0xff for any other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+fn hex64(bytes: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    let mut bad = 0u8;
+    for &b in bytes {
+        let d = HEX[b as usize];
+        bad |= d;
+        v = (v << 4) | u64::from(d & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(v)
+}
+
+/// `s` as an integer, when it is exactly `digits` lowercase hex digits (16 or 32).
 fn lower_hex(s: &str, digits: usize) -> Option<u128> {
-    if s.len() != digits {
+    let b = s.as_bytes();
+    if b.len() != digits {
         return None;
     }
-    let mut v: u128 = 0;
-    for b in s.bytes() {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u128::from(d);
+    if digits <= 16 {
+        return hex64(b).map(u128::from);
     }
-    Some(v)
+    let (high, low) = b.split_at(digits - 16);
+    Some((u128::from(hex64(high)?) << 64) | u128::from(hex64(low)?))
 }
 
 impl SpanKey {
@@ -231,6 +255,24 @@ impl Id<'_> {
                 Cow::Borrowed(&s[..len])
             }
             _ => self.as_str(),
+        }
+    }
+}
+
+impl Id<'_> {
+    /// Write [`prefix`](Self::prefix) without allocating.
+    pub(crate) fn write_prefix(
+        &self,
+        f: &mut std::fmt::Formatter<'_>,
+        len: usize,
+    ) -> std::fmt::Result {
+        match self.0 {
+            IdRepr::Hex64(v) if len < 16 => write!(f, "{:0len$x}", v >> ((16 - len) * 4)),
+            IdRepr::Hex128(v) if len < 32 => write!(f, "{:0len$x}", v >> ((32 - len) * 4)),
+            IdRepr::Text(s) if s.len() > len && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                f.write_str(&s[..len])
+            }
+            _ => write!(f, "{self}"),
         }
     }
 }

@@ -434,3 +434,72 @@ fn deep_chains_stop_indenting_and_say_their_depth() {
     assert!(line("s32").starts_with(&format!("{}svc op_s32", " ".repeat(64))));
     assert!(line("s39").starts_with(&format!("{}(depth 39) svc op_s39", " ".repeat(64))));
 }
+
+#[test]
+fn a_journal_read_in_blocks_on_several_threads_keeps_line_numbers_and_every_span() {
+    // ~9 MB: three blocks of 4 MiB, parsed by several workers.
+    let mut text = String::new();
+    let mut expected_bad = Vec::new();
+    for i in 1..=90_000u64 {
+        if i == 3 || i == 45_001 || i == 89_999 {
+            text.push_str("not json\n");
+            expected_bad.push(i as usize);
+            continue;
+        }
+        let parent = if i == 1 {
+            String::new()
+        } else {
+            format!(r#","parent_span_id":"{:016x}""#, 1)
+        };
+        text.push_str(&format!(
+            r#"{{"trace_id":"{:032x}","span_id":"{i:016x}"{parent},"service_name":"svc{}","operation_name":"op","latency_ms":1,"status":"ok","attributes":{{"padding":"{}"}}}}"#,
+            7,
+            i % 3,
+            "x".repeat(40)
+        ));
+        text.push('\n');
+    }
+    let path = std::env::temp_dir().join(format!("tracehop-blocks-{}.jsonl", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let input = read_files_with(&[&path], Detail::Lean).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<usize> = input.malformed.iter().map(|m| m.line).collect();
+    assert_eq!(lines, expected_bad);
+    assert_eq!(input.spans.len(), 90_000 - 3);
+    let traces = Traces::from_spans(input.spans);
+    assert_eq!(traces.len(), 1);
+    let trace = traces.iter().next().unwrap();
+    assert_eq!(trace.roots().count(), 1);
+    assert_eq!(trace.services(), ["svc0", "svc1", "svc2"]);
+    assert_eq!(trace.node(0).children().count(), 90_000 - 4);
+}
+
+#[test]
+fn the_fast_time_parser_agrees_with_the_general_one() {
+    for text in [
+        "2026-03-21T15:17:00Z",
+        "2026-03-21T15:17:00.1Z",
+        "2026-03-21T15:17:00.123456789Z",
+        "2024-02-29T23:59:59.999999999Z",
+        "1970-01-01T00:00:00Z",
+        "2100-12-31T00:00:00.000001Z",
+    ] {
+        let line =
+            format!(r#"{{"trace_id":"t","span_id":"s","start_time":"{text}","latency_ms":0}}"#);
+        let input = read_bytes("t", line.as_bytes());
+        let traces = Traces::from_spans(input.spans);
+        let start = traces.iter().next().unwrap().node(0).start();
+        assert_eq!(start, crate::time::parse_rfc3339(text), "{text}");
+    }
+    // Not in the fast form: read by the general parser, or reported.
+    let input = read_bytes(
+        "t",
+        br#"{"trace_id":"t","span_id":"s","start_time":"2026-03-21 15:17:00"}"#,
+    );
+    assert_eq!(input.spans.len(), 1);
+    let input = read_bytes(
+        "t",
+        br#"{"trace_id":"t","span_id":"s","start_time":"yesterday"}"#,
+    );
+    assert_eq!(input.malformed.len(), 1);
+}

@@ -63,18 +63,42 @@ pub(crate) fn shorten(id: &str, len: usize) -> &str {
 /// A duration in milliseconds (`18ms`, `12.5ms`, `0.42ms`, `0.004ms`), or seconds from one second up
 /// (`1.3s`).
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    let (text, unit) = if ms >= 1000.0 {
-        (format!("{:.2}", ms / 1000.0), "s")
-    } else if ms >= 1.0 {
-        (format!("{ms:.1}"), "ms")
-    } else if ms >= 0.01 {
-        (format!("{ms:.2}"), "ms")
+    let mut out = String::with_capacity(10);
+    push_duration(&mut out, d);
+    out
+}
+
+/// [`format_duration`] into `out`, in integer arithmetic (rounding half to even), without
+/// allocating: the text tree writes one per span.
+pub(crate) fn push_duration(out: &mut String, d: Duration) {
+    use std::fmt::Write as _;
+    let ns = d.as_nanos();
+    // (nanoseconds per unit, decimals kept, unit)
+    let (per, decimals, unit) = if ns >= 1_000_000_000 {
+        (1_000_000_000u128, 2u32, "s")
+    } else if ns >= 1_000_000 {
+        (1_000_000, 1, "ms")
+    } else if ns >= 10_000 {
+        (1_000_000, 2, "ms")
     } else {
-        (format!("{ms:.3}"), "ms")
+        (1_000_000, 3, "ms")
     };
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    format!("{text}{unit}")
+    let step = per / 10u128.pow(decimals);
+    let (mut q, r) = (ns / step, ns % step);
+    if r * 2 > step || (r * 2 == step && q % 2 == 1) {
+        q += 1;
+    }
+    let scale = 10u128.pow(decimals);
+    let (whole, mut frac, mut digits) = (q / scale, q % scale, decimals);
+    while digits > 0 && frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    if digits == 0 {
+        let _ = write!(out, "{whole}{unit}");
+    } else {
+        let _ = write!(out, "{whole}.{frac:0width$}{unit}", width = digits as usize);
+    }
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {

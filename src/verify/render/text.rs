@@ -1,5 +1,6 @@
 //! The text tree and the findings list, written line by line.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -23,29 +24,29 @@ pub(crate) struct Paint {
 }
 
 impl Paint {
-    fn wrap(&self, code: &str, text: &str) -> String {
+    fn wrap<'t>(&self, code: &str, text: &'t str) -> Cow<'t, str> {
         if self.on {
-            format!("\x1b[{code}m{text}\x1b[0m")
+            Cow::Owned(format!("\x1b[{code}m{text}\x1b[0m"))
         } else {
-            text.to_owned()
+            Cow::Borrowed(text)
         }
     }
-    fn bold(&self, t: &str) -> String {
+    fn bold<'t>(&self, t: &'t str) -> Cow<'t, str> {
         self.wrap("1", t)
     }
-    fn dim(&self, t: &str) -> String {
+    fn dim<'t>(&self, t: &'t str) -> Cow<'t, str> {
         self.wrap("2", t)
     }
-    fn red(&self, t: &str) -> String {
+    fn red<'t>(&self, t: &'t str) -> Cow<'t, str> {
         self.wrap("31", t)
     }
-    fn green(&self, t: &str) -> String {
+    fn green<'t>(&self, t: &'t str) -> Cow<'t, str> {
         self.wrap("32", t)
     }
-    fn yellow(&self, t: &str) -> String {
+    fn yellow<'t>(&self, t: &'t str) -> Cow<'t, str> {
         self.wrap("33", t)
     }
-    fn cyan(&self, t: &str) -> String {
+    fn cyan<'t>(&self, t: &'t str) -> Cow<'t, str> {
         self.wrap("36", t)
     }
 }
@@ -393,27 +394,38 @@ fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint) {
     } else {
         p.bold(operation_of(&node))
     };
-    let parent = match node.parent_span_id() {
-        None => "-".to_owned(),
-        Some(id) if node.parent_missing() => p.yellow(&format!("{} (missing)", id.prefix(len))),
-        Some(id) if node.in_cycle() => p.yellow(&format!("{} (loop)", id.prefix(len))),
-        Some(id) => id_text(id, len),
-    };
-    let latency = node
-        .duration()
-        .map_or_else(|| "latency=?".to_owned(), format_duration);
-    let _ = write!(
-        out,
-        "{service} {operation} span {} parent={parent} {latency}",
-        p.dim(&id_text(node.span_id(), len))
-    );
+    let _ = write!(out, "{service} {operation} span ");
+    if p.on {
+        out.push_str(&p.dim(&id_text(node.span_id(), len)));
+    } else {
+        let _ = write!(out, "{}", Prefix(node.span_id(), len));
+    }
+    out.push_str(" parent=");
+    match node.parent_span_id() {
+        None => out.push('-'),
+        Some(id) if node.parent_missing() => {
+            out.push_str(&p.yellow(&format!("{} (missing)", id.prefix(len))));
+        }
+        Some(id) if node.in_cycle() => {
+            out.push_str(&p.yellow(&format!("{} (loop)", id.prefix(len))))
+        }
+        Some(id) => {
+            let _ = write!(out, "{}", Prefix(id, len));
+        }
+    }
+    out.push(' ');
+    match node.duration() {
+        Some(d) => super::push_duration(out, d),
+        None => out.push_str("latency=?"),
+    }
     if let Some(q) = node.queue_time() {
-        let _ = write!(out, " queue={}", format_duration(q));
+        out.push_str(" queue=");
+        super::push_duration(out, q);
     }
     let status = match node.status() {
         Status::Ok => p.green("ok"),
         Status::Error => p.red("error"),
-        Status::Unset => "unset".to_owned(),
+        Status::Unset => Cow::Borrowed("unset"),
     };
     let _ = write!(out, " status={status}");
     if let Some(error) = node.error() {
@@ -426,20 +438,36 @@ fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint) {
         let _ = write!(out, " batch={n}");
     }
     if node.links().len() > 0 {
-        let links: Vec<String> = node
-            .links()
-            .map(|l| format!("{}/{}", l.trace_id().prefix(8), l.span_id().prefix(len)))
-            .collect();
-        let _ = write!(out, " links={}", links.join(","));
+        out.push_str(" links=");
+        for (i, l) in node.links().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{}/{}",
+                Prefix(l.trace_id(), 8),
+                Prefix(l.span_id(), len)
+            );
+        }
     }
     if let Some(why) = node.context_rejected() {
         let _ = write!(out, " {}", p.yellow(&format!("context=rejected({why})")));
     } else if node.context_missing() {
         let _ = write!(out, " {}", p.yellow("context=missing"));
     } else if node.context_linked() {
-        let _ = write!(out, " context=linked");
+        out.push_str(" context=linked");
     }
     out.push('\n');
+}
+
+/// An id shortened as the tree shows it, written without an intermediate string.
+struct Prefix<'a>(Id<'a>, usize);
+
+impl std::fmt::Display for Prefix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.write_prefix(f, self.1)
+    }
 }
 
 /// One line per finding and failed span, for `check`: rule, spans (with service and
