@@ -153,14 +153,28 @@ fn run(input: &Input, task: Task, out: Option<PathBuf>) -> Result<ExitCode, Stri
     } else {
         Detail::Lean
     };
+    // TRACEHOP_TIMINGS=1: how long each phase took, on standard error.
+    let timings = std::env::var_os("TRACEHOP_TIMINGS").is_some();
+    let started = std::time::Instant::now();
+    let phase = |what: &str| {
+        if timings {
+            eprintln!(
+                "tracehop: {what} done at {:.3} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
     let mut read = read(input, detail)?;
+    phase("reading");
     let span_lines = read.spans.len();
     let traces = Traces::from_spans(std::mem::take(&mut read.spans));
+    phase("stitching");
     let options = input
         .entry
         .iter()
         .fold(CheckOptions::new(), |o, e| o.entry(e.clone()));
     let report = traces.check(&options);
+    phase("checking");
     let color = !input.no_color
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stdout().is_terminal();
@@ -205,7 +219,9 @@ fn run(input: &Input, task: Task, out: Option<PathBuf>) -> Result<ExitCode, Stri
             render::write_findings(&mut w, &traces, &report, &render_options)
         }
     };
-    if let Err(e) = written.and_then(|()| w.flush()) {
+    let written = written.and_then(|()| w.flush());
+    phase("writing");
+    if let Err(e) = written {
         // A closed pipe (`| head`) is not worth an error message.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(format!("writing output: {e}"));

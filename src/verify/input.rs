@@ -5,7 +5,7 @@
 //! document) is read whole.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{mpsc, Mutex};
 
@@ -110,12 +110,14 @@ impl Input {
     /// Read lines from `reader` in blocks, parsed on a thread per core; a first line that
     /// is not a JSON value (the start of a pretty-printed document) makes it read the
     /// rest whole.
-    fn stream(&mut self, source: &str, mut reader: impl BufRead) -> io::Result<()> {
-        let mut first = Vec::new();
-        if reader.read_until(b'\n', &mut first)? == 0 {
+    fn stream(&mut self, source: &str, mut reader: impl Read) -> io::Result<()> {
+        let mut first = Vec::with_capacity(BLOCK + (1 << 16));
+        (&mut reader).take(BLOCK as u64).read_to_end(&mut first)?;
+        if first.is_empty() {
             return Ok(());
         }
-        if starts_a_document(&first) {
+        let first_line = memchr::memchr(b'\n', &first).unwrap_or(first.len());
+        if starts_a_document(&first[..first_line]) {
             reader.read_to_end(&mut first)?;
             self.bytes(source, &first);
             return Ok(());
@@ -140,6 +142,8 @@ impl Input {
                                 .and_then(|rx| rx.recv().map_err(|_| ()));
                             let Ok((seq, block)) = next else { break };
                             let before = input.malformed.len();
+                            // A journal line is a few hundred bytes.
+                            input.spans.spans.reserve(block.len() / 256);
                             let lines = input.lines(source, 1, &block);
                             blocks.push((seq, lines, before..input.malformed.len()));
                         }
@@ -184,36 +188,45 @@ impl Input {
     }
 }
 
-/// Blocks of ~4 MiB of whole lines, numbered.
+const BLOCK: usize = 1 << 22;
+
+/// Blocks of ~4 MiB of whole lines, numbered, read straight into their buffers.
 fn send_blocks(
-    reader: &mut impl BufRead,
-    first: Vec<u8>,
+    reader: &mut impl Read,
+    mut block: Vec<u8>,
     tx: &mpsc::SyncSender<(usize, Vec<u8>)>,
 ) -> io::Result<()> {
-    const BLOCK: usize = 1 << 22;
-    let mut block = first;
-    for seq in 0.. {
-        while block.len() < BLOCK {
-            let buf = reader.fill_buf()?;
-            if buf.is_empty() {
-                break;
-            }
-            let n = buf.len().min(BLOCK - block.len());
-            block.extend_from_slice(&buf[..n]);
-            reader.consume(n);
-        }
+    let mut seq = 0;
+    loop {
+        let want = BLOCK.saturating_sub(block.len());
+        let got = reader.take(want as u64).read_to_end(&mut block)?;
         if block.is_empty() {
-            break;
+            return Ok(());
         }
-        if block.last() != Some(&b'\n') {
-            reader.read_until(b'\n', &mut block)?;
-        }
+        let cut = if got < want {
+            block.len()
+        } else {
+            match memchr::memrchr(b'\n', &block) {
+                Some(i) => i + 1,
+                // One line longer than a block: read on.
+                None => {
+                    if reader.take(BLOCK as u64).read_to_end(&mut block)? == 0 {
+                        block.len()
+                    } else {
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut next = Vec::with_capacity(BLOCK + (1 << 16));
+        next.extend_from_slice(&block[cut..]);
+        block.truncate(cut);
         if tx.send((seq, block)).is_err() {
-            break;
+            return Ok(());
         }
-        block = Vec::with_capacity(BLOCK + (1 << 16));
+        seq += 1;
+        block = next;
     }
-    Ok(())
 }
 
 /// A first line that opens a JSON object or array it does not close.
@@ -245,9 +258,7 @@ pub fn read_files_with<P: AsRef<Path>>(paths: &[P], detail: Detail) -> Result<In
             input.stream(&name, io::stdin().lock()).map_err(io_err)?;
         } else {
             let file = File::open(path).map_err(io_err)?;
-            input
-                .stream(&name, BufReader::with_capacity(1 << 18, file))
-                .map_err(io_err)?;
+            input.stream(&name, file).map_err(io_err)?;
         }
     }
     Ok(input)

@@ -22,12 +22,12 @@ impl<'a> Trace<'a> {
         // subtree's), as disjoint intervals start -> end; the largest child's set is
         // reused (small into large), and intervals inside a span's own interval are
         // absorbed once measured, so each interval is measured once.
-        let mut sets: Vec<Option<BTreeMap<i64, i64>>> = (0..range.len()).map(|_| None).collect();
+        let mut sets: Vec<Coverage> = (0..range.len()).map(|_| Coverage::Empty).collect();
         let mut out = vec![Duration::ZERO; range.len()];
         for &g in all.order[range.clone()].iter().rev() {
             let g = g as usize;
             let span = &all.spans[g];
-            let mut set = BTreeMap::new();
+            let mut set = Coverage::Empty;
             let mut child_durations = 0u64;
             for &c in all.child_slice(g) {
                 let c = c as usize;
@@ -36,31 +36,26 @@ impl<'a> Trace<'a> {
                 }
                 child_durations =
                     child_durations.saturating_add(all.spans[c].known_duration().unwrap_or(0));
-                if let Some(mut more) = sets[c - base].take() {
-                    if more.len() > set.len() {
-                        std::mem::swap(&mut set, &mut more);
-                    }
-                    for (s, e) in more {
-                        insert(&mut set, s, e);
-                    }
+                let mut more = std::mem::take(&mut sets[c - base]);
+                if more.len() > set.len() {
+                    std::mem::swap(&mut set, &mut more);
                 }
+                more.drain_into(&mut set);
             }
             out[g - base] = match (span.known_duration(), span.known_start()) {
                 (None, _) => Duration::ZERO,
                 (Some(d), None) => Duration::from_nanos(d.saturating_sub(child_durations)),
                 (Some(d), Some(s)) => {
-                    let covered = measure(&set, s, s.saturating_add(d as i64));
+                    let covered = set.measure(s, s.saturating_add(d as i64));
                     Duration::from_nanos(d.saturating_sub(covered))
                 }
             };
             if let Some(s) = span.known_start() {
                 let e = s.saturating_add(span.known_duration().unwrap_or(0) as i64);
                 let q = s.saturating_sub(span.known_queue().unwrap_or(0) as i64);
-                insert(&mut set, q, e);
+                set.insert(q, e);
             }
-            if !set.is_empty() {
-                sets[g - base] = Some(set);
-            }
+            sets[g - base] = set;
         }
         out
     }
@@ -90,6 +85,64 @@ impl<'a> Trace<'a> {
                     })
                 })
                 .collect(),
+        }
+    }
+}
+
+/// Disjoint intervals: most subtrees' coverage is one interval, kept without allocating.
+#[derive(Debug, Default)]
+enum Coverage {
+    #[default]
+    Empty,
+    One(i64, i64),
+    Many(BTreeMap<i64, i64>),
+}
+
+impl Coverage {
+    fn len(&self) -> usize {
+        match self {
+            Coverage::Empty => 0,
+            Coverage::One(..) => 1,
+            Coverage::Many(m) => m.len(),
+        }
+    }
+
+    fn insert(&mut self, s: i64, e: i64) {
+        if s >= e {
+            return;
+        }
+        match self {
+            Coverage::Empty => *self = Coverage::One(s, e),
+            Coverage::One(a, b) if s <= *b && *a <= e => {
+                *self = Coverage::One(s.min(*a), e.max(*b))
+            }
+            Coverage::One(a, b) => {
+                let mut m = BTreeMap::new();
+                m.insert(*a, *b);
+                insert(&mut m, s, e);
+                *self = Coverage::Many(m);
+            }
+            Coverage::Many(m) => insert(m, s, e),
+        }
+    }
+
+    fn measure(&self, s: i64, e: i64) -> u64 {
+        match self {
+            Coverage::Empty => 0,
+            Coverage::One(a, b) => (e.min(*b) - s.max(*a)).max(0) as u64,
+            Coverage::Many(m) => measure(m, s, e),
+        }
+    }
+
+    fn drain_into(self, other: &mut Coverage) {
+        match self {
+            Coverage::Empty => {}
+            Coverage::One(a, b) => other.insert(a, b),
+            Coverage::Many(m) => {
+                for (a, b) in m {
+                    other.insert(a, b);
+                }
+            }
         }
     }
 }
@@ -154,11 +207,11 @@ pub struct CriticalPath {
 impl CriticalPath {
     /// The spans on the path, each once, in the order they first appear.
     pub fn spans(&self) -> Vec<usize> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = vec![false; self.steps.iter().map(|s| s.index + 1).max().unwrap_or(0)];
         self.steps
             .iter()
             .map(|s| s.index)
-            .filter(|i| seen.insert(*i))
+            .filter(|&i| !std::mem::replace(&mut seen[i], true))
             .collect()
     }
 

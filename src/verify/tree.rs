@@ -75,6 +75,50 @@ fn cmp_trace_keys(a: TraceKey, b: TraceKey, ids: &Interner) -> Ordering {
     }
 }
 
+/// Sort by trace, start (unknown first), then span id: small keys are sorted, then the
+/// spans are moved into place along the permutation's cycles (no second copy of them).
+fn sort_spans(spans: &mut [Span], ids: &Interner) {
+    // NO_TIME is i64::MIN: unknown starts sort first, as `None < Some`.
+    let mut keys: Vec<(u32, i64, u32)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.trace, s.start, i as u32))
+        .collect();
+    keys.sort_unstable();
+    // Ties in trace and start: by span id, as text.
+    let mut i = 0;
+    while i < keys.len() {
+        let mut j = i + 1;
+        while j < keys.len() && keys[j].0 == keys[i].0 && keys[j].1 == keys[i].1 {
+            j += 1;
+        }
+        if j - i > 1 {
+            keys[i..j].sort_by(|a, b| {
+                cmp_text_or_hex_span(spans[a.2 as usize].id, spans[b.2 as usize].id, ids)
+            });
+        }
+        i = j;
+    }
+    // Position p takes the span now at keys[p].2.
+    let mut from: Vec<u32> = keys.into_iter().map(|k| k.2).collect();
+    for start in 0..from.len() {
+        if from[start] as usize == start {
+            continue;
+        }
+        // Follow the cycle: each position takes the span it should have, once.
+        let mut at = start;
+        loop {
+            let next = from[at] as usize;
+            from[at] = at as u32;
+            if next == start {
+                break;
+            }
+            spans.swap(at, next);
+            at = next;
+        }
+    }
+}
+
 /// Unknown times sort first, as `None < Some`.
 fn time_key(t: i64) -> (bool, i64) {
     (t != NO_TIME, t)
@@ -133,12 +177,7 @@ impl Traces {
         drop(rank);
         drop(first_start);
 
-        spans.sort_unstable_by(|a, b| {
-            a.trace
-                .cmp(&b.trace)
-                .then_with(|| time_key(a.start).cmp(&time_key(b.start)))
-                .then_with(|| cmp_text_or_hex_span(a.id, b.id, &ids))
-        });
+        sort_spans(&mut spans, &ids);
         let before = spans.len();
         // The same span read twice sorts next to itself.
         spans.dedup_by(|a, b| a.trace == b.trace && a.id == b.id && a.start == b.start);

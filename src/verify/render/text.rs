@@ -73,13 +73,66 @@ pub fn write_text(
     }
     let by_trace = ByTrace::new(report);
     let runs = traces.continuations();
-    for (i, trace) in traces.iter().enumerate() {
-        if i > 0 {
-            out.write_all(b"\n")?;
+    // Small traces are drawn in batches, a share of each batch per core, and written in
+    // order; a big trace is drawn on this thread and written as it grows.
+    const BIG: usize = 10_000;
+    const BATCH: usize = 1024;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let (n, mut i) = (traces.len(), 0);
+    while i < n {
+        if traces.trace(i).len() > BIG {
+            let mut text = String::new();
+            if i > 0 {
+                text.push('\n');
+            }
+            trace_text(
+                &mut text,
+                Some(&mut *out),
+                traces.trace(i),
+                &by_trace,
+                &runs,
+                &paint,
+            )?;
+            out.write_all(text.as_bytes())?;
+            i += 1;
+            continue;
         }
-        let mut text = String::new();
-        trace_text(&mut text, out, trace, &by_trace, &runs, &paint)?;
-        out.write_all(text.as_bytes())?;
+        let mut end = i;
+        while end < n && end - i < BATCH * workers && traces.trace(end).len() <= BIG {
+            end += 1;
+        }
+        let chunk = (end - i).div_ceil(workers);
+        let (by_trace, runs, paint) = (&by_trace, &runs, &paint);
+        let parts: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (i..end)
+                .step_by(chunk)
+                .map(|from| {
+                    scope.spawn(move || {
+                        let mut text = String::new();
+                        for t in from..(from + chunk).min(end) {
+                            if t > 0 {
+                                text.push('\n');
+                            }
+                            // Drawing into memory cannot fail.
+                            let _ =
+                                trace_text(&mut text, None, traces.trace(t), by_trace, runs, paint);
+                        }
+                        text
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for part in parts {
+            out.write_all(part.as_bytes())?;
+        }
+        i = end;
     }
     writeln!(out, "\n{}", paint.total(traces, report))
 }
@@ -199,9 +252,10 @@ fn id_text(id: Id<'_>, len: usize) -> String {
     id.prefix(len).into_owned()
 }
 
+/// One trace's text; with `w`, written out as it grows (for a trace too big to hold).
 fn trace_text(
     out: &mut String,
-    w: &mut impl Write,
+    mut w: Option<&mut dyn Write>,
     trace: Trace<'_>,
     report: &ByTrace<'_>,
     runs: &crate::verify::Continuations<'_>,
@@ -236,7 +290,7 @@ fn trace_text(
     }
     for node in trace.nodes() {
         span_line(out, node, len, p);
-        if out.len() > 1 << 16 {
+        if let Some(w) = w.as_mut().filter(|_| out.len() > 1 << 16) {
             w.write_all(out.as_bytes())?;
             out.clear();
         }
@@ -362,13 +416,16 @@ fn critical_path_text(out: &mut String, trace: &Trace<'_>, path: &CriticalPath, 
         let node = trace.node(i);
         let _ = write!(
             out,
-            "  {} {} {}",
-            label(&node),
-            id_text(node.span_id(), len),
-            format_duration(work[i])
+            "  {} {} {} ",
+            service_of(&node),
+            operation_of(&node),
+            Prefix(node.span_id(), len)
         );
+        super::push_duration(out, work[i]);
         if !waited[i].is_zero() {
-            let _ = write!(out, " (waited {})", format_duration(waited[i]));
+            out.push_str(" (waited ");
+            super::push_duration(out, waited[i]);
+            out.push(')');
         }
         out.push('\n');
     }
