@@ -136,20 +136,32 @@ fn chain(dir: &Path, spans: usize) -> Vec<PathBuf> {
     let trace = "c0ffee00c0ffee00c0ffee00c0ffee00";
     for i in 0..spans as u64 {
         let begin = start + Duration::from_micros(i * 100);
+        // The chain starts at a request; every span after it processes a message sent
+        // from inside the one before.
         let parent = if i == 0 {
             String::new()
         } else {
             format!(",\"parent_span_id\":\"{}\"", hex(i, 16))
         };
+        let kind = if i == 0 { "server" } else { "consumer" };
+        let (operation, attributes) = if i == 0 {
+            ("handle_request", String::new())
+        } else {
+            (
+                "process chain",
+                ",\"attributes\":{\"messaging.system\":\"kafka\",\
+                 \"messaging.destination.name\":\"chain\",\
+                 \"messaging.operation.type\":\"process\",\"tracehop.queue_time_ms\":0.02}"
+                    .to_owned(),
+            )
+        };
         writeln!(
             out,
             "{{\"timestamp\":\"{}\",\"event\":\"span_finished\",\"trace_id\":\"{trace}\",\
              \"span_id\":\"{}\"{parent},\"service_name\":\"worker\",\
-             \"operation_name\":\"process chain\",\"span_kind\":\"consumer\",\
+             \"operation_name\":\"{operation}\",\"span_kind\":\"{kind}\",\
              \"start_time\":\"{}\",\"latency_ms\":0.08,\"duration_ns\":80000,\
-             \"status\":\"ok\",\"error\":null,\"attributes\":{{\"messaging.system\":\"kafka\",\
-             \"messaging.destination.name\":\"chain\",\"messaging.operation.type\":\"process\",\
-             \"tracehop.queue_time_ms\":0.02}}}}",
+             \"status\":\"ok\",\"error\":null{attributes}}}",
             rfc3339(begin + Duration::from_micros(80)),
             hex(i + 1, 16),
             rfc3339(begin)
@@ -183,8 +195,9 @@ fn journals(shape: &str, spans: usize) -> Vec<PathBuf> {
     files
 }
 
-/// Wall time and peak RSS of one command, from `/usr/bin/time -v`.
-fn measure(binary: &Path, args: &[&str], files: &[PathBuf]) -> (Duration, u64, i32) {
+/// Wall time, CPU time (user + system) and peak RSS of one command, from
+/// `/usr/bin/time -v`.
+fn measure(binary: &Path, args: &[&str], files: &[PathBuf]) -> (Duration, f64, u64, i32) {
     let out = Command::new("/usr/bin/time")
         .arg("-v")
         .arg(binary)
@@ -214,7 +227,9 @@ fn measure(binary: &Path, args: &[&str], files: &[PathBuf]) -> (Duration, u64, i
         seconds = seconds * 60.0 + part.parse::<f64>().unwrap();
     }
     let code: i32 = field("Exit status:").parse().unwrap();
-    (Duration::from_secs_f64(seconds), rss_kb * 1024, code)
+    let cpu = field("User time (seconds):").parse::<f64>().unwrap()
+        + field("System time (seconds):").parse::<f64>().unwrap();
+    (Duration::from_secs_f64(seconds), cpu, rss_kb * 1024, code)
 }
 
 fn main() {
@@ -226,6 +241,14 @@ fn main() {
     );
     let files = journals(&args.shape, args.spans);
     let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average before: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!(
         "{} {} spans, {} files, {:.1} MB of journal",
         args.spans,
@@ -240,15 +263,15 @@ fn main() {
         ("stats", &["stats"]),
         ("stats --json", &["stats", "--json"]),
     ];
-    println!("| command | wall | peak RSS | exit |");
-    println!("|---|---:|---:|---:|");
+    println!("| command | wall | CPU (user + sys) | peak RSS | exit |");
+    println!("|---|---:|---:|---:|---:|");
     for (name, task) in tasks {
         if args.only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        let (wall, rss, code) = measure(&binary, task, &files);
+        let (wall, cpu, rss, code) = measure(&binary, task, &files);
         println!(
-            "| `tracehop {name}` | {:.2} s | {:.0} MB | {code} |",
+            "| `tracehop {name}` | {:.2} s | {cpu:.2} s | {:.0} MB | {code} |",
             wall.as_secs_f64(),
             rss as f64 / 1e6
         );

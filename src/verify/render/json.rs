@@ -146,37 +146,88 @@ impl Serialize for TraceJson<'_> {
             on_critical_path: on_path[node.index()],
         });
         map.serialize_entry("spans", &Each(Cell::new(Some(spans))))?;
-        let id = |i: usize| trace.node(i).span_id();
         map.serialize_entry(
             "summary",
-            &json!({
-                "spans": summary.spans,
-                "services": summary.services,
-                "duration_ms": summary.duration.map(ms),
-                "slowest": summary.slowest.as_ref().map(|(id, d)| json!({
+            &SummaryJson {
+                trace,
+                summary: &summary,
+                path: &path,
+            },
+        )?;
+        map.end()
+    }
+}
+
+/// A trace's summary; the critical path (as long as the trace, for a chain) streamed.
+struct SummaryJson<'a> {
+    trace: Trace<'a>,
+    summary: &'a crate::verify::Summary,
+    path: &'a crate::verify::CriticalPath,
+}
+
+impl Serialize for SummaryJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (trace, summary) = (self.trace, self.summary);
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("spans", &summary.spans)?;
+        map.serialize_entry("services", &summary.services)?;
+        map.serialize_entry("duration_ms", &summary.duration.map(ms))?;
+        map.serialize_entry(
+            "slowest",
+            &summary.slowest.as_ref().map(|(id, d)| {
+                json!({
                     "span_id": id, "latency_ms": ms(*d),
-                })),
-                "service_self_time_ms": summary.service_times.iter().map(|s| json!({
-                    "service": s.service, "self_time_ms": ms(s.self_time),
-                })).collect::<Vec<_>>(),
-                "busiest_service": summary.busiest_service().map(|s| &s.service),
-                "queue_time_ms": ms(summary.queue_time),
-                "queued_messages": summary.queued_messages,
-                "longest_queue": summary.longest_queue.as_ref().map(|(id, d)| json!({
-                    "span_id": id, "queue_time_ms": ms(*d),
-                })),
-                "critical_path": summary.critical_path,
-                "critical_path_ms": ms(summary.critical_path_duration),
-                "critical_path_waiting_ms": ms(summary.critical_path_waiting),
-                "critical_path_steps": path.steps.iter().map(|step| json!({
-                    "span_id": id(step.index),
-                    "from": crate::time::rfc3339(step.from),
-                    "to": crate::time::rfc3339(step.to),
-                    "ms": ms(step.duration()),
-                    "waiting": step.waiting,
-                })).collect::<Vec<_>>(),
+                })
             }),
         )?;
+        map.serialize_entry(
+            "service_self_time_ms",
+            &summary
+                .service_times
+                .iter()
+                .map(|s| json!({"service": s.service, "self_time_ms": ms(s.self_time)}))
+                .collect::<Vec<_>>(),
+        )?;
+        map.serialize_entry(
+            "busiest_service",
+            &summary.busiest_service().map(|s| &s.service),
+        )?;
+        map.serialize_entry("queue_time_ms", &ms(summary.queue_time))?;
+        map.serialize_entry("queued_messages", &summary.queued_messages)?;
+        map.serialize_entry(
+            "longest_queue",
+            &summary.longest_queue.as_ref().map(|(id, d)| {
+                json!({
+                    "span_id": id, "queue_time_ms": ms(*d),
+                })
+            }),
+        )?;
+        map.serialize_entry("critical_path", &summary.critical_path)?;
+        map.serialize_entry("critical_path_ms", &ms(summary.critical_path_duration))?;
+        map.serialize_entry(
+            "critical_path_waiting_ms",
+            &ms(summary.critical_path_waiting),
+        )?;
+        let steps = self.path.steps.iter().map(|step| StepJson { trace, step });
+        map.serialize_entry("critical_path_steps", &Each(Cell::new(Some(steps))))?;
+        map.end()
+    }
+}
+
+struct StepJson<'a> {
+    trace: Trace<'a>,
+    step: &'a crate::verify::PathStep,
+}
+
+impl Serialize for StepJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let step = self.step;
+        let mut map = s.serialize_map(Some(5))?;
+        map.serialize_entry("span_id", &self.trace.node(step.index).span_id())?;
+        map.serialize_entry("from", &crate::time::rfc3339(step.from))?;
+        map.serialize_entry("to", &crate::time::rfc3339(step.to))?;
+        map.serialize_entry("ms", &ms(step.duration()))?;
+        map.serialize_entry("waiting", &step.waiting)?;
         map.end()
     }
 }
