@@ -35,7 +35,7 @@ pub fn json(traces: &Traces, report: &Report) -> Value {
     .unwrap_or(Value::Null)
 }
 
-/// [`json`], pretty-printed to `out` as it is serialized.
+/// [`json()`], pretty-printed to `out` as it is serialized.
 pub fn write_json(out: &mut impl Write, traces: &Traces, report: &Report) -> io::Result<()> {
     write_json_with(out, traces, report, Map::new())
 }
