@@ -9,6 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A run with a retry, a batch consumer and a partner that links the producer.
+const WHOLE: [&str; 3] = [
+    "whole_gateway.jsonl",
+    "whole_worker.jsonl",
+    "whole_tools.jsonl",
+];
+
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -17,26 +24,8 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("tracehop-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::TempDir;
 
 /// The browser: `TRACEHOP_CHROMIUM`, else `chromium` or `chromium-browser` on PATH.
 fn chromium() -> PathBuf {
@@ -140,12 +129,7 @@ fn rows(dom: &str) -> Vec<Row> {
 #[test]
 fn the_page_has_a_row_per_span_queue_segments_the_critical_path_and_link_arrows() {
     let dir = TempDir::new("view");
-    let files = [
-        "whole_gateway.jsonl",
-        "whole_worker.jsonl",
-        "whole_tools.jsonl",
-    ]
-    .map(fixture);
+    let files = WHOLE.map(fixture);
     let page = view(&dir, &files);
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(
@@ -230,12 +214,7 @@ fn the_page_has_a_row_per_span_queue_segments_the_critical_path_and_link_arrows(
 #[test]
 fn the_screenshot_is_a_drawn_waterfall_not_a_blank_page() {
     let dir = TempDir::new("view-shot");
-    let files = [
-        "whole_gateway.jsonl",
-        "whole_worker.jsonl",
-        "whole_tools.jsonl",
-    ]
-    .map(fixture);
+    let files = WHOLE.map(fixture);
     let page = view(&dir, &files);
     let shot = dir.0.join("shot.png");
     browse(

@@ -4,7 +4,6 @@
 //! compact [`Spans`]; a file whose first line is not a JSON value (a pretty-printed OTLP
 //! document) is read whole.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{mpsc, Mutex};
@@ -14,8 +13,8 @@ use serde_json::Value;
 use super::otlp_json;
 use super::parse::{journal_line, LineOutcome};
 use super::store::{Detail, Spans};
-use crate::journal::Malformed;
-use crate::{Error, Result};
+use crate::journal::{self, Malformed};
+use crate::Result;
 
 const OTLP_MARKER: &[u8] = b"\"resourceSpans\"";
 
@@ -247,20 +246,7 @@ pub fn read_files<P: AsRef<Path>>(paths: &[P]) -> Result<Input> {
 /// [`read_files`], keeping `detail` of each span ([`Detail::Lean`] for the least memory).
 pub fn read_files_with<P: AsRef<Path>>(paths: &[P], detail: Detail) -> Result<Input> {
     let mut input = Input::new(detail);
-    for path in paths {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let io_err = |source: io::Error| Error::JournalIo {
-            path: name.clone(),
-            source,
-        };
-        if name == "-" {
-            input.stream(&name, io::stdin().lock()).map_err(io_err)?;
-        } else {
-            let file = File::open(path).map_err(io_err)?;
-            input.stream(&name, file).map_err(io_err)?;
-        }
-    }
+    journal::for_each_source(paths, |name, reader| input.stream(name, reader))?;
     Ok(input)
 }
 
