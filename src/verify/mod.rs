@@ -31,7 +31,9 @@
 //! rules, trees and statistics read; [`Detail::Full`] also keeps every attribute and
 //! event as read, for JSON and HTML), so a million spans fit in well under 300 MB.
 
+mod fields;
 mod findings;
+mod ids;
 mod input;
 mod links;
 mod node;
@@ -46,12 +48,13 @@ mod timing;
 mod tree;
 
 pub use findings::{CheckOptions, FailedSpan, Finding, Report, Rule};
+pub use ids::Id;
 pub use input::{read_bytes, read_bytes_with, read_files, read_files_with, Input};
 pub use links::Continuations;
 pub use node::{Node, SpanLink, Trace};
 pub use render::RenderOptions;
 pub use stats::{Distribution, Pathway, ServiceStats, Stats};
-pub use store::{Detail, Id, Spans};
+pub use store::{Detail, Spans};
 pub use summary::{ServiceTime, Summary};
 pub use timing::{CriticalPath, PathStep};
 pub use tree::Traces;

@@ -18,7 +18,9 @@
 use std::time::Duration;
 
 mod html;
+mod html_row;
 mod json;
+mod lines;
 mod stats;
 mod text;
 
