@@ -75,32 +75,45 @@ fn cmp_trace_keys(a: TraceKey, b: TraceKey, ids: &Interner) -> Ordering {
     }
 }
 
-/// Sort by trace, start (unknown first), then span id: small keys are sorted, then the
-/// spans are moved into place along the permutation's cycles (no second copy of them).
-fn sort_spans(spans: &mut [Span], ids: &Interner) {
+/// Sort by trace, start (unknown first), then span id: spans are counted into their
+/// traces, each trace's small keys sorted, then the spans are moved into place along the
+/// permutation's cycles (no second copy of them).
+fn sort_spans(spans: &mut [Span], ids: &Interner, traces: usize) {
+    let mut next = vec![0u32; traces + 1];
+    for s in spans.iter() {
+        next[s.trace as usize + 1] += 1;
+    }
+    for t in 0..traces {
+        next[t + 1] += next[t];
+    }
+    let bounds = next.clone();
     // NO_TIME is i64::MIN: unknown starts sort first, as `None < Some`.
-    let mut keys: Vec<(u32, i64, u32)> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.trace, s.start, i as u32))
-        .collect();
-    keys.sort_unstable();
-    // Ties in trace and start: by span id, as text.
-    let mut i = 0;
-    while i < keys.len() {
-        let mut j = i + 1;
-        while j < keys.len() && keys[j].0 == keys[i].0 && keys[j].1 == keys[i].1 {
-            j += 1;
+    let mut keys = vec![(0i64, 0u32); spans.len()];
+    for (i, s) in spans.iter().enumerate() {
+        let at = &mut next[s.trace as usize];
+        keys[*at as usize] = (s.start, i as u32);
+        *at += 1;
+    }
+    for t in 0..traces {
+        let trace = &mut keys[bounds[t] as usize..bounds[t + 1] as usize];
+        trace.sort_unstable();
+        // Ties in start: by span id, as text.
+        let mut i = 0;
+        while i < trace.len() {
+            let mut j = i + 1;
+            while j < trace.len() && trace[j].0 == trace[i].0 {
+                j += 1;
+            }
+            if j - i > 1 {
+                trace[i..j].sort_by(|a, b| {
+                    cmp_text_or_hex_span(spans[a.1 as usize].id, spans[b.1 as usize].id, ids)
+                });
+            }
+            i = j;
         }
-        if j - i > 1 {
-            keys[i..j].sort_by(|a, b| {
-                cmp_text_or_hex_span(spans[a.2 as usize].id, spans[b.2 as usize].id, ids)
-            });
-        }
-        i = j;
     }
     // Position p takes the span now at keys[p].2.
-    let mut from: Vec<u32> = keys.into_iter().map(|k| k.2).collect();
+    let mut from: Vec<u32> = keys.into_iter().map(|k| k.1).collect();
     for start in 0..from.len() {
         if from[start] as usize == start {
             continue;
@@ -177,7 +190,7 @@ impl Traces {
         drop(rank);
         drop(first_start);
 
-        sort_spans(&mut spans, &ids);
+        sort_spans(&mut spans, &ids, trace_keys.len());
         let before = spans.len();
         // The same span read twice sorts next to itself.
         spans.dedup_by(|a, b| a.trace == b.trace && a.id == b.id && a.start == b.start);

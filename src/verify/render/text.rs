@@ -106,7 +106,11 @@ pub fn write_text(
                 .step_by(chunk)
                 .map(|from| {
                     scope.spawn(move || {
-                        let mut text = String::new();
+                        // About two lines of ~100 bytes per span (tree and critical path).
+                        let spans: usize = (from..(from + chunk).min(end))
+                            .map(|t| traces.trace(t).len())
+                            .sum();
+                        let mut text = String::with_capacity(spans * 200 + 1024);
                         for t in from..(from + chunk).min(end) {
                             if t > 0 {
                                 text.push('\n');
