@@ -235,6 +235,32 @@ impl Id<'_> {
 
 impl Id<'_> {
     /// Write [`prefix`](Self::prefix) without allocating.
+    /// [`prefix`](Self::prefix) appended to `out`, hex digits written by hand (the text
+    /// tree writes two per span).
+    pub(crate) fn push_prefix(&self, out: &mut String, len: usize) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = |v: u128, digits: usize| {
+            let digits = digits.min(len);
+            let total = if matches!(self.0, IdRepr::Hex64(_)) {
+                16
+            } else {
+                32
+            };
+            let v = v >> ((total - digits) * 4);
+            for k in (0..digits).rev() {
+                out.push(DIGITS[((v >> (k * 4)) & 0xf) as usize] as char);
+            }
+        };
+        match self.0 {
+            IdRepr::Hex64(v) => hex(u128::from(v), 16),
+            IdRepr::Hex128(v) => hex(v, 32),
+            IdRepr::Text(s) if s.len() > len && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                out.push_str(&s[..len]);
+            }
+            IdRepr::Text(s) => out.push_str(s),
+        }
+    }
+
     pub(crate) fn write_prefix(
         &self,
         f: &mut std::fmt::Formatter<'_>,

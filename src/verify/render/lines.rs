@@ -89,13 +89,13 @@ pub(crate) fn critical_path_text(
             continue;
         }
         let node = trace.node(i);
-        let _ = write!(
-            out,
-            "  {} {} {} ",
-            service_of(&node),
-            operation_of(&node),
-            Prefix(node.span_id(), len)
-        );
+        out.push_str("  ");
+        out.push_str(service_of(&node));
+        out.push(' ');
+        out.push_str(operation_of(&node));
+        out.push(' ');
+        node.span_id().push_prefix(out, len);
+        out.push(' ');
         super::push_duration(out, work[i]);
         if !waited[i].is_zero() {
             out.push_str(" (waited ");
@@ -126,11 +126,14 @@ pub(crate) fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint)
     } else {
         p.bold(operation_of(&node))
     };
-    let _ = write!(out, "{service} {operation} span ");
+    out.push_str(&service);
+    out.push(' ');
+    out.push_str(&operation);
+    out.push_str(" span ");
     if p.on {
         out.push_str(&p.dim(&id_text(node.span_id(), len)));
     } else {
-        let _ = write!(out, "{}", Prefix(node.span_id(), len));
+        node.span_id().push_prefix(out, len);
     }
     out.push_str(" parent=");
     match node.parent_span_id() {
@@ -141,9 +144,7 @@ pub(crate) fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint)
         Some(id) if node.in_cycle() => {
             out.push_str(&p.yellow(&format!("{} (loop)", id.prefix(len))))
         }
-        Some(id) => {
-            let _ = write!(out, "{}", Prefix(id, len));
-        }
+        Some(id) => id.push_prefix(out, len),
     }
     out.push(' ');
     match node.duration() {
@@ -159,7 +160,8 @@ pub(crate) fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint)
         Status::Error => p.red("error"),
         Status::Unset => Cow::Borrowed("unset"),
     };
-    let _ = write!(out, " status={status}");
+    out.push_str(" status=");
+    out.push_str(&status);
     if let Some(error) = node.error() {
         let _ = write!(out, " error={}", p.red(&format!("{error:?}")));
     }
