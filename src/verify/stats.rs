@@ -2,11 +2,10 @@
 //! service) how many messages, how long they queued and took, how often they failed, were
 //! retried or lost their context; per service its self time.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::node::Node;
-use super::store::FxMap;
+use super::store::{FxMap, NONE};
 use super::tree::Traces;
 use crate::journal::Status;
 
@@ -128,7 +127,8 @@ pub struct ServiceStats {
     pub per_span: Distribution,
 }
 
-type Key = (Option<String>, Option<String>, Option<String>);
+/// A pathway as name numbers (producer, destination, consumer; `NONE` for unknown).
+type Key = (u32, u32, u32);
 
 #[derive(Default)]
 struct Acc {
@@ -142,34 +142,187 @@ struct Acc {
     broken: usize,
 }
 
+impl Acc {
+    fn merge(&mut self, other: Acc) {
+        self.sends.extend(other.sends);
+        self.broken_messages += other.broken_messages;
+        self.deliveries += other.deliveries;
+        self.queue.extend(other.queue);
+        self.processing.extend(other.processing);
+        self.errors += other.errors;
+        self.retries += other.retries;
+        self.broken += other.broken;
+    }
+}
+
+/// What one share of the traces adds up to.
+struct Part {
+    pathways: FxMap<Key, Acc>,
+    /// Per service name: spans and their self times.
+    services: Vec<(usize, Vec<Duration>)>,
+    /// Send spans (global index) that some delivery in this share came from.
+    delivered: Vec<u32>,
+}
+
 impl Traces {
     /// Statistics across every trace.
     pub fn stats(&self) -> Stats {
         let continuations = self.continuations();
         // Which services send to each destination (to name the producer of a delivery
-        // that lost its context).
-        let mut producers: FxMap<&str, Vec<&str>> = FxMap::default();
-        for trace in self.iter() {
-            for send in trace.by_start().filter(Node::is_send) {
-                if let (Some(d), Some(s)) = (send.destination(), send.service()) {
-                    let list = producers.entry(d).or_default();
-                    if !list.contains(&s) {
-                        list.push(s);
-                    }
+        // that lost its context): the one service, or NONE for several.
+        let mut producer_of: FxMap<u32, u32> = FxMap::default();
+        for span in self.spans.iter().filter(|s| s.is_send()) {
+            if span.destination != NONE && span.service != NONE {
+                let p = producer_of.entry(span.destination).or_insert(span.service);
+                if *p != span.service {
+                    *p = NONE;
                 }
             }
         }
-        let mut pathways: BTreeMap<Key, Acc> = BTreeMap::new();
+        // The traces in a share per core, each share about as many spans.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let per = self.span_count().div_ceil(workers).max(1);
+        let mut shares: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut from, mut spans) = (0, 0);
+        for t in 0..self.len() {
+            spans += self.trace(t).len();
+            if spans >= per {
+                shares.push(from..t + 1);
+                (from, spans) = (t + 1, 0);
+            }
+        }
+        if from < self.len() {
+            shares.push(from..self.len());
+        }
+        let (continuations, producer_of) = (&continuations, &producer_of);
+        let parts: Vec<Part> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    scope.spawn(move || self.stats_part(share, continuations, producer_of))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        let mut pathways: FxMap<Key, Acc> = FxMap::default();
+        let mut services: Vec<(usize, Vec<Duration>)> = Vec::new();
         let mut delivered = vec![false; self.spans.len()];
-        let mut services: BTreeMap<&str, (usize, Vec<Duration>)> = BTreeMap::new();
-        for trace in self.iter() {
+        for part in parts {
+            for (key, acc) in part.pathways {
+                pathways.entry(key).or_default().merge(acc);
+            }
+            if services.len() < part.services.len() {
+                services.resize_with(part.services.len(), Default::default);
+            }
+            for (i, (n, times)) in part.services.into_iter().enumerate() {
+                services[i].0 += n;
+                services[i].1.extend(times);
+            }
+            for s in part.delivered {
+                delivered[s as usize] = true;
+            }
+        }
+        // Messages sent that no consumer in the input processed.
+        for (g, span) in self.spans.iter().enumerate() {
+            if span.is_send() && !delivered[g] {
+                let key = (span.service, span.destination, NONE);
+                pathways.entry(key).or_default().sends.insert(g as u32);
+            }
+        }
+        let name = |i: u32| self.names.get(i).map(str::to_owned);
+        let mut pathways: Vec<Pathway> = pathways
+            .into_iter()
+            .map(|((producer, destination, consumer), acc)| Pathway {
+                producer: name(producer),
+                destination: name(destination),
+                consumer: name(consumer),
+                messages: acc.sends.len() + acc.broken_messages,
+                deliveries: acc.deliveries,
+                queue_time: Distribution::of(acc.queue),
+                processing_time: Distribution::of(acc.processing),
+                errors: acc.errors,
+                retries: acc.retries,
+                broken_context: acc.broken,
+            })
+            .collect();
+        // Most messages first; ties by name.
+        pathways.sort_by(|a, b| {
+            (
+                std::cmp::Reverse(a.messages),
+                &a.producer,
+                &a.destination,
+                &a.consumer,
+            )
+                .cmp(&(
+                    std::cmp::Reverse(b.messages),
+                    &b.producer,
+                    &b.destination,
+                    &b.consumer,
+                ))
+        });
+        let total: Duration = services.iter().flat_map(|(_, v)| v.iter()).sum();
+        let mut services: Vec<ServiceStats> = services
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (spans, _))| *spans > 0)
+            .filter_map(|(i, (spans, times))| {
+                let self_time: Duration = times.iter().sum();
+                Some(ServiceStats {
+                    service: name(i as u32)?,
+                    spans,
+                    self_time,
+                    share: if total.is_zero() {
+                        0.0
+                    } else {
+                        self_time.as_secs_f64() / total.as_secs_f64()
+                    },
+                    per_span: Distribution::of(times),
+                })
+            })
+            .collect();
+        services.sort_by(|a, b| {
+            (std::cmp::Reverse(a.self_time), &a.service)
+                .cmp(&(std::cmp::Reverse(b.self_time), &b.service))
+        });
+        Stats {
+            traces: self.len(),
+            spans: self.span_count(),
+            pathways,
+            services,
+        }
+    }
+
+    /// The pathways and service times of the traces in `share`.
+    fn stats_part(
+        &self,
+        share: std::ops::Range<usize>,
+        continuations: &super::Continuations<'_>,
+        producer_of: &FxMap<u32, u32>,
+    ) -> Part {
+        let mut part = Part {
+            pathways: FxMap::default(),
+            services: Vec::new(),
+            delivered: Vec::new(),
+        };
+        for t in share {
+            let trace = self.trace(t);
             let self_times = trace.self_times();
             for node in trace.by_start() {
-                if let Some(s) = node.service() {
-                    let e = services.entry(s).or_default();
-                    e.0 += 1;
-                    e.1.push(self_times[node.index()]);
+                let s = node.raw().service;
+                if s == NONE {
+                    continue;
                 }
+                if part.services.len() <= s as usize {
+                    part.services.resize_with(s as usize + 1, Default::default);
+                }
+                part.services[s as usize].0 += 1;
+                part.services[s as usize].1.push(self_times[node.index()]);
             }
             let continued = continuations.continues(trace.index()).is_some();
             for consumer in trace
@@ -179,25 +332,19 @@ impl Traces {
                 let Some((send, broken)) = delivery(&consumer, continued) else {
                     continue;
                 };
-                let destination = consumer
-                    .destination()
-                    .or_else(|| send.and_then(|s| s.destination()));
-                let producer = match send {
-                    Some(s) => s.service(),
-                    None => destination
-                        .and_then(|d| producers.get(d))
-                        .filter(|p| p.len() == 1)
-                        .map(|p| p[0]),
+                let destination = match consumer.raw().destination {
+                    NONE => send.map_or(NONE, |s| s.raw().destination),
+                    d => d,
                 };
-                let key = (
-                    producer.map(str::to_owned),
-                    destination.map(str::to_owned),
-                    consumer.service().map(str::to_owned),
-                );
-                let acc = pathways.entry(key).or_default();
+                let producer = match send {
+                    Some(s) => s.raw().service,
+                    None => producer_of.get(&destination).copied().unwrap_or(NONE),
+                };
+                let key = (producer, destination, consumer.raw().service);
+                let acc = part.pathways.entry(key).or_default();
                 match send {
                     Some(s) => {
-                        delivered[s.global()] = true;
+                        part.delivered.push(s.global() as u32);
                         acc.sends.insert(s.global() as u32);
                     }
                     None => acc.broken_messages += 1,
@@ -214,65 +361,7 @@ impl Traces {
                 acc.broken += usize::from(broken);
             }
         }
-        // Messages sent that no consumer in the input processed.
-        for trace in self.iter() {
-            for send in trace
-                .by_start()
-                .filter(|n| n.is_send() && !delivered[n.global()])
-            {
-                let key = (
-                    send.service().map(str::to_owned),
-                    send.destination().map(str::to_owned),
-                    None,
-                );
-                pathways
-                    .entry(key)
-                    .or_default()
-                    .sends
-                    .insert(send.global() as u32);
-            }
-        }
-        let mut pathways: Vec<Pathway> = pathways
-            .into_iter()
-            .map(|((producer, destination, consumer), acc)| Pathway {
-                producer,
-                destination,
-                consumer,
-                messages: acc.sends.len() + acc.broken_messages,
-                deliveries: acc.deliveries,
-                queue_time: Distribution::of(acc.queue),
-                processing_time: Distribution::of(acc.processing),
-                errors: acc.errors,
-                retries: acc.retries,
-                broken_context: acc.broken,
-            })
-            .collect();
-        pathways.sort_by_key(|p| std::cmp::Reverse(p.messages));
-        let total: Duration = services.values().flat_map(|(_, v)| v.iter()).sum();
-        let mut services: Vec<ServiceStats> = services
-            .into_iter()
-            .map(|(service, (spans, times))| {
-                let self_time: Duration = times.iter().sum();
-                ServiceStats {
-                    service: service.to_owned(),
-                    spans,
-                    self_time,
-                    share: if total.is_zero() {
-                        0.0
-                    } else {
-                        self_time.as_secs_f64() / total.as_secs_f64()
-                    },
-                    per_span: Distribution::of(times),
-                }
-            })
-            .collect();
-        services.sort_by_key(|s| std::cmp::Reverse(s.self_time));
-        Stats {
-            traces: self.len(),
-            spans: self.span_count(),
-            pathways,
-            services,
-        }
+        part
     }
 }
 
