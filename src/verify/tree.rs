@@ -12,7 +12,8 @@ use super::store::{Detail, Extra, FxMap, Interner, Span, SpanKey, Spans, TraceKe
 /// no input is drawn at the top level of its trace, after its trace's roots if it starts
 /// later. A span seen twice (the same journal given twice) is kept once.
 ///
-/// Spans are kept compact (see [`Detail`]): a million spans take well under 200 MB.
+/// Spans are kept compact (see [`Detail`]): about 200 bytes a span once stitched, so a
+/// million spans fit in a quarter of a gigabyte.
 #[derive(Debug, Clone, Default)]
 pub struct Traces {
     /// Sorted by trace (in trace order), then start, then span id.
