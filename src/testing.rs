@@ -190,9 +190,7 @@ pub fn check_chain(records: &[SpanRecord], services: &[&str]) -> Result<(), Stri
             let chain = trace.ancestry(leaf.index());
             let mut matched = 0;
             for node in chain {
-                if matched < services.len()
-                    && node.span().service_name.as_deref() == Some(services[matched])
-                {
+                if matched < services.len() && node.service() == Some(services[matched]) {
                     matched += 1;
                 }
             }

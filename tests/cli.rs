@@ -237,3 +237,71 @@ fn an_empty_input_has_nothing_to_check() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout), "no spans\n");
 }
+
+#[test]
+fn stats_sum_up_pathways_with_errors_retries_and_broken_context() {
+    let out = tracehop(&[
+        "stats",
+        "--json",
+        &fixture("whole_gateway.jsonl"),
+        &fixture("whole_worker.jsonl"),
+        &fixture("whole_tools.jsonl"),
+        &fixture("split_missing_context.jsonl"),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pathway = |producer: Option<&str>, destination: &str, consumer: &str| {
+        value["pathways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                p["producer"].as_str() == producer
+                    && p["destination"] == destination
+                    && p["consumer"] == consumer
+            })
+            .unwrap_or_else(|| panic!("no {producer:?} > {destination} > {consumer}: {value:#}"))
+            .clone()
+    };
+    let jobs = pathway(Some("gateway"), "jobs", "worker");
+    assert_eq!(
+        (jobs["messages"].as_u64(), jobs["deliveries"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(jobs["error_rate"], 1.0);
+    assert_eq!(jobs["queue_time"]["p50_ms"], 24.0);
+    assert_eq!(jobs["processing_time"]["p99_ms"], 40.0);
+    let retry = pathway(Some("worker"), "jobs.retry", "worker");
+    assert_eq!(retry["retry_rate"], 1.0);
+    assert_eq!(retry["error_rate"], 0.0);
+    // The batch consumer's per-message span is the delivery, not the batch span.
+    let events = pathway(Some("gateway"), "events", "tools");
+    assert_eq!(events["deliveries"], 1);
+    // A consumer that got no context: its producer is unknown, its context broken.
+    let broken = value["pathways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["broken_context"].as_u64() == Some(1))
+        .expect("a pathway with broken context");
+    assert_eq!(broken["broken_context_rate"], 1.0);
+    assert_eq!(broken["consumer"], "worker");
+    // Per service self time, most first.
+    let services: Vec<&str> = value["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(services[0], "worker");
+    let text = text(
+        &tracehop(&[
+            "stats",
+            &fixture("whole_gateway.jsonl"),
+            &fixture("whole_worker.jsonl"),
+        ])
+        .stdout,
+    );
+    assert!(text.contains("gateway > jobs > worker"), "{text}");
+    assert!(text.contains("100.0%"), "{text}");
+}

@@ -98,9 +98,10 @@ fn check(dir: &Path) -> Output {
 }
 
 fn spans(dir: &Path) -> Vec<SpanRecord> {
-    let report = verify::read_files(&journals(dir)).expect("read journals");
-    assert!(report.malformed.is_empty(), "{:?}", report.malformed);
-    report.spans
+    let input = verify::read_files(&journals(dir)).expect("read journals");
+    assert!(input.malformed.is_empty(), "{:?}", input.malformed);
+    let traces = Traces::from_spans(input.spans);
+    traces.iter().flat_map(|t| t.records()).collect()
 }
 
 /// The spans of one whole run, with the article's parent chain.
@@ -110,11 +111,10 @@ fn assert_whole_run(spans: &[SpanRecord], runs: usize) {
     assert!(report.is_whole(), "{:?}", report.findings);
     assert_eq!(traces.len(), runs, "one trace per run");
     for trace in traces.iter() {
-        let ids = trace.spans().len();
-        assert_eq!(ids, 17, "spans in trace {}", trace.trace_id());
+        assert_eq!(trace.len(), 17, "spans in trace {}", trace.trace_id());
         let services: BTreeSet<&str> = trace.services().into_iter().collect();
         assert_eq!(services, SERVICES.iter().copied().collect());
-        let records: Vec<SpanRecord> = trace.spans().to_vec();
+        let records: Vec<SpanRecord> = trace.records();
         tracehop::testing::check_chain(&records, &["gateway", "agent_runtime", "tool_service"])
             .unwrap_or_else(|e| panic!("{e}"));
         tracehop::testing::check_chain(&records, &["gateway", "agent_runtime", "llm_provider"])
@@ -130,7 +130,72 @@ fn assert_whole_run(spans: &[SpanRecord], runs: usize) {
             })
             .count();
         assert_eq!(done, 1);
+        assert_blocking_path(&trace);
     }
+}
+
+/// The blocking critical path of a demo run: from the gateway's request to the gateway
+/// receiving the completion, through the tool call and then the LLM call that held the
+/// agent up (each reached through its queue hop).
+fn assert_blocking_path(trace: &tracehop::verify::Trace<'_>) {
+    let path = trace.critical_path();
+    let steps: Vec<String> = path
+        .spans()
+        .into_iter()
+        .map(|i| {
+            let n = trace.node(i);
+            format!("{} {}", n.service().unwrap(), n.operation().unwrap())
+        })
+        .collect();
+    let at = |what: &str| {
+        steps
+            .iter()
+            .position(|s| s == what)
+            .unwrap_or_else(|| panic!("{what} is not on the critical path: {steps:#?}"))
+    };
+    let root = trace.roots().next().unwrap();
+    assert_eq!(path.spans()[0], root.index(), "{steps:#?}");
+    assert_eq!(steps.last().unwrap(), "gateway process runs.completed");
+    let tool = at("tool_service process tool.calls");
+    let llm = at("llm_provider process llm.requests");
+    assert!(at("gateway send agent.tasks") < at("agent_runtime process agent.tasks"));
+    assert!(at("agent_runtime process agent.tasks") < tool);
+    assert!(
+        tool < llm,
+        "the tool call comes before the LLM call: {steps:#?}"
+    );
+    // Inside each call, the work it did (not only the hop) is on the path.
+    assert!(
+        steps[tool + 1..llm]
+            .iter()
+            .any(|s| s.starts_with("tool_service ")
+                && !s.contains(" process ")
+                && !s.contains(" send ")),
+        "{steps:#?}"
+    );
+    assert!(
+        steps[llm + 1..]
+            .iter()
+            .any(|s| s.starts_with("llm_provider ")
+                && !s.contains(" process ")
+                && !s.contains(" send ")),
+        "{steps:#?}"
+    );
+    // Each hop's queue wait is a waiting step before its process span.
+    let waited: Vec<String> = path
+        .steps
+        .iter()
+        .filter(|s| s.waiting)
+        .map(|s| trace.node(s.index).operation().unwrap().to_owned())
+        .collect();
+    for hop in [
+        "process agent.tasks",
+        "process tool.calls",
+        "process llm.requests",
+    ] {
+        assert!(waited.iter().any(|w| w == hop), "{hop}: {waited:?}");
+    }
+    assert!(path.duration() <= trace.duration().unwrap());
 }
 
 fn systems(spans: &[SpanRecord]) -> BTreeSet<String> {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tracehop::journal::{Kind, ReadReport, Status};
+use tracehop::journal::{Kind, Status};
 use tracehop::verify::{self, CheckOptions, Report, Rule, Traces};
 
 fn fixture(name: &str) -> PathBuf {
@@ -12,7 +12,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn read(names: &[&str]) -> ReadReport {
+fn read(names: &[&str]) -> verify::Input {
     let paths: Vec<PathBuf> = names.iter().map(|n| fixture(n)).collect();
     verify::read_files(&paths).expect("fixtures are readable")
 }
@@ -57,18 +57,20 @@ fn the_articles_run_from_three_files_is_one_whole_tree() {
     assert!(report.is_whole(), "{:#?}", report.findings);
     assert_eq!(traces.len(), 1);
     let trace = traces.get("tr_7a31").unwrap();
-    let tree: Vec<(&str, usize, Option<&str>)> = trace
+    let tree: Vec<(String, usize, Option<String>)> = trace
         .nodes()
         .map(|n| {
             (
-                n.span().span_id.as_str(),
+                n.span_id().to_string(),
                 n.depth(),
-                n.parent().map(|p| p.span().span_id.as_str()),
+                n.parent().map(|p| p.span_id().to_string()),
             )
         })
         .collect();
     assert_eq!(
-        tree,
+        tree.iter()
+            .map(|(a, d, p)| (a.as_str(), *d, p.as_deref()))
+            .collect::<Vec<_>>(),
         [
             ("g1", 0, None),
             ("a1", 1, Some("g1")),
@@ -110,7 +112,7 @@ fn the_articles_run_from_three_files_is_one_whole_tree() {
 #[test]
 fn the_articles_example_event_loads_as_it_stands_and_its_parent_is_missing() {
     let (traces, report) = check(&["article_event.jsonl"], &CheckOptions::default());
-    let span = &traces.get("tr_7a31").unwrap().spans()[0];
+    let span = &traces.get("tr_7a31").unwrap().records()[0];
     assert_eq!(span.span_id, "sp_worker_02");
     assert_eq!(span.latency_ms, Some(410.0));
     assert_eq!(
@@ -333,18 +335,16 @@ fn otlp_json_from_the_collector_file_exporter_stitches_with_other_inputs() {
     let report = traces.check(&CheckOptions::new().entry("gateway"));
     assert!(report.is_whole(), "{:#?}", report.findings);
     let trace = traces.get("5b8efff798038103d269b633813fc60c").unwrap();
-    let chain: Vec<(&str, &str)> = trace
+    let chain: Vec<(&str, String)> = trace
         .ancestry(trace.find("bbb19b7ec3c1b177").unwrap().index())
         .iter()
-        .map(|n| {
-            (
-                n.span().service_name.as_deref().unwrap(),
-                n.span().span_id.as_str(),
-            )
-        })
+        .map(|n| (n.service().unwrap(), n.span_id().to_string()))
         .collect();
     assert_eq!(
-        chain,
+        chain
+            .iter()
+            .map(|(a, b)| (*a, b.as_str()))
+            .collect::<Vec<_>>(),
         [
             ("gateway", "eee19b7ec3c1b174"),
             ("gateway", "eee19b7ec3c1b175"),
@@ -352,13 +352,13 @@ fn otlp_json_from_the_collector_file_exporter_stitches_with_other_inputs() {
             ("tool_service", "bbb19b7ec3c1b177"),
         ]
     );
-    let worker = trace.find("aaa19b7ec3c1b176").unwrap().span();
+    let worker = trace.find("aaa19b7ec3c1b176").unwrap().record();
     assert_eq!(worker.span_kind, Some(Kind::Consumer));
     assert_eq!(worker.status, Status::Error);
     assert_eq!(worker.error.as_deref(), Some("tool call timed out"));
     assert_eq!(worker.attribute("messaging.kafka.offset"), Some(&42.into()));
     assert_eq!(worker.duration(), Some(Duration::from_millis(40)));
-    let tool = trace.find("bbb19b7ec3c1b177").unwrap().span();
+    let tool = trace.find("bbb19b7ec3c1b177").unwrap().record();
     assert_eq!(tool.links[0].span_id, "eee19b7ec3c1b174");
     assert_eq!(report.errors.len(), 1);
 }

@@ -28,5 +28,6 @@ mod record;
 
 pub use exporter::{Journal, SpanCollector};
 pub(crate) use exporter::{JournalExporter, JournalHealth};
+pub(crate) use reader::for_each_source;
 pub use reader::{read_files, read_reader, read_str, Malformed, ReadReport};
 pub use record::{Kind, LinkRecord, SpanRecord, Status};

@@ -33,21 +33,29 @@ pub struct ReadReport {
 /// input. A file that cannot be opened is an error; bad lines inside a file are not.
 pub fn read_files<P: AsRef<Path>>(paths: &[P]) -> Result<ReadReport> {
     let mut report = ReadReport::default();
+    for_each_source(paths, |name, reader| {
+        read_into(name, BufReader::new(reader), &mut report)
+    })?;
+    Ok(report)
+}
+
+/// Open each of `paths` (`-` is standard input) and hand it to `read` with its name; a
+/// file that cannot be opened or read is [`Error::JournalIo`] naming it.
+pub(crate) fn for_each_source<P: AsRef<Path>>(
+    paths: &[P],
+    mut read: impl FnMut(&str, &mut dyn io::Read) -> io::Result<()>,
+) -> Result<()> {
     for path in paths {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let io_err = |source: io::Error| Error::JournalIo {
-            path: name.clone(),
-            source,
-        };
-        if name == "-" {
-            read_into(&name, io::stdin().lock(), &mut report).map_err(io_err)?;
+        let result = if name == "-" {
+            read(&name, &mut io::stdin().lock())
         } else {
-            let file = File::open(path).map_err(io_err)?;
-            read_into(&name, BufReader::new(file), &mut report).map_err(io_err)?;
-        }
+            File::open(path).and_then(|mut file| read(&name, &mut file))
+        };
+        result.map_err(|source| Error::JournalIo { path: name, source })?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Read journal lines from any reader.

@@ -1,10 +1,11 @@
-//! Verification: span records to trace trees, findings and rendering.
+//! Verification: span records to trace trees, findings, statistics and rendering.
 //!
 //! This module owns how tracehop answers "did the async steps stay in the trace?": it
-//! reads span journals (one per service, any order) or OTLP JSON, stitches the spans into
-//! one tree per trace ([`Traces`]), checks each trace against the rules ([`Rule`]) and
-//! draws it ([`render`]). The `tracehop` command line tool and the `testing` module are
-//! thin layers over it.
+//! reads span journals (one per service, any order) or OTLP JSON into compact spans
+//! ([`Spans`]), stitches them into one tree per trace ([`Traces`]), checks each trace
+//! against the rules ([`Rule`]), finds where the time went (self time, the blocking
+//! [`CriticalPath`], [`Stats`] across runs) and draws it ([`render`]: text, JSON, HTML).
+//! The `tracehop` command line tool and the `testing` module are thin layers over it.
 //!
 //! ```
 //! use tracehop::verify::{self, CheckOptions, RenderOptions, Rule, Traces};
@@ -15,7 +16,7 @@
 //! {"trace_id":"tr_7a31","span_id":"t1","parent_span_id":"zz","service_name":"tool_service","operation_name":"call","latency_ms":410,"status":"ok"}
 //! "#;
 //! let input = verify::read_bytes("run.jsonl", journal.as_bytes());
-//! let traces = Traces::from_records(input.spans);
+//! let traces = Traces::from_spans(input.spans);
 //! let report = traces.check(&CheckOptions::default());
 //!
 //! assert!(!report.is_whole());
@@ -25,17 +26,38 @@
 //! let text = verify::render::text(&traces, &report, &RenderOptions::plain());
 //! assert!(text.contains("  agent_runtime plan span a1 parent=g1 240ms status=ok"));
 //! ```
+//!
+//! Memory: a span costs about 150 bytes once read ([`Detail::Lean`] keeps only what the
+//! rules, trees and statistics read; [`Detail::Full`] also keeps every attribute and
+//! event as read, for JSON and HTML), so a million spans fit in well under 300 MB.
 
+mod fields;
 mod findings;
+mod ids;
 mod input;
+mod links;
+mod node;
 mod otlp_json;
+mod parse;
 pub mod render;
+mod rules;
+mod stats;
+mod store;
+mod summary;
+mod timing;
 mod tree;
 
 pub use findings::{CheckOptions, FailedSpan, Finding, Report, Rule};
-pub use input::{read_bytes, read_files};
+pub use ids::Id;
+pub use input::{read_bytes, read_bytes_with, read_files, read_files_with, Input};
+pub use links::Continuations;
+pub use node::{Node, SpanLink, Trace};
 pub use render::RenderOptions;
-pub use tree::{Node, ServiceTime, Summary, Trace, Traces};
+pub use stats::{Distribution, Pathway, ServiceStats, Stats};
+pub use store::{Detail, Spans};
+pub use summary::{ServiceTime, Summary};
+pub use timing::{CriticalPath, PathStep};
+pub use tree::Traces;
 
 #[cfg(test)]
 mod tests;

@@ -12,27 +12,33 @@ fn at(ms: u64) -> SystemTime {
 
 /// A span starting at `start` ms lasting `dur` ms.
 fn span(id: &str, parent: Option<&str>, service: &str, start: u64, dur: u64) -> SpanRecord {
-    let mut v = json!({
-        "trace_id": "t",
-        "span_id": id,
-        "service_name": service,
-        "operation_name": format!("op_{id}"),
-        "latency_ms": dur,
-        "status": "ok",
-    });
-    if let Some(p) = parent {
-        v["parent_span_id"] = json!(p);
+    SpanRecord {
+        timestamp: Some(at(start + dur)),
+        event: "span_finished".into(),
+        trace_id: "t".into(),
+        span_id: id.into(),
+        parent_span_id: parent.map(Into::into),
+        service_name: Some(service.into()),
+        operation_name: Some(format!("op_{id}")),
+        span_kind: None,
+        start_time: Some(at(start)),
+        latency_ms: Some(dur as f64),
+        duration_ns: None,
+        status: crate::journal::Status::Ok,
+        error: None,
+        attributes: Default::default(),
+        links: Vec::new(),
     }
-    let mut s: SpanRecord = serde_json::from_value(v).unwrap();
-    s.start_time = Some(at(start));
-    s.timestamp = Some(at(start + dur));
-    s
 }
 
 fn ids<'a>(nodes: impl Iterator<Item = Node<'a>>) -> Vec<(String, usize)> {
     nodes
-        .map(|n| (n.span().span_id.clone(), n.depth()))
+        .map(|n| (n.span_id().to_string(), n.depth()))
         .collect()
+}
+
+fn self_time(trace: &Trace<'_>, id: &str) -> Duration {
+    trace.self_times()[trace.find(id).unwrap().index()]
 }
 
 #[test]
@@ -116,7 +122,7 @@ fn traces_are_ordered_by_first_start_then_id() {
     let mut early = span("y", None, "svc", 10, 1);
     early.trace_id = "z_early".into();
     let traces = Traces::from_records(vec![late, early]);
-    let order: Vec<&str> = traces.iter().map(Trace::trace_id).collect();
+    let order: Vec<String> = traces.iter().map(|t| t.trace_id().to_string()).collect();
     assert_eq!(order, ["z_early", "a_late"]);
 }
 
@@ -135,14 +141,8 @@ fn waiting_for_downstream_work_over_a_queue_is_not_self_time() {
         process,
     ]);
     let trace = traces.get("t").unwrap();
-    assert_eq!(
-        trace.find("agent").unwrap().self_time(),
-        Duration::from_millis(20)
-    );
-    assert_eq!(
-        trace.find("send").unwrap().self_time(),
-        Duration::from_millis(1)
-    );
+    assert_eq!(self_time(&trace, "agent"), Duration::from_millis(20));
+    assert_eq!(self_time(&trace, "send"), Duration::from_millis(1));
 }
 
 #[test]
@@ -156,8 +156,7 @@ fn self_time_subtracts_the_union_of_children_clipped_to_the_span() {
         span("c3", Some("p"), "c", 90, 500),
     ]);
     let trace = traces.get("t").unwrap();
-    let p = trace.find("p").unwrap();
-    assert_eq!(p.self_time(), Duration::from_millis(50));
+    assert_eq!(self_time(&trace, "p"), Duration::from_millis(50));
     let summary = trace.summary();
     assert_eq!(summary.busiest_service().unwrap().service, "c");
     assert_eq!(
@@ -184,25 +183,130 @@ fn self_time_without_start_times_subtracts_children_durations() {
     }
     let traces = Traces::from_records(vec![p, c]);
     let trace = traces.get("t").unwrap();
+    assert_eq!(self_time(&trace, "p"), Duration::from_millis(70));
+}
+
+fn send(mut s: SpanRecord) -> SpanRecord {
+    s.span_kind = Some(crate::journal::Kind::Producer);
+    s
+}
+
+fn consumer(mut s: SpanRecord) -> SpanRecord {
+    s.span_kind = Some(crate::journal::Kind::Consumer);
+    s
+}
+
+fn path(traces: &Traces) -> Vec<String> {
+    traces.iter().next().unwrap().summary().critical_path
+}
+
+#[test]
+fn critical_path_starts_at_the_span_that_ends_last_and_walks_back_through_the_hop() {
+    // The root ends first; the process span under the send span ends last of all. A
+    // sibling consumer of the same message in another service (a fan-out) did not hold
+    // the process span up; the root's own work before the send did.
+    let traces = Traces::from_records(vec![
+        span("root", None, "gw", 0, 30),
+        send(span("send", Some("root"), "gw", 1, 1)),
+        span("internal", Some("root"), "gw", 2, 20),
+        consumer(span("process", Some("send"), "worker", 40, 100)),
+        consumer(span("other", Some("send"), "audit", 35, 2)),
+    ]);
+    assert_eq!(path(&traces), ["root", "send", "process"]);
+    let trace = traces.get("t").unwrap();
+    let cp = trace.critical_path();
+    assert_eq!(cp.duration(), Duration::from_millis(140));
+    // The message waited 2..40 between the send span's end and processing.
+    assert_eq!(cp.waiting(), Duration::from_millis(38));
+    let waits: Vec<_> = cp.steps.iter().filter(|s| s.waiting).collect();
+    assert_eq!(waits.len(), 1);
+    assert_eq!(trace.node(waits[0].index).span_id(), "process");
+}
+
+#[test]
+fn an_earlier_failed_attempt_is_on_the_path_of_the_redelivery() {
+    let mut first = consumer(span("attempt1", Some("send"), "worker", 10, 20));
+    first.status = crate::journal::Status::Error;
+    first
+        .attributes
+        .insert("tracehop.delivery.attempt".into(), json!(1));
+    let mut second = consumer(span("attempt2", Some("send"), "worker", 50, 10));
+    second
+        .attributes
+        .insert("tracehop.delivery.attempt".into(), json!(2));
+    let traces = Traces::from_records(vec![
+        span("root", None, "gw", 0, 5),
+        send(span("send", Some("root"), "gw", 1, 1)),
+        first,
+        second,
+    ]);
+    assert_eq!(path(&traces), ["root", "send", "attempt1", "attempt2"]);
+}
+
+#[test]
+fn fan_out_then_fan_in_over_queues_names_the_slowest_branch() {
+    // The root sends three messages; three workers take 40, 70 and 20 ms; each sends a
+    // result; the aggregator's last result arrival (from the slowest worker) starts the
+    // final step.
+    let mut spans = vec![span("root", None, "gw", 0, 5)];
+    for (i, (start, dur)) in [(10, 40), (10, 70), (10, 20)].into_iter().enumerate() {
+        let n = i + 1;
+        let (s, p, r) = (format!("s{n}"), format!("p{n}"), format!("r{n}"));
+        spans.push(send(span(&s, Some("root"), "gw", n as u64, 1)));
+        spans.push(consumer(span(&p, Some(&s), "worker", start, dur)));
+        let end = start + dur;
+        spans.push(send(span(&r, Some(&p), "worker", end - 1, 1)));
+        spans.push(consumer(span(
+            &format!("a{n}"),
+            Some(&r),
+            "agg",
+            end + 5,
+            1,
+        )));
+    }
+    spans.push(span("final", Some("a2"), "agg", 86, 34));
+    let traces = Traces::from_records(spans);
     assert_eq!(
-        trace.find("p").unwrap().self_time(),
-        Duration::from_millis(70)
+        path(&traces),
+        ["root", "s1", "s2", "p2", "r2", "a2", "final"]
     );
 }
 
 #[test]
-fn critical_path_follows_the_child_whose_work_ends_last() {
-    // The send span ends at once, but the process span under it ends last of all.
+fn in_process_fan_out_and_join_follow_the_child_that_finished_last() {
     let traces = Traces::from_records(vec![
-        span("root", None, "gw", 0, 30),
-        span("send", Some("root"), "gw", 1, 1),
-        span("internal", Some("root"), "gw", 2, 20),
-        span("process", Some("send"), "worker", 40, 100),
-        span("early", Some("send"), "worker", 35, 2),
+        span("r", None, "svc", 0, 100),
+        span("c1", Some("r"), "svc", 10, 30),
+        span("c2", Some("r"), "svc", 10, 80),
+        span("c3", Some("r"), "svc", 10, 10),
+        span("join", Some("r"), "svc", 90, 10),
+        span("inner", Some("c2"), "svc", 20, 50),
     ]);
-    let summary = traces.get("t").unwrap().summary();
-    assert_eq!(summary.critical_path, ["root", "send", "process"]);
-    assert_eq!(summary.duration, Some(Duration::from_millis(140)));
+    assert_eq!(path(&traces), ["r", "c2", "inner", "join"]);
+    let cp = traces.get("t").unwrap().critical_path();
+    assert_eq!(cp.duration(), Duration::from_millis(100));
+    assert!(cp.waiting().is_zero());
+}
+
+#[test]
+fn a_chain_of_200000_spans_is_walked_without_recursion() {
+    let n = 200_000u64;
+    let mut spans = vec![span("s0", None, "svc", 0, 2 * n)];
+    for i in 1..n {
+        spans.push(span(
+            &format!("s{i}"),
+            Some(&format!("s{}", i - 1)),
+            "svc",
+            i,
+            2 * (n - i),
+        ));
+    }
+    let traces = Traces::from_records(spans);
+    let trace = traces.get("t").unwrap();
+    assert_eq!(trace.nodes().last().unwrap().depth(), n as usize - 1);
+    assert_eq!(trace.critical_path().spans().len(), n as usize);
+    let times = trace.self_times();
+    assert_eq!(times[0], Duration::from_millis(2));
 }
 
 #[test]
@@ -279,7 +383,7 @@ fn read_bytes_mixes_journal_and_otlp_lines_keeping_line_numbers() {
         otlp
     );
     let report = read_bytes("mixed", text.as_bytes());
-    assert_eq!(report.spans.len(), 2, "{report:?}");
+    assert_eq!(report.spans.len(), 2);
     assert_eq!(report.malformed.len(), 1);
     assert_eq!(
         (
@@ -288,11 +392,14 @@ fn read_bytes_mixes_journal_and_otlp_lines_keeping_line_numbers() {
         ),
         ("mixed", 2)
     );
-    let worker = report
-        .spans
+    let traces = Traces::from_spans(report.spans);
+    let worker = traces
         .iter()
-        .find(|s| s.span_id == "0102030405060708")
-        .unwrap();
+        .next()
+        .unwrap()
+        .find("0102030405060708")
+        .unwrap()
+        .record();
     assert_eq!(worker.service_name.as_deref(), Some("worker"));
     assert_eq!(worker.parent_span_id.as_deref(), Some("eee19b7ec3c1b174"));
     assert_eq!(worker.span_kind, Some(crate::journal::Kind::Consumer));
@@ -326,4 +433,73 @@ fn deep_chains_stop_indenting_and_say_their_depth() {
     };
     assert!(line("s32").starts_with(&format!("{}svc op_s32", " ".repeat(64))));
     assert!(line("s39").starts_with(&format!("{}(depth 39) svc op_s39", " ".repeat(64))));
+}
+
+#[test]
+fn a_journal_read_in_blocks_on_several_threads_keeps_line_numbers_and_every_span() {
+    // ~9 MB: three blocks of 4 MiB, parsed by several workers.
+    let mut text = String::new();
+    let mut expected_bad = Vec::new();
+    for i in 1..=90_000u64 {
+        if i == 3 || i == 45_001 || i == 89_999 {
+            text.push_str("not json\n");
+            expected_bad.push(i as usize);
+            continue;
+        }
+        let parent = if i == 1 {
+            String::new()
+        } else {
+            format!(r#","parent_span_id":"{:016x}""#, 1)
+        };
+        text.push_str(&format!(
+            r#"{{"trace_id":"{:032x}","span_id":"{i:016x}"{parent},"service_name":"svc{}","operation_name":"op","latency_ms":1,"status":"ok","attributes":{{"padding":"{}"}}}}"#,
+            7,
+            i % 3,
+            "x".repeat(40)
+        ));
+        text.push('\n');
+    }
+    let path = std::env::temp_dir().join(format!("tracehop-blocks-{}.jsonl", std::process::id()));
+    std::fs::write(&path, &text).unwrap();
+    let input = read_files_with(&[&path], Detail::Lean).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<usize> = input.malformed.iter().map(|m| m.line).collect();
+    assert_eq!(lines, expected_bad);
+    assert_eq!(input.spans.len(), 90_000 - 3);
+    let traces = Traces::from_spans(input.spans);
+    assert_eq!(traces.len(), 1);
+    let trace = traces.iter().next().unwrap();
+    assert_eq!(trace.roots().count(), 1);
+    assert_eq!(trace.services(), ["svc0", "svc1", "svc2"]);
+    assert_eq!(trace.node(0).children().count(), 90_000 - 4);
+}
+
+#[test]
+fn the_fast_time_parser_agrees_with_the_general_one() {
+    for text in [
+        "2026-03-21T15:17:00Z",
+        "2026-03-21T15:17:00.1Z",
+        "2026-03-21T15:17:00.123456789Z",
+        "2024-02-29T23:59:59.999999999Z",
+        "1970-01-01T00:00:00Z",
+        "2100-12-31T00:00:00.000001Z",
+    ] {
+        let line =
+            format!(r#"{{"trace_id":"t","span_id":"s","start_time":"{text}","latency_ms":0}}"#);
+        let input = read_bytes("t", line.as_bytes());
+        let traces = Traces::from_spans(input.spans);
+        let start = traces.iter().next().unwrap().node(0).start();
+        assert_eq!(start, crate::time::parse_rfc3339(text), "{text}");
+    }
+    // Not in the fast form: read by the general parser, or reported.
+    let input = read_bytes(
+        "t",
+        br#"{"trace_id":"t","span_id":"s","start_time":"2026-03-21 15:17:00"}"#,
+    );
+    assert_eq!(input.spans.len(), 1);
+    let input = read_bytes(
+        "t",
+        br#"{"trace_id":"t","span_id":"s","start_time":"yesterday"}"#,
+    );
+    assert_eq!(input.malformed.len(), 1);
 }

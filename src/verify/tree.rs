@@ -1,10 +1,9 @@
-//! Stitching span records into one tree per trace.
+//! Stitching spans into one tree per trace: sorted once, parents found by binary search,
+//! children in flat arrays, every walk iterative (no recursion on depth).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::cmp::Ordering;
 
-use crate::journal::SpanRecord;
-use crate::messaging::attributes as attr;
+use super::store::{Detail, Extra, FxMap, Interner, Span, SpanKey, Spans, TraceKey, NONE, NO_TIME};
 
 /// Spans stitched into one tree per trace, in a deterministic order.
 ///
@@ -12,55 +11,335 @@ use crate::messaging::attributes as attr;
 /// trace, siblings are ordered by start time (ties by span id). A span whose parent is in
 /// no input is drawn at the top level of its trace, after its trace's roots if it starts
 /// later. A span seen twice (the same journal given twice) is kept once.
+///
+/// Spans are kept compact (see [`Detail`]): about 200 bytes a span once stitched, so a
+/// million spans fit in a quarter of a gigabyte.
 #[derive(Debug, Clone, Default)]
 pub struct Traces {
-    traces: Vec<Trace>,
-    by_id: HashMap<String, usize>,
-    duplicates: usize,
+    /// Sorted by trace (in trace order), then start, then span id.
+    pub(crate) spans: Vec<Span>,
+    pub(crate) extras: Vec<Extra>,
+    pub(crate) names: Interner,
+    pub(crate) ids: Interner,
+    pub(crate) detail: Detail,
+    pub(crate) traces: Vec<TraceData>,
+    pub(crate) by_key: FxMap<TraceKey, u32>,
+    /// Per span: the parent's index when it is in the same trace, else [`NONE`].
+    pub(crate) parent: Vec<u32>,
+    pub(crate) place: Vec<Place>,
+    /// Children of span `i`: `children[child_start[i]..child_start[i + 1]]`, by start.
+    pub(crate) child_start: Vec<u32>,
+    pub(crate) children: Vec<u32>,
+    pub(crate) depth: Vec<u32>,
+    /// Pre-order of each trace, trace after trace: parents before children.
+    pub(crate) order: Vec<u32>,
+    /// Each trace's spans sorted by id, trace after trace (for finding a span by id).
+    pub(crate) by_id: Vec<u32>,
+    pub(crate) duplicates: usize,
+}
+
+/// One trace's place in the arrays.
+#[derive(Debug, Clone)]
+pub(crate) struct TraceData {
+    pub(crate) key: TraceKey,
+    /// Its spans are `start..end` (in every per-span array).
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+/// How a span hangs in its trace's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A root (no `parent_span_id`).
+    Root,
+    /// A child of a span in the same trace.
+    Child,
+    /// Its parent is in no input.
+    Orphan,
+    /// Its parent chain loops back to itself; drawn at the top to break the loop.
+    Cycle,
+}
+
+fn cmp_text_or_hex_span(a: SpanKey, b: SpanKey, ids: &Interner) -> Ordering {
+    match (a, b) {
+        (SpanKey::Hex(x), SpanKey::Hex(y)) => x.cmp(&y),
+        (SpanKey::Text(x), SpanKey::Text(y)) if x == y => Ordering::Equal,
+        _ => a.id(ids).as_str().cmp(&b.id(ids).as_str()),
+    }
+}
+
+fn cmp_trace_keys(a: TraceKey, b: TraceKey, ids: &Interner) -> Ordering {
+    match (a, b) {
+        (TraceKey::Hex(x), TraceKey::Hex(y)) => x.cmp(&y),
+        (TraceKey::Text(x), TraceKey::Text(y)) if x == y => Ordering::Equal,
+        _ => a.id(ids).as_str().cmp(&b.id(ids).as_str()),
+    }
+}
+
+/// Sort by trace, start (unknown first), then span id: spans are counted into their
+/// traces, each trace's small keys sorted, then the spans are moved into place along the
+/// permutation's cycles (no second copy of them).
+fn sort_spans(spans: &mut [Span], ids: &Interner, traces: usize) {
+    let mut next = vec![0u32; traces + 1];
+    for s in spans.iter() {
+        next[s.trace as usize + 1] += 1;
+    }
+    for t in 0..traces {
+        next[t + 1] += next[t];
+    }
+    let bounds = next.clone();
+    // NO_TIME is i64::MIN: unknown starts sort first, as `None < Some`.
+    let mut keys = vec![(0i64, 0u32); spans.len()];
+    for (i, s) in spans.iter().enumerate() {
+        let at = &mut next[s.trace as usize];
+        keys[*at as usize] = (s.start, i as u32);
+        *at += 1;
+    }
+    for t in 0..traces {
+        let trace = &mut keys[bounds[t] as usize..bounds[t + 1] as usize];
+        trace.sort_unstable();
+        // Ties in start: by span id, as text.
+        let mut i = 0;
+        while i < trace.len() {
+            let mut j = i + 1;
+            while j < trace.len() && trace[j].0 == trace[i].0 {
+                j += 1;
+            }
+            if j - i > 1 {
+                trace[i..j].sort_by(|a, b| {
+                    cmp_text_or_hex_span(spans[a.1 as usize].id, spans[b.1 as usize].id, ids)
+                });
+            }
+            i = j;
+        }
+    }
+    // Position p takes the span now at keys[p].2.
+    let mut from: Vec<u32> = keys.into_iter().map(|k| k.1).collect();
+    for start in 0..from.len() {
+        if from[start] as usize == start {
+            continue;
+        }
+        // Follow the cycle: each position takes the span it should have, once.
+        let mut at = start;
+        loop {
+            let next = from[at] as usize;
+            from[at] = at as u32;
+            if next == start {
+                break;
+            }
+            spans.swap(at, next);
+            at = next;
+        }
+    }
+}
+
+/// Unknown times sort first, as `None < Some`.
+fn time_key(t: i64) -> (bool, i64) {
+    (t != NO_TIME, t)
+}
+
+fn key_order(a: SpanKey, b: SpanKey) -> Ordering {
+    match (a, b) {
+        (SpanKey::Hex(x), SpanKey::Hex(y)) => x.cmp(&y),
+        (SpanKey::Text(x), SpanKey::Text(y)) => x.cmp(&y),
+        (SpanKey::Hex(_), SpanKey::Text(_)) => Ordering::Less,
+        (SpanKey::Text(_), SpanKey::Hex(_)) => Ordering::Greater,
+    }
 }
 
 impl Traces {
-    /// Stitch `records` (from any number of journals, in any order) into trees.
-    pub fn from_records(records: Vec<SpanRecord>) -> Traces {
-        let mut by_trace: BTreeMap<String, Vec<SpanRecord>> = BTreeMap::new();
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        let mut duplicates = 0;
-        for record in records {
-            let key = (record.trace_id.clone(), record.span_id.clone());
-            if !seen.insert(key) {
-                duplicates += 1;
-                continue;
+    /// Stitch `records` (from any number of journals, in any order) into trees: a
+    /// `Vec<SpanRecord>` (every detail kept), or [`Spans`] as read.
+    pub fn from_records(records: impl Into<Spans>) -> Traces {
+        Traces::from_spans(records.into())
+    }
+
+    /// Stitch spans read by [`read_files`](super::read_files) (or built with
+    /// [`Spans::push_record`]) into trees.
+    pub fn from_spans(input: Spans) -> Traces {
+        let Spans {
+            mut spans,
+            extras,
+            names,
+            ids,
+            trace_keys,
+            detail,
+            ..
+        } = input;
+
+        // Trace order: earliest start, then trace id.
+        let mut first_start = vec![NO_TIME; trace_keys.len()];
+        for s in &spans {
+            let f = &mut first_start[s.trace as usize];
+            if s.start != NO_TIME && (*f == NO_TIME || s.start < *f) {
+                *f = s.start;
             }
-            by_trace
-                .entry(record.trace_id.clone())
-                .or_default()
-                .push(record);
         }
-        let mut traces: Vec<Trace> = by_trace
-            .into_iter()
-            .map(|(id, spans)| Trace::build(id, spans))
-            .collect();
-        traces.sort_by(|a, b| (a.first_start(), &a.trace_id).cmp(&(b.first_start(), &b.trace_id)));
-        let by_id = traces
+        let mut slots: Vec<u32> = (0..trace_keys.len() as u32).collect();
+        slots.sort_unstable_by(|&a, &b| {
+            time_key(first_start[a as usize])
+                .cmp(&time_key(first_start[b as usize]))
+                .then_with(|| cmp_trace_keys(trace_keys[a as usize], trace_keys[b as usize], &ids))
+        });
+        let mut rank = vec![0u32; trace_keys.len()];
+        for (r, &slot) in slots.iter().enumerate() {
+            rank[slot as usize] = r as u32;
+        }
+        for s in &mut spans {
+            s.trace = rank[s.trace as usize];
+        }
+        drop(rank);
+        drop(first_start);
+
+        sort_spans(&mut spans, &ids, trace_keys.len());
+        let before = spans.len();
+        // The same span read twice sorts next to itself.
+        spans.dedup_by(|a, b| a.trace == b.trace && a.id == b.id && a.start == b.start);
+        let mut duplicates = before - spans.len();
+
+        let mut traces = Vec::with_capacity(slots.len());
+        let mut by_id;
+        loop {
+            traces.clear();
+            let mut i = 0;
+            while i < spans.len() {
+                let t = spans[i].trace;
+                let start = i;
+                while i < spans.len() && spans[i].trace == t {
+                    i += 1;
+                }
+                traces.push(TraceData {
+                    key: trace_keys[slots[t as usize] as usize],
+                    start: start as u32,
+                    end: i as u32,
+                });
+            }
+            by_id = (0..spans.len() as u32).collect::<Vec<u32>>();
+            let mut again = Vec::new();
+            for t in &traces {
+                let slice = &mut by_id[t.start as usize..t.end as usize];
+                slice.sort_unstable_by(|&a, &b| {
+                    key_order(spans[a as usize].id, spans[b as usize].id).then(a.cmp(&b))
+                });
+                for w in slice.windows(2) {
+                    if spans[w[0] as usize].id == spans[w[1] as usize].id {
+                        again.push(w[1]);
+                    }
+                }
+            }
+            if again.is_empty() {
+                break;
+            }
+            // Same id, different times: keep the one that starts first.
+            duplicates += again.len();
+            again.sort_unstable();
+            again.dedup();
+            let mut k = 0;
+            let mut index = 0u32;
+            spans.retain(|_| {
+                let drop = k < again.len() && again[k] == index;
+                if drop {
+                    k += 1;
+                }
+                index += 1;
+                !drop
+            });
+        }
+        let by_key = traces
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.trace_id.clone(), i))
+            .map(|(i, t)| (t.key, i as u32))
             .collect();
-        Traces {
+
+        let n = spans.len();
+        let mut parent = vec![NONE; n];
+        let mut place = vec![Place::Root; n];
+        for t in &traces {
+            let ids_sorted = &by_id[t.start as usize..t.end as usize];
+            for i in t.start as usize..t.end as usize {
+                let Some(p) = spans[i].parent else { continue };
+                match ids_sorted.binary_search_by(|&j| key_order(spans[j as usize].id, p)) {
+                    Ok(at) => {
+                        parent[i] = ids_sorted[at];
+                        place[i] = Place::Child;
+                    }
+                    Err(_) => place[i] = Place::Orphan,
+                }
+            }
+        }
+
+        let mut count = vec![0u32; n + 1];
+        for &p in &parent {
+            if p != NONE {
+                count[p as usize + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            count[i + 1] += count[i];
+        }
+        let child_start = count;
+        let mut fill = child_start.clone();
+        let mut children = vec![0u32; child_start[n] as usize];
+        for (i, &p) in parent.iter().enumerate() {
+            if p != NONE {
+                children[fill[p as usize] as usize] = i as u32;
+                fill[p as usize] += 1;
+            }
+        }
+        drop(fill);
+
+        let mut traces_out = Traces {
+            spans,
+            extras,
+            names,
+            ids,
+            detail,
             traces,
+            by_key,
+            parent,
+            place,
+            child_start,
+            children,
+            depth: Vec::new(),
+            order: Vec::new(),
             by_id,
             duplicates,
+        };
+        traces_out.walk_all();
+        traces_out
+    }
+
+    /// Depth and pre-order of every trace; cuts parent loops.
+    fn walk_all(&mut self) {
+        let n = self.spans.len();
+        let mut walker = Walker {
+            depth: vec![u32::MAX; n],
+            order: Vec::with_capacity(n),
+            stack: Vec::new(),
+        };
+        for t in 0..self.traces.len() {
+            let (start, end) = (self.traces[t].start as usize, self.traces[t].end as usize);
+            for i in start..end {
+                if matches!(self.place[i], Place::Root | Place::Orphan) {
+                    walker.walk(i, self);
+                }
+            }
+            // Whatever is left hangs in a loop: cut the loop at its first span (in start
+            // order) and walk again.
+            for i in start..end {
+                if walker.depth[i] == u32::MAX {
+                    self.place[i] = Place::Cycle;
+                    self.parent[i] = NONE;
+                    walker.walk(i, self);
+                }
+            }
         }
+        self.depth = walker.depth;
+        self.order = walker.order;
     }
 
-    /// The traces, in order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Trace> {
-        self.traces.iter()
-    }
-
-    /// The trace with id `trace_id`.
-    pub fn get(&self, trace_id: &str) -> Option<&Trace> {
-        self.by_id.get(trace_id).map(|&i| &self.traces[i])
+    pub(crate) fn child_slice(&self, i: usize) -> &[u32] {
+        &self.children[self.child_start[i] as usize..self.child_start[i + 1] as usize]
     }
 
     /// How many traces there are.
@@ -75,7 +354,7 @@ impl Traces {
 
     /// How many spans there are, across all traces.
     pub fn span_count(&self) -> usize {
-        self.traces.iter().map(Trace::len).sum()
+        self.spans.len()
     }
 
     /// How many records were dropped because a span with the same trace and span id had
@@ -83,461 +362,54 @@ impl Traces {
     pub fn duplicates(&self) -> usize {
         self.duplicates
     }
-}
 
-impl<'a> IntoIterator for &'a Traces {
-    type Item = &'a Trace;
-    type IntoIter = std::slice::Iter<'a, Trace>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.traces.iter()
+    /// How much of each span was kept.
+    pub fn detail(&self) -> Detail {
+        self.detail
+    }
+
+    /// The index of the trace with id `trace_id`.
+    pub(crate) fn trace_index(&self, trace_id: &str) -> Option<u32> {
+        let key = TraceKey::find(trace_id, &self.ids)?;
+        self.by_key.get(&key).copied()
+    }
+
+    /// The span with `span` in trace `trace`.
+    pub(crate) fn find_key(&self, trace: TraceKey, span: SpanKey) -> Option<usize> {
+        let t = &self.traces[*self.by_key.get(&trace)? as usize];
+        let ids = &self.by_id[t.start as usize..t.end as usize];
+        ids.binary_search_by(|&j| key_order(self.spans[j as usize].id, span))
+            .ok()
+            .map(|at| ids[at] as usize)
+    }
+
+    /// Which trace span `i` is in.
+    pub(crate) fn trace_of(&self, i: usize) -> usize {
+        self.spans[i].trace as usize
     }
 }
 
-/// How a span hangs in its trace's tree.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Place {
-    /// A root (`parent_span_id` is empty).
-    Root,
-    /// A child of a span in the same trace.
-    Child(usize),
-    /// Its parent is in no input.
-    Orphan,
-    /// Its parent chain loops back to itself; drawn at the top to break the loop.
-    Cycle,
+struct Walker {
+    depth: Vec<u32>,
+    order: Vec<u32>,
+    stack: Vec<(u32, u32)>,
 }
 
-/// Depth-first from `top`, recording each span's depth and the pre-order.
-fn walk(children: &[Vec<usize>], top: usize, depth: &mut [usize], order: &mut Vec<usize>) {
-    let mut stack = vec![(top, 0usize)];
-    while let Some((i, d)) = stack.pop() {
-        if depth[i] != usize::MAX {
-            continue;
-        }
-        depth[i] = d;
-        order.push(i);
-        for &c in children[i].iter().rev() {
-            stack.push((c, d + 1));
-        }
-    }
-}
-
-/// One trace: its spans and how they hang together.
-#[derive(Debug, Clone)]
-pub struct Trace {
-    trace_id: String,
-    /// Sorted by (start, span id).
-    spans: Vec<SpanRecord>,
-    place: Vec<Place>,
-    children: Vec<Vec<usize>>,
-    depth: Vec<usize>,
-    /// Pre-order: every span once, parents before children.
-    order: Vec<usize>,
-    /// Span id to index in `spans`.
-    index: HashMap<String, usize>,
-}
-
-impl Trace {
-    fn build(trace_id: String, mut spans: Vec<SpanRecord>) -> Trace {
-        spans.sort_by(|a, b| (a.start(), &a.span_id).cmp(&(b.start(), &b.span_id)));
-        let index: HashMap<String, usize> = spans
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.span_id.clone(), i))
-            .collect();
-        let mut place: Vec<Place> = spans
-            .iter()
-            .map(|s| match s.parent_span_id.as_deref() {
-                None => Place::Root,
-                Some(p) => match index.get(p) {
-                    Some(&i) => Place::Child(i),
-                    None => Place::Orphan,
-                },
-            })
-            .collect();
-        let n = spans.len();
-        let mut children = vec![Vec::new(); n];
-        for (i, p) in place.iter().enumerate() {
-            if let Place::Child(parent) = p {
-                children[*parent].push(i);
-            }
-        }
-        // Walk from every top-level span; whatever is left hangs in a loop: cut the loop at
-        // its first span (in order) and walk again.
-        let mut depth = vec![usize::MAX; n];
-        let mut order = Vec::with_capacity(n);
-        let tops: Vec<usize> = (0..n)
-            .filter(|&i| matches!(place[i], Place::Root | Place::Orphan))
-            .collect();
-        for i in tops {
-            walk(&children, i, &mut depth, &mut order);
-        }
-        while let Some(i) = (0..n).find(|&i| depth[i] == usize::MAX) {
-            if let Place::Child(parent) = place[i] {
-                children[parent].retain(|&c| c != i);
-            }
-            place[i] = Place::Cycle;
-            walk(&children, i, &mut depth, &mut order);
-        }
-        Trace {
-            trace_id,
-            spans,
-            place,
-            children,
-            depth,
-            order,
-            index,
-        }
-    }
-
-    fn first_start(&self) -> Option<SystemTime> {
-        self.spans.iter().filter_map(SpanRecord::start).min()
-    }
-
-    /// The trace id.
-    pub fn trace_id(&self) -> &str {
-        &self.trace_id
-    }
-
-    /// How many spans the trace has.
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    /// Whether the trace has no spans (never true for a trace built from records).
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// The spans, ordered by start time (ties by span id); [`Node::index`] indexes this.
-    pub fn spans(&self) -> &[SpanRecord] {
-        &self.spans
-    }
-
-    /// The span at `index` in [`spans`](Self::spans) as a tree node.
-    ///
-    /// # Panics
-    ///
-    /// If `index` is out of range.
-    pub fn node(&self, index: usize) -> Node<'_> {
-        assert!(index < self.spans.len(), "span index {index} out of range");
-        Node { trace: self, index }
-    }
-
-    /// The span with id `span_id`.
-    pub fn find(&self, span_id: &str) -> Option<Node<'_>> {
-        self.index
-            .get(span_id)
-            .map(|&index| Node { trace: self, index })
-    }
-
-    /// Every span in tree order: each top-level span followed by its descendants, depth
-    /// first, siblings by start time.
-    pub fn nodes(&self) -> impl Iterator<Item = Node<'_>> + '_ {
-        self.order.iter().map(|&index| Node { trace: self, index })
-    }
-
-    /// The spans drawn at the top level: roots, spans whose parent is in no input, and
-    /// (in corrupt input) a span cut out of a parent loop.
-    pub fn tops(&self) -> impl Iterator<Item = Node<'_>> + '_ {
-        self.nodes().filter(|n| n.depth() == 0)
-    }
-
-    /// The root spans: those with no `parent_span_id`. A whole trace has exactly one.
-    pub fn roots(&self) -> impl Iterator<Item = Node<'_>> + '_ {
-        self.nodes().filter(|n| self.place[n.index] == Place::Root)
-    }
-
-    /// The chain from the top of the tree down to the span at `index`, top first, ending
-    /// with that span.
-    pub fn ancestry(&self, index: usize) -> Vec<Node<'_>> {
-        let mut chain = vec![self.node(index)];
-        let mut at = index;
-        while let Place::Child(parent) = self.place[at] {
-            chain.push(Node {
-                trace: self,
-                index: parent,
-            });
-            at = parent;
-        }
-        chain.reverse();
-        chain
-    }
-
-    /// The services that appear in the trace, sorted by name.
-    pub fn services(&self) -> Vec<&str> {
-        let mut services: Vec<&str> = self
-            .spans
-            .iter()
-            .filter_map(|s| s.service_name.as_deref())
-            .collect();
-        services.sort_unstable();
-        services.dedup();
-        services
-    }
-
-    /// From the earliest start to the latest end of any span, when times are known.
-    pub fn duration(&self) -> Option<Duration> {
-        let start = self.first_start()?;
-        let end = self.spans.iter().filter_map(end_time).max()?;
-        Some(end.duration_since(start).unwrap_or_default())
-    }
-
-    /// Slowest span, time per service, queue time and critical path.
-    pub fn summary(&self) -> Summary {
-        let slowest = self
-            .order
-            .iter()
-            .filter_map(|&i| Some((i, self.spans[i].duration()?)))
-            .fold(None, |best: Option<(usize, Duration)>, (i, d)| match best {
-                Some((_, bd)) if bd >= d => best,
-                _ => Some((i, d)),
-            });
-
-        let mut per_service: BTreeMap<String, Duration> = BTreeMap::new();
-        for i in 0..self.spans.len() {
-            let Some(service) = &self.spans[i].service_name else {
+impl Walker {
+    /// Depth-first from `top`, recording each span's depth and the pre-order.
+    fn walk(&mut self, top: usize, traces: &Traces) {
+        self.stack.push((top as u32, 0));
+        while let Some((i, d)) = self.stack.pop() {
+            if self.depth[i as usize] != u32::MAX {
                 continue;
-            };
-            *per_service.entry(service.clone()).or_default() += self.self_time(i);
-        }
-        let mut service_times: Vec<ServiceTime> = per_service
-            .into_iter()
-            .map(|(service, self_time)| ServiceTime { service, self_time })
-            .collect();
-        // Most time first; ties by name (already sorted by name, and the sort is stable).
-        service_times.sort_by_key(|s| std::cmp::Reverse(s.self_time));
-
-        let mut queue_time = Duration::ZERO;
-        let mut queued = 0;
-        let mut longest_queue: Option<(usize, Duration)> = None;
-        for &i in &self.order {
-            if let Some(q) = queue_time_of(&self.spans[i]) {
-                queue_time += q;
-                queued += 1;
-                if longest_queue.is_none_or(|(_, l)| q > l) {
-                    longest_queue = Some((i, q));
+            }
+            self.depth[i as usize] = d;
+            self.order.push(i);
+            for &c in traces.child_slice(i as usize).iter().rev() {
+                if traces.place[c as usize] == Place::Child {
+                    self.stack.push((c, d + 1));
                 }
             }
         }
-
-        Summary {
-            spans: self.spans.len(),
-            services: self.services().into_iter().map(str::to_owned).collect(),
-            duration: self.duration(),
-            slowest: slowest.map(|(i, d)| (self.spans[i].span_id.clone(), d)),
-            service_times,
-            queue_time,
-            queued_messages: queued,
-            longest_queue: longest_queue.map(|(i, d)| (self.spans[i].span_id.clone(), d)),
-            critical_path: self
-                .critical_path()
-                .into_iter()
-                .map(|i| self.spans[i].span_id.clone())
-                .collect(),
-        }
     }
-
-    /// A span's self time: its duration minus the part of it that its subtree covers
-    /// (every descendant span, and the time each descendant process span's message
-    /// waited in a queue). Waiting for downstream work is not work. When start times are
-    /// unknown, its duration minus its children's durations. Never negative.
-    pub fn self_time(&self, index: usize) -> Duration {
-        let span = &self.spans[index];
-        let Some(duration) = span.duration() else {
-            return Duration::ZERO;
-        };
-        let children = &self.children[index];
-        let Some(start) = span.start() else {
-            let sum: Duration = children
-                .iter()
-                .filter_map(|&c| self.spans[c].duration())
-                .sum();
-            return duration.saturating_sub(sum);
-        };
-        let end = start + duration;
-        // What happened further down this span's subtree is not this span's own time:
-        // the union of every descendant's interval, and of the time each descendant
-        // process span's message waited in a queue, clipped to [start, end]. A parent
-        // that waits for downstream work (an agent awaiting a tool's answer over a queue)
-        // is waiting, not working.
-        let mut intervals: Vec<(SystemTime, SystemTime)> = Vec::new();
-        let mut stack: Vec<usize> = children.clone();
-        while let Some(c) = stack.pop() {
-            stack.extend(self.children[c].iter().copied());
-            let span = &self.spans[c];
-            let Some(s) = span.start() else { continue };
-            let queued = span
-                .attribute("tracehop.queue_time_ms")
-                .and_then(|v| v.as_f64())
-                .filter(|ms| ms.is_finite() && *ms > 0.0)
-                .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-                .unwrap_or_default();
-            let e = s + span.duration().unwrap_or_default();
-            let s = s.checked_sub(queued).unwrap_or(s);
-            let (s, e) = (s.max(start), e.min(end));
-            if s < e {
-                intervals.push((s, e));
-            }
-        }
-        intervals.sort();
-        let mut covered = Duration::ZERO;
-        let mut current: Option<(SystemTime, SystemTime)> = None;
-        for (s, e) in intervals {
-            current = match current {
-                Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
-                Some((cs, ce)) => {
-                    covered += ce.duration_since(cs).unwrap_or_default();
-                    Some((s, e))
-                }
-                None => Some((s, e)),
-            };
-        }
-        if let Some((cs, ce)) = current {
-            covered += ce.duration_since(cs).unwrap_or_default();
-        }
-        duration.saturating_sub(covered)
-    }
-
-    /// From the first root (or first top-level span), repeatedly the child whose work
-    /// ends last: the child whose subtree has the latest end. (A send span ends at once;
-    /// what it started, the process span under it, is what the run waits for.)
-    fn critical_path(&self) -> Vec<usize> {
-        // Latest end in each subtree; `order` is pre-order, so walk it backwards.
-        let mut subtree_end: Vec<Option<SystemTime>> = self.spans.iter().map(end_time).collect();
-        for &i in self.order.iter().rev() {
-            for &c in &self.children[i] {
-                subtree_end[i] = subtree_end[i].max(subtree_end[c]);
-            }
-        }
-        let first = self
-            .roots()
-            .next()
-            .or_else(|| self.tops().next())
-            .map(|n| n.index);
-        let mut path = Vec::new();
-        let mut at = first;
-        while let Some(i) = at {
-            path.push(i);
-            let key = |c: usize| (subtree_end[c], self.spans[c].duration());
-            at = self.children[i]
-                .iter()
-                .copied()
-                .fold(None, |best: Option<usize>, c| match best {
-                    Some(b) if key(b) >= key(c) => Some(b),
-                    _ => Some(c),
-                });
-        }
-        path
-    }
-}
-
-/// A span in its trace's tree.
-#[derive(Debug, Clone, Copy)]
-pub struct Node<'a> {
-    trace: &'a Trace,
-    index: usize,
-}
-
-impl<'a> Node<'a> {
-    /// The span.
-    pub fn span(&self) -> &'a SpanRecord {
-        &self.trace.spans[self.index]
-    }
-
-    /// Its index in [`Trace::spans`].
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// How deep it is drawn: 0 for top-level spans.
-    pub fn depth(&self) -> usize {
-        self.trace.depth[self.index]
-    }
-
-    /// Its parent, when the parent is in the trace.
-    pub fn parent(&self) -> Option<Node<'a>> {
-        match self.trace.place[self.index] {
-            Place::Child(index) => Some(Node {
-                trace: self.trace,
-                index,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Its children, by start time.
-    pub fn children(&self) -> impl Iterator<Item = Node<'a>> + 'a {
-        let trace = self.trace;
-        trace.children[self.index]
-            .iter()
-            .map(move |&index| Node { trace, index })
-    }
-
-    /// Whether it names a parent that no input contains.
-    pub fn parent_missing(&self) -> bool {
-        self.trace.place[self.index] == Place::Orphan
-    }
-
-    /// Whether its parent chain loops back to itself (corrupt input).
-    pub fn in_cycle(&self) -> bool {
-        self.trace.place[self.index] == Place::Cycle
-    }
-
-    /// Its self time (see [`Trace::self_time`]).
-    pub fn self_time(&self) -> Duration {
-        self.trace.self_time(self.index)
-    }
-}
-
-/// Where a trace's time went.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// How many spans the trace has.
-    pub spans: usize,
-    /// The services in the trace, sorted by name.
-    pub services: Vec<String>,
-    /// From the earliest start to the latest end, when times are known.
-    pub duration: Option<Duration>,
-    /// The span that took longest, and how long.
-    pub slowest: Option<(String, Duration)>,
-    /// Self time per service (durations minus time covered by descendant spans and their
-    /// queue waits), most first.
-    /// Queue time is in no service's self time.
-    pub service_times: Vec<ServiceTime>,
-    /// Total time messages spent in queues before being processed.
-    pub queue_time: Duration,
-    /// How many process spans recorded a queue time.
-    pub queued_messages: usize,
-    /// The process span whose message waited longest, and how long.
-    pub longest_queue: Option<(String, Duration)>,
-    /// Span ids from the root down, each the child whose subtree ended last.
-    pub critical_path: Vec<String>,
-}
-
-impl Summary {
-    /// The service that added the most self time.
-    pub fn busiest_service(&self) -> Option<&ServiceTime> {
-        self.service_times.first()
-    }
-}
-
-/// Self time added by one service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceTime {
-    /// The service.
-    pub service: String,
-    /// The sum of its spans' self times.
-    pub self_time: Duration,
-}
-
-/// When a span ended: `timestamp`, else start plus duration.
-pub(crate) fn end_time(span: &SpanRecord) -> Option<SystemTime> {
-    span.timestamp
-        .or_else(|| Some(span.start()? + span.duration()?))
-}
-
-/// The queue time a process span recorded.
-pub(crate) fn queue_time_of(span: &SpanRecord) -> Option<Duration> {
-    let ms = span.attribute(attr::QUEUE_TIME_MS)?.as_f64()?;
-    (ms.is_finite() && ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
 }

@@ -2,7 +2,8 @@
 //! (NATS with JetStream, RabbitMQ, and tansu as the Kafka-protocol broker), starting or
 //! installing them if needed, then run the whole test suite.
 //!
-//! `cargo xtask services` does only the first part. Addresses are the loopback defaults
+//! `cargo xtask services` does only the first part (and installs Debian's `chromium`
+//! for the HTML view tests when no browser is there). Addresses are the loopback defaults
 //! the tests use; set `TRACEHOP_SKIP_SERVICES=1` to use brokers you run yourself (with
 //! `TRACEHOP_NATS_URL`, `TRACEHOP_AMQP_URL`, `TRACEHOP_KAFKA_BROKERS`).
 
@@ -56,6 +57,7 @@ fn run_tests() -> Result<(), String> {
 }
 
 fn services() -> Result<(), String> {
+    chromium()?;
     if std::env::var_os("TRACEHOP_SKIP_SERVICES").is_some() {
         println!("xtask: TRACEHOP_SKIP_SERVICES set; using your brokers");
         return Ok(());
@@ -63,6 +65,42 @@ fn services() -> Result<(), String> {
     nats()?;
     rabbitmq()?;
     tansu()
+}
+
+fn on_path(name: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| dir.join(name).is_file())
+}
+
+/// The HTML view is tested in headless Chromium: install Debian's `chromium` if no
+/// browser is there (`TRACEHOP_CHROMIUM` names one explicitly).
+fn chromium() -> Result<(), String> {
+    if std::env::var_os("TRACEHOP_CHROMIUM").is_some()
+        || on_path("chromium")
+        || on_path("chromium-browser")
+    {
+        return Ok(());
+    }
+    if !on_path("apt-get") {
+        return Err(
+            "chromium is needed for the HTML view tests, and apt-get is not \
+                    here to install it: install Chromium and set TRACEHOP_CHROMIUM"
+                .to_owned(),
+        );
+    }
+    spawn("apt-get update", "apt-get", &["update", "-qq"])?;
+    println!("xtask: installing chromium (apt-get install -y chromium)");
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("installing chromium: {e}"))?;
+    if status.success() && on_path("chromium") {
+        Ok(())
+    } else {
+        Err(format!("installing chromium failed ({status})"))
+    }
 }
 
 fn addr(port: u16) -> SocketAddr {

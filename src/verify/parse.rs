@@ -1,0 +1,474 @@
+//! One journal line to compact span fields, borrowing from the line: no `Value` tree, no
+//! string copies for ids and names, unknown attributes skipped without being built.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use super::store::{Detail, Fields, Known, Spans};
+use crate::journal::{Kind, Status};
+use crate::messaging::attributes as attr;
+
+/// A string borrowed from the input when it has no escapes.
+#[derive(Debug)]
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// The journal line, as far as verification reads it; `$attributes` is how the attributes
+/// object is read (kept raw, or only the attributes verification reads).
+macro_rules! line_struct {
+    ($name:ident, $attributes:ty) => {
+        #[derive(Debug, Deserialize)]
+        struct $name<'a> {
+            #[serde(default, borrow)]
+            timestamp: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            trace_id: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            span_id: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            parent_span_id: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            service_name: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            operation_name: Option<Str<'a>>,
+            #[serde(default)]
+            span_kind: Option<Kind>,
+            #[serde(default, borrow)]
+            start_time: Option<Str<'a>>,
+            #[serde(default)]
+            latency_ms: Option<f64>,
+            #[serde(default)]
+            duration_ns: Option<u64>,
+            #[serde(default)]
+            status: Status,
+            #[serde(default, borrow)]
+            error: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            event: Option<Str<'a>>,
+            #[serde(default, borrow)]
+            attributes: Option<$attributes>,
+            #[serde(default, borrow)]
+            links: Option<&'a RawValue>,
+            #[serde(default, borrow)]
+            events: Option<&'a RawValue>,
+        }
+    };
+}
+
+line_struct!(Line, &'a RawValue);
+line_struct!(LeanLine, KnownAttributes<'a>);
+
+/// How a line's attributes were read.
+trait Attributes<'a> {
+    /// The attributes verification reads.
+    fn known(self) -> Result<(Known<'a>, Option<&'a str>), String>;
+}
+
+impl<'a> Attributes<'a> for &'a RawValue {
+    fn known(self) -> Result<(Known<'a>, Option<&'a str>), String> {
+        match serde_json::from_str::<Option<KnownAttributes<'_>>>(self.get()) {
+            Ok(k) => Ok((k.map(|k| k.0).unwrap_or_default(), raw(Some(self)))),
+            Err(e) => Err(format!("not a span: attributes: {e}")),
+        }
+    }
+}
+
+impl<'a> Attributes<'a> for KnownAttributes<'a> {
+    fn known(self) -> Result<(Known<'a>, Option<&'a str>), String> {
+        Ok((self.0, None))
+    }
+}
+
+fn raw(r: Option<&RawValue>) -> Option<&str> {
+    r.map(RawValue::get)
+        .filter(|r| !matches!(*r, "null" | "{}" | "[]"))
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkLine<'a> {
+    #[serde(borrow)]
+    trace_id: Str<'a>,
+    #[serde(borrow)]
+    span_id: Str<'a>,
+    #[serde(default, borrow)]
+    attributes: Option<&'a RawValue>,
+}
+
+/// The event name alone, to tell skipped events from malformed spans.
+#[derive(Debug, Deserialize)]
+struct EventOnly<'a> {
+    #[serde(default, borrow)]
+    event: Option<Str<'a>>,
+}
+
+/// An attribute value verification may read.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    F64(f64),
+    I64(i64),
+    Bool(bool),
+    Other(String),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an attribute value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::F64(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::I64(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(Scalar::F64(v as f64), Scalar::I64))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other("null".to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                let v = serde_json::Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(Scalar::Other(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let v = serde_json::Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Scalar::Other(v.to_string()))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Scalar<'a> {
+    fn f64(&self) -> Option<f64> {
+        match self {
+            Scalar::F64(v) => Some(*v),
+            Scalar::I64(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+    fn i64(&self) -> Option<i64> {
+        match self {
+            Scalar::I64(v) => Some(*v),
+            _ => None,
+        }
+    }
+    fn truthy(&self) -> bool {
+        matches!(self, Scalar::Bool(true)) || matches!(self, Scalar::Str(s) if s == "true")
+    }
+    fn text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Scalar::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn display(self) -> String {
+        match self {
+            Scalar::Str(s) => s.into_owned(),
+            Scalar::F64(v) => v.to_string(),
+            Scalar::I64(v) => v.to_string(),
+            Scalar::Bool(v) => v.to_string(),
+            Scalar::Other(v) => v,
+        }
+    }
+}
+
+/// The attributes verification reads, from a journal's attributes object.
+#[derive(Debug)]
+struct KnownAttributes<'a>(Known<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for KnownAttributes<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = KnownAttributes<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an attributes object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut k = Known::default();
+                while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+                    let wanted = matches!(
+                        &*key,
+                        attr::QUEUE_TIME_MS
+                            | attr::DELIVERY_ATTEMPT
+                            | attr::MESSAGING_BATCH_MESSAGE_COUNT
+                            | attr::MESSAGING_DESTINATION_NAME
+                            | "messaging.destination"
+                            | attr::MESSAGING_SYSTEM
+                            | attr::MESSAGING_OPERATION_TYPE
+                            | "messaging.operation"
+                            | attr::ERROR_TYPE
+                            | attr::CONTEXT_MISSING
+                            | attr::CONTEXT_LINKED
+                            | attr::CONTEXT_REJECTED
+                    );
+                    if !wanted {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    let value: Scalar<'de> = map.next_value()?;
+                    match &*key {
+                        attr::QUEUE_TIME_MS => k.queue_ms = value.f64(),
+                        attr::DELIVERY_ATTEMPT => k.attempt = value.i64(),
+                        attr::MESSAGING_BATCH_MESSAGE_COUNT => k.batch = value.i64(),
+                        attr::MESSAGING_DESTINATION_NAME => k.destination = value.text(),
+                        "messaging.destination" => {
+                            if k.destination.is_none() {
+                                k.destination = value.text();
+                            }
+                        }
+                        attr::MESSAGING_SYSTEM => k.system = value.text(),
+                        attr::MESSAGING_OPERATION_TYPE => k.operation_type = value.text(),
+                        "messaging.operation" => {
+                            if k.operation_type.is_none() {
+                                k.operation_type = value.text();
+                            }
+                        }
+                        attr::ERROR_TYPE => k.error_type = value.text(),
+                        attr::CONTEXT_MISSING => k.context_missing = value.truthy(),
+                        attr::CONTEXT_LINKED => k.context_linked = value.truthy(),
+                        _ => k.rejected = Some(value.display()),
+                    }
+                }
+                Ok(KnownAttributes(k))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// What one line was.
+pub(crate) enum LineOutcome {
+    /// A span, added.
+    Span,
+    /// Blank.
+    Blank,
+    /// A well-formed event that is not a finished span.
+    Skipped,
+    /// Not a span: why.
+    Malformed(String),
+}
+
+fn id(s: Option<Str<'_>>) -> Option<Cow<'_, str>> {
+    s.map(|s| s.0).filter(|s| !s.is_empty() && s != "-")
+}
+
+fn time(s: &Option<Str<'_>>, field: &str) -> Result<Option<SystemTime>, String> {
+    match s {
+        None => Ok(None),
+        Some(Str(text)) => fast_rfc3339(text)
+            .or_else(|| crate::time::parse_rfc3339(text))
+            .map(Some)
+            .ok_or_else(|| format!("not a span: {field}: not an RFC 3339 time: {text}")),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` from 1970 on (what tracehop writes), without the
+/// general parser; `None` for anything else (which the general parser then reads).
+fn fast_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[b.len() - 1] != b'Z'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u64> {
+        b[from..to].iter().try_fold(0u64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let fraction = &b[19..b.len() - 1];
+    let nanos = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            num(20, 20 + digits.len())? * 10u64.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if year < 1970
+        || !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month[month as usize - 1]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    // Days since the epoch (Howard Hinnant's days_from_civil).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
+}
+
+/// Add the span a parsed line (of either struct) describes: `Ok(false)` for an event that
+/// is not a finished span.
+macro_rules! fields {
+    ($line:expr, $spans:expr) => {{
+        let line = $line;
+        (|| -> Result<bool, String> {
+            if line
+                .event
+                .as_ref()
+                .is_some_and(|Str(e)| e != "span_finished")
+            {
+                return Ok(false);
+            }
+            let trace_id = line
+                .trace_id
+                .ok_or("not a span: missing field `trace_id`")?
+                .0;
+            let span_id = line.span_id.ok_or("not a span: missing field `span_id`")?.0;
+            let end = time(&line.timestamp, "timestamp")?;
+            let start_time = time(&line.start_time, "start_time")?;
+            let duration = match (line.duration_ns, line.latency_ms) {
+                (Some(ns), _) => Some(Duration::from_nanos(ns)),
+                (None, Some(ms)) if ms.is_finite() && ms >= 0.0 => {
+                    Some(Duration::from_secs_f64(ms / 1000.0))
+                }
+                _ => None,
+            };
+            let start = start_time.or_else(|| end?.checked_sub(duration.unwrap_or_default()));
+            let end = end.or_else(|| Some(start? + duration?));
+            let (known, raw_attributes) = match line.attributes {
+                Some(a) => a.known()?,
+                None => (Known::default(), None),
+            };
+            let links: Vec<LinkLine<'_>> = match line.links {
+                Some(raw) if raw.get() != "[]" => {
+                    serde_json::from_str::<Option<Vec<LinkLine<'_>>>>(raw.get())
+                        .map_err(|e| format!("not a span: links: {e}"))?
+                        .unwrap_or_default()
+                }
+                _ => Vec::new(),
+            };
+            let parent = id(line.parent_span_id);
+            let service = line.service_name.map(|s| s.0);
+            let operation = line.operation_name.map(|s| s.0);
+            let error = line.error.map(|s| s.0);
+            $spans.push(Fields {
+                trace_id: &trace_id,
+                span_id: &span_id,
+                parent_span_id: parent.as_deref(),
+                service: service.as_deref(),
+                operation: operation.as_deref(),
+                kind: line.span_kind,
+                start,
+                end,
+                duration,
+                status: line.status,
+                error: error.as_deref(),
+                known,
+                links: links
+                    .iter()
+                    .map(|l| (&*l.trace_id.0, &*l.span_id.0, raw(l.attributes)))
+                    .collect(),
+                raw_attributes,
+                raw_events: raw(line.events),
+            });
+            Ok(true)
+        })()
+    }};
+}
+
+/// Read one journal line into `spans`.
+pub(crate) fn journal_line(line: &[u8], spans: &mut Spans) -> LineOutcome {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return LineOutcome::Malformed("not UTF-8".to_owned());
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return LineOutcome::Blank;
+    }
+    let result = match spans.detail {
+        Detail::Full => serde_json::from_str::<Line<'_>>(text).map(|l| fields!(l, spans)),
+        _ => serde_json::from_str::<LeanLine<'_>>(text).map(|l| fields!(l, spans)),
+    };
+    match result {
+        Ok(Ok(true)) => LineOutcome::Span,
+        Ok(Ok(false)) => LineOutcome::Skipped,
+        Ok(Err(e)) => LineOutcome::Malformed(e),
+        Err(e) => match serde_json::from_str::<EventOnly<'_>>(text) {
+            Ok(EventOnly {
+                event: Some(Str(ev)),
+            }) if ev != "span_finished" => LineOutcome::Skipped,
+            Ok(_) => LineOutcome::Malformed(format!("not a span: {e}")),
+            Err(_) if serde_json::from_str::<IgnoredAny>(text).is_ok() => {
+                LineOutcome::Malformed(format!("not a span: {e}"))
+            }
+            Err(e) => LineOutcome::Malformed(format!("not JSON: {e}")),
+        },
+    }
+}
