@@ -305,6 +305,12 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> Source for KafkaSource<C, R>
         }
     }
 
+    async fn close(mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        }
+    }
+
     fn describe_batch<'a>(&'a self, destination: &'a str) -> Incoming<'a> {
         let mut batch = Incoming::new(system::KAFKA, destination);
         if let Some(group) = &self.group_id {
@@ -494,13 +500,5 @@ where
             .parent_policy(self.parent());
         self.telemetry()
             .process_span(msg, &HeaderSnapshot::of(message.headers()))
-    }
-
-    /// Close the consumer (leave its group) on the blocking pool and wait until it has.
-    pub async fn close(self) {
-        let mut source = self.into_source();
-        if let Some(consumer) = source.consumer.take() {
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-        }
     }
 }

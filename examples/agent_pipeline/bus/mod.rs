@@ -58,7 +58,10 @@ where
 {
     Box::pin(async move {
         let mut consumer = consumer.limit(count);
-        consumer.run(|message| handler(body(&message))).await?;
+        let summary = consumer.run(|message| handler(body(&message))).await;
+        // Leave the broker cleanly before the demo tears it down (the in-process Kafka).
+        consumer.close().await;
+        summary?;
         Ok(())
     })
 }

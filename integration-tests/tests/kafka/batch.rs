@@ -13,7 +13,7 @@ use tracehop_integration_tests::spans::{
 };
 use tracehop_integration_tests::{finish, unique, WAIT};
 
-use crate::{committed, deliver, deliver_in_request, keep_in, key_of, Broker, Captured};
+use crate::{closed, committed, deliver, deliver_in_request, keep_in, key_of, Broker, Captured};
 
 /// The batch span among `processes`: the one with a message count.
 fn batch_span<'a>(processes: &[&'a SpanRecord]) -> &'a SpanRecord {
@@ -91,6 +91,7 @@ async fn batch_links_every_message(broker: Broker) {
         assert_eq!(child.status, Status::Ok);
         assert_eq!(settlement(child), Some("commit"));
     }
+    consumer.close().await;
 }
 
 /// A failed batch with the dead-letter policy forwards only the message whose work failed,
@@ -157,7 +158,9 @@ async fn batch_forwards_only_failed_messages(broker: Broker) {
         broker.consumer(&janitor, &dlq, &unique("janitor")).limit(1),
         keep_in(&seen),
     );
-    finish(task, "janitor").await.1.expect("janitor loop");
+    closed(finish(task, "janitor").await)
+        .await
+        .expect("janitor loop");
     let dead_letter = seen.lock().unwrap()[0].clone();
     assert_eq!(dead_letter.key(), Some(&b"bad-1"[..]));
     assert_eq!(delivery_attempt(&dead_letter), 2);
@@ -195,6 +198,7 @@ async fn batch_forwards_only_failed_messages(broker: Broker) {
     let dead_process = one(&all, "janitor", &format!("process {dlq}"));
     assert_child(dead_process, forward);
     assert_eq!(attempt(dead_process), Some(2));
+    consumer.close().await;
 }
 
 on_both_brokers!(

@@ -15,7 +15,9 @@ use tracehop_integration_tests::spans::{
 };
 use tracehop_integration_tests::{finish, unique};
 
-use crate::{deliver, deliver_in_request, keep_in, offset_of, spawn_run, Broker, Captured, SEND};
+use crate::{
+    closed, deliver, deliver_in_request, keep_in, offset_of, spawn_run, Broker, Captured, SEND,
+};
 
 /// gateway -> worker -> tool over two topics is one trace:
 /// request -> send tasks -> process tasks -> send tools -> process tools.
@@ -67,10 +69,12 @@ async fn chain_over_two_topics_is_one_trace(broker: Broker) {
     )
     .await;
 
-    let (_, worker_summary) = finish(worker_task, "worker").await;
+    let worker_summary = closed(finish(worker_task, "worker").await).await;
     let worker_summary = worker_summary.expect("worker loop");
     assert_eq!((worker_summary.messages, worker_summary.succeeded), (1, 1));
-    finish(tool_task, "tool").await.1.expect("tool loop");
+    closed(finish(tool_task, "tool").await)
+        .await
+        .expect("tool loop");
     assert_eq!(
         seen.lock().unwrap()[0].payload(),
         Some(&b"call for plan trip"[..])
@@ -142,7 +146,9 @@ async fn link_mode_links_instead_of_adopting(broker: Broker) {
         .parent_policy(ParentPolicy::Link)
         .limit(1);
     let task = spawn_run(consumer, |_m| async { Ok::<_, String>(()) });
-    finish(task, "consumer").await.1.expect("consumer loop");
+    closed(finish(task, "consumer").await)
+        .await
+        .expect("consumer loop");
     let all = spans.records();
     let send = one(&all, "gateway", &format!("send {topic}"));
     let process = one(&all, "worker", &format!("process {topic}"));
@@ -182,7 +188,9 @@ async fn threaded_producer_is_traced_too(broker: Broker) {
         .consumer(&worker, &topic, &unique("threaded"))
         .limit(1);
     let task = spawn_run(consumer, |_m| async { Ok::<_, String>(()) });
-    finish(task, "consumer").await.1.expect("consumer loop");
+    closed(finish(task, "consumer").await)
+        .await
+        .expect("consumer loop");
 
     let all = spans.records();
     let request = one(&all, "gateway", "handle_request");
@@ -214,7 +222,9 @@ async fn send_returns_the_trace_it_started(broker: Broker) {
         broker.consumer(&worker, &topic, &unique("sent")).limit(2),
         |_m| async { Ok::<_, String>(()) },
     );
-    finish(task, "consumer").await.1.expect("consumer loop");
+    closed(finish(task, "consumer").await)
+        .await
+        .expect("consumer loop");
 
     let all = spans.records();
     let request = one(&all, "gateway", "handle_request");

@@ -16,8 +16,8 @@ use tracehop_integration_tests::spans::{
 use tracehop_integration_tests::{finish, unique};
 
 use crate::{
-    committed, deliver, deliver_in_request, headers_of, keep_in, key_of, offset_of, spawn_run,
-    Broker, Captured, SEND,
+    closed, committed, deliver, deliver_in_request, headers_of, keep_in, key_of, offset_of,
+    spawn_run, Broker, Captured, SEND,
 };
 
 /// A failing handler with the dead-letter policy forwards the message from inside its
@@ -75,7 +75,9 @@ async fn dead_letter_stays_in_the_trace(broker: Broker) {
         broker.consumer(&janitor, &dlq, &unique("janitor")).limit(1),
         keep_in(&seen),
     );
-    finish(task, "janitor").await.1.expect("janitor loop");
+    closed(finish(task, "janitor").await)
+        .await
+        .expect("janitor loop");
     let dead_letter = seen.lock().unwrap()[0].clone();
     assert_eq!(dead_letter.payload(), Some(&b"poison"[..]));
     assert_eq!(dead_letter.key(), Some(&b"run-9"[..]));
@@ -109,6 +111,7 @@ async fn dead_letter_stays_in_the_trace(broker: Broker) {
     assert_eq!(attempt(dead_process), Some(2));
     assert_eq!(key_of(dead_process), Some("run-9"));
     assert_eq!(forward.status, Status::Ok);
+    consumer.close().await;
 }
 
 /// With the stop policy, a failed message's offset is not committed: the loop returns
@@ -155,9 +158,8 @@ async fn failed_message_is_not_committed(broker: Broker) {
         broker.consumer(&worker, &topic, &group).limit(1),
         keep_in(&seen),
     );
-    finish(task, "second consumer")
+    closed(finish(task, "second consumer").await)
         .await
-        .1
         .expect("second loop");
     let redelivered = seen.lock().unwrap()[0].clone();
     assert_eq!(
@@ -240,6 +242,7 @@ async fn forward_without_producer_stops_uncommitted(broker: Broker) {
         "{process:#?}"
     );
     assert!(find(&all, "worker", "send nowhere").is_empty());
+    consumer.close().await;
 }
 
 /// A delivery the broker refuses ends the send span as an error, and the caller gets

@@ -13,7 +13,7 @@ use tracehop::{SpanCollector, SpanRecord, Stop};
 use tracehop_integration_tests::spans::{assert_child, find, service, text};
 use tracehop_integration_tests::{finish, unique, WAIT};
 
-use crate::{deliver_in_request, key_of, spawn_run, Broker};
+use crate::{closed, deliver_in_request, key_of, spawn_run, Broker};
 
 /// A consumer context that keeps how many partitions its consumer holds, as of the last
 /// rebalance (the loop owns the consumer while it runs, so the test cannot ask it).
@@ -92,7 +92,9 @@ async fn consumer_group_of_two_keeps_one_trace_per_run(broker: Broker) {
         .await;
     stop.stop();
     for (_, task) in members {
-        let summary = finish(task, "group member").await.1.expect("member loop");
+        let summary = closed(finish(task, "group member").await)
+            .await
+            .expect("member loop");
         assert_eq!(summary.failed, 0);
     }
 

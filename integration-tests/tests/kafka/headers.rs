@@ -9,7 +9,9 @@ use tracehop::SpanCollector;
 use tracehop_integration_tests::spans::{find, flag, service, settlement, text};
 use tracehop_integration_tests::{finish, unique};
 
-use crate::{deliver, header_list, headers_of, keep_in, key_of, spawn_run, Broker, Captured, SEND};
+use crate::{
+    closed, deliver, header_list, headers_of, keep_in, key_of, spawn_run, Broker, Captured, SEND,
+};
 
 /// User headers arrive unchanged (order, bytes, null values, duplicates); a stale
 /// `traceparent` the user set is replaced in place, never duplicated.
@@ -74,7 +76,9 @@ async fn user_headers_survive_unchanged(broker: Broker) {
             .limit(2),
         keep_in(&seen),
     );
-    finish(task, "consumer").await.1.expect("consumer loop");
+    closed(finish(task, "consumer").await)
+        .await
+        .expect("consumer loop");
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
     let expected_user = header_list(&user());
@@ -167,7 +171,9 @@ async fn message_without_context_starts_a_new_root(broker: Broker) {
         broker.consumer(&worker, &topic, &unique("plain")).limit(2),
         keep_in(&handled),
     );
-    let summary = finish(task, "consumer").await.1.expect("consumer loop");
+    let summary = closed(finish(task, "consumer").await)
+        .await
+        .expect("consumer loop");
     assert_eq!(
         (summary.messages, summary.succeeded, summary.failed),
         (2, 2, 0)

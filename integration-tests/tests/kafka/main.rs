@@ -274,6 +274,14 @@ where
     })
 }
 
+/// What a spawned consumer loop returned, its consumer closed first (so it has left the
+/// broker before the test drops it, an in-process MockCluster included).
+async fn closed<C: ConsumerContext + 'static, T>(ran: (Consumer<KafkaSource<C>>, T)) -> T {
+    let (consumer, result) = ran;
+    consumer.close().await;
+    result
+}
+
 /// A handler that keeps every message it gets in `seen` and succeeds.
 fn keep_in(
     seen: &Captured,

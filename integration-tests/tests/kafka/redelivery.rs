@@ -127,6 +127,7 @@ async fn redeliver_seeks_back_without_committing_past_the_message(broker: Broker
         (Some(1), Some(2)),
         "the redelivery is the message's second attempt"
     );
+    consumer.close().await;
 }
 
 /// A handler that panics on one message of several: the panicking run's span is an error
@@ -217,6 +218,7 @@ async fn panicking_handler_is_redelivered_and_the_loop_goes_on(broker: Broker) {
         (Some(1), Some(2)),
         "the redelivery is the message's second attempt"
     );
+    consumer.close().await;
 }
 
 /// `OnFailure::redeliver().below_attempt(3).then(OnFailure::skip())` on a message that
@@ -260,6 +262,7 @@ async fn redeliver_below_attempt_gives_up_at_that_attempt(broker: Broker) {
         ]
     );
     assert_eq!(committed(&consumer, &topic, 0), Offset::Offset(1));
+    consumer.close().await;
 }
 
 /// Retry in place: each run is its own process span under the same send span, with
@@ -317,6 +320,7 @@ async fn retry_in_place_keeps_attempts_in_the_trace(broker: Broker) {
     assert_eq!(runs[1].status, Status::Ok);
     assert_eq!(settlement(runs[1]), Some("commit"));
     runs.iter().for_each(|r| assert_child(r, send));
+    consumer.close().await;
 }
 
 on_both_brokers!(

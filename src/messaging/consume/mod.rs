@@ -174,6 +174,17 @@ impl<S: Source> Consumer<S> {
         self.source
     }
 
+    /// Close the consumer and wait until it has: a Kafka consumer leaves its group (on
+    /// the blocking pool, not the async worker); the others are dropped. Close a consumer
+    /// before what it talks to goes away (an in-process `MockCluster`, a runtime that is
+    /// shutting down).
+    pub async fn close(self)
+    where
+        S: 'static,
+    {
+        self.source.close().await;
+    }
+
     /// The service's telemetry handle.
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry

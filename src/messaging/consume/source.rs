@@ -49,6 +49,15 @@ pub trait Source: Send + Sync {
         async {}
     }
 
+    /// Close the consumer, waiting until it has (Kafka leaves its group on the blocking
+    /// pool). The default just drops it.
+    fn close(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async move { drop(self) }
+    }
+
     /// The stop signal fired. Return `true` to have the loop go on reading until
     /// [`next`](Self::next) returns `None` (core NATS drains: it unsubscribes and hands
     /// over what already reached the client), `false` to stop at once (the default).
