@@ -224,6 +224,28 @@ fn critical_path_starts_at_the_span_that_ends_last_and_walks_back_through_the_ho
 }
 
 #[test]
+fn a_queue_wait_is_a_wait_even_when_the_brokers_ack_ends_the_send_span_later() {
+    // The message left at 1 ms (queue time 39 ms before processing at 40 ms), but the send
+    // span ended only at 60 ms, when the broker's acknowledgement came back.
+    let mut process = consumer(span("process", Some("send"), "worker", 40, 100));
+    process
+        .attributes
+        .insert("tracehop.queue_time_ms".into(), json!(39.0));
+    let traces = Traces::from_records(vec![
+        span("root", None, "gw", 0, 2),
+        send(span("send", Some("root"), "gw", 1, 59)),
+        process,
+    ]);
+    let trace = traces.get("t").unwrap();
+    let cp = trace.critical_path();
+    assert_eq!(path(&traces), ["root", "send", "process"]);
+    assert_eq!(cp.waiting(), Duration::from_millis(39));
+    let waits: Vec<_> = cp.steps.iter().filter(|s| s.waiting).collect();
+    assert_eq!(waits.len(), 1);
+    assert_eq!(trace.node(waits[0].index).span_id(), "process");
+}
+
+#[test]
 fn an_earlier_failed_attempt_is_on_the_path_of_the_redelivery() {
     let mut first = consumer(span("attempt1", Some("send"), "worker", 10, 20));
     first.status = crate::journal::Status::Error;

@@ -345,18 +345,25 @@ fn blocking_path(trace: &Trace<'_>) -> Vec<(usize, i64, i64, bool)> {
     let end_of = |p: usize| span(p).end;
     // A stretch [from, to) of span `p`, newest part first: past the span's end it is
     // waiting, charged to `waiter` (the span we came back from).
-    let section =
-        |steps: &mut Vec<(usize, i64, i64, bool)>, p: usize, from: i64, to: i64, waiter: usize| {
-            let end = end_of(p);
-            let wait_from = from.max(end);
-            if wait_from < to {
-                steps.push((order[waiter] as usize, wait_from, to, true));
-            }
-            let work_to = to.min(end);
-            if from < work_to {
-                steps.push((order[p] as usize, from, work_to, false));
-            }
-        };
+    // `end`: where the span's own work stops counting: its end, or, for a send span whose
+    // broker acknowledgement ended it after the delivery had started, when the message
+    // left (the delivery's queue time before it), so the queue wait stays a wait; such a
+    // send stays on the path even if nothing of it is left.
+    let section = |steps: &mut Vec<(usize, i64, i64, bool)>,
+                   p: usize,
+                   from: i64,
+                   to: i64,
+                   waiter: usize,
+                   (end, keep): (i64, bool)| {
+        let wait_from = from.max(end);
+        if wait_from < to {
+            steps.push((order[waiter] as usize, wait_from, to, true));
+        }
+        let work_to = to.min(end);
+        if from < work_to || keep && from == work_to {
+            steps.push((order[p] as usize, from, work_to, false));
+        }
+    };
     let (mut cur, mut t) = (first, end_of(first));
     latest.remove(first);
     let mut used = vec![false; n];
@@ -392,14 +399,21 @@ fn blocking_path(trace: &Trace<'_>) -> Vec<(usize, i64, i64, bool)> {
             latest.query(cur + 1, cur + size[cur] as usize)
         };
         if let Some(d) = blocker {
-            section(&mut steps, cur, end_of(d), t, waiter);
+            section(&mut steps, cur, end_of(d), t, waiter, (end_of(cur), false));
             latest.remove(d);
             used[d] = true;
             (cur, t, waiter) = (d, end_of(d), d);
             continue;
         }
         let start = span(cur).known_start().unwrap_or(t).min(t);
-        section(&mut steps, cur, start, t, waiter);
+        let late_ack = delivered && end_of(cur) > t;
+        let work_end = if late_ack {
+            let queued = i64::try_from(span(waiter).queue).unwrap_or(i64::MAX);
+            t.saturating_sub(queued).clamp(start, t)
+        } else {
+            end_of(cur)
+        };
+        section(&mut steps, cur, start, t, waiter, (work_end, late_ack));
         t = start;
         let parent = all.parent[order[cur] as usize];
         if parent != NONE {
