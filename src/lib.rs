@@ -68,6 +68,7 @@
 #![warn(rust_2018_idioms, missing_debug_implementations)]
 
 mod error;
+mod export;
 pub mod journal;
 pub mod messaging;
 pub mod propagation;
@@ -92,7 +93,7 @@ pub mod amqp;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use journal::{Journal, SpanCollector, SpanRecord};
+pub use journal::{Journal, JournalStats, SpanCollector, SpanRecord};
 pub use messaging::{
     BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessOutcome, ProcessSpan, SendSpan,
 };
