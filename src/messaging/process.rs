@@ -64,8 +64,8 @@ impl ProcessSpan {
             Some(value) => value,
             None => msg.destination.to_owned().into(),
         };
-        // The core's attributes below, at most 7.
-        attributes.reserve(7);
+        // The core's attributes below, at most 8.
+        attributes.reserve(8);
         attributes.extend(super::common_attributes(
             msg.system,
             destination,
@@ -76,6 +76,18 @@ impl ProcessSpan {
             attributes.push(KeyValue::new(attr::CONTEXT_REJECTED, why.as_str()));
         } else if extracted.source == ContextSource::None {
             attributes.push(KeyValue::new(attr::CONTEXT_MISSING, true));
+        }
+        match extracted.discarded.as_slice() {
+            [] => {}
+            [why] => attributes.push(KeyValue::new(attr::CONTEXT_DISCARDED, why.as_str())),
+            several => attributes.push(KeyValue::new(
+                attr::CONTEXT_DISCARDED,
+                several
+                    .iter()
+                    .map(|why| why.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
         }
         if let Some(sent) = extracted.sent_at.or(msg.enqueued_at) {
             let waited = now.duration_since(sent).unwrap_or_default();

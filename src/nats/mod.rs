@@ -94,7 +94,7 @@
 //! | `tracehop.delivery.attempt` | JetStream process | the server's delivery count (1, 2, 3 …); for core NATS, the `tracehop-attempt` header of a forwarded message |
 //! | `tracehop.nats.settlement` | JetStream process | `ack`, `nak`, `term` or `none` |
 //! | `tracehop.nats.settle_error` | JetStream process | why the settlement could not be sent |
-//! | `tracehop.nats.context_dropped` | publish | `true` when the context headers were left out because they would have pushed the message over the server's `max_payload` |
+//! | `tracehop.context.dropped` | publish | `max_payload` when the context headers were left out because they would have pushed the message over the server's `max_payload` |
 //!
 //! # Headers
 //!
@@ -168,9 +168,10 @@ pub mod attributes {
     pub const SETTLEMENT: &str = "tracehop.nats.settlement";
     /// Why the settlement of a JetStream delivery could not be sent (tracehop).
     pub const SETTLE_ERROR: &str = "tracehop.nats.settle_error";
-    /// `true` on a send span whose context headers were left out of the message because
-    /// they would have pushed it over the server's `max_payload` (tracehop).
-    pub const CONTEXT_DROPPED: &str = "tracehop.nats.context_dropped";
+    /// On a send span whose context headers were left out of the message because they
+    /// would have pushed it over the server's `max_payload`: `max_payload` (tracehop's,
+    /// shared with the AMQP adapter's `frame_max` guard).
+    pub use crate::messaging::attributes::CONTEXT_DROPPED;
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 
 use std::fmt;
 
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+
+use super::ValueType;
+
 /// The longest `traceparent` tracehop will look at. Version 00 is exactly 55 bytes; future
 /// versions may append fields, but nothing legitimate comes near this.
 pub const MAX_TRACEPARENT_LEN: usize = 512;
@@ -40,6 +44,12 @@ pub enum Rejection {
     ZeroSpanId,
     /// The article-style `x-trace-id` / `x-span-id` headers are present but unusable.
     BadSimpleHeaders,
+    /// The message carries more than one `traceparent` header: W3C says to restart the
+    /// trace rather than guess which one is right.
+    Repeated,
+    /// The `traceparent` header has a type that cannot carry text (an AMQP integer,
+    /// boolean, table …); the attribute says `traceparent wrong-type:<type>`.
+    WrongType(ValueType),
 }
 
 impl Rejection {
@@ -57,6 +67,17 @@ impl Rejection {
             Rejection::ZeroTraceId => "traceparent trace-id is all zeros",
             Rejection::ZeroSpanId => "traceparent parent-id is all zeros",
             Rejection::BadSimpleHeaders => "x-trace-id/x-span-id headers are not valid ids",
+            Rejection::Repeated => "traceparent is repeated",
+            Rejection::WrongType(t) => match t {
+                ValueType::Boolean => "traceparent wrong-type:boolean",
+                ValueType::Integer => "traceparent wrong-type:integer",
+                ValueType::Float => "traceparent wrong-type:float",
+                ValueType::Decimal => "traceparent wrong-type:decimal",
+                ValueType::Timestamp => "traceparent wrong-type:timestamp",
+                ValueType::Table => "traceparent wrong-type:table",
+                ValueType::Array => "traceparent wrong-type:array",
+                ValueType::Void => "traceparent wrong-type:void",
+            },
         }
     }
 }
@@ -69,12 +90,27 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// A `traceparent` that passed validation, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Traceparent<'a> {
+    /// The part a propagator should parse (see [`validate`]).
+    pub(crate) text: &'a str,
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) flags: TraceFlags,
+}
+
 /// Validate a raw `traceparent` value per W3C Trace Context level 1/2.
 ///
 /// Returns the part the propagator should parse: the whole value for version 00, and the
 /// first 55 characters for a future version (whose later fields we cannot interpret, as
 /// the spec directs). Optional whitespace around the value is tolerated.
 pub fn validate(raw: &[u8]) -> Result<&str, Rejection> {
+    parse(raw).map(|tp| tp.text)
+}
+
+/// [`validate`] and read the ids in the same pass.
+pub(crate) fn parse(raw: &[u8]) -> Result<Traceparent<'_>, Rejection> {
     if raw.len() > MAX_TRACEPARENT_LEN {
         return Err(Rejection::Oversized);
     }
@@ -87,36 +123,65 @@ pub fn validate(raw: &[u8]) -> Result<&str, Rejection> {
     if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return Err(Rejection::Malformed);
     }
-    check_hex(&b[0..2])?;
-    check_hex(&b[3..35])?;
-    check_hex(&b[36..52])?;
-    check_hex(&b[53..55])?;
-    match &b[0..2] {
-        b"ff" => return Err(Rejection::ForbiddenVersion),
-        b"00" if b.len() != V00_LEN => return Err(Rejection::TrailingData),
-        b"00" => {}
+    // Fields in order, so that the first bad character decides the reason.
+    let version = hex(&b[0..2])?;
+    let trace_high = hex(&b[3..19])?;
+    let trace_low = hex(&b[19..35])?;
+    let span_id = hex(&b[36..52])?;
+    let flags = hex(&b[53..55])?;
+    match version {
+        0xff => return Err(Rejection::ForbiddenVersion),
+        0x00 if b.len() != V00_LEN => return Err(Rejection::TrailingData),
+        0x00 => {}
         // A future version: more fields may follow, but only after a dash.
         _ if b.len() > V00_LEN && b[V00_LEN] != b'-' => return Err(Rejection::Malformed),
         _ => {}
     }
-    if b[3..35].iter().all(|&c| c == b'0') {
+    if trace_high == 0 && trace_low == 0 {
         return Err(Rejection::ZeroTraceId);
     }
-    if b[36..52].iter().all(|&c| c == b'0') {
+    if span_id == 0 {
         return Err(Rejection::ZeroSpanId);
     }
-    Ok(&value[..V00_LEN])
+    Ok(Traceparent {
+        text: &value[..V00_LEN],
+        trace_id: TraceId::from(u128::from(trace_high) << 64 | u128::from(trace_low)),
+        span_id: SpanId::from(span_id),
+        // Only the sampled flag is defined; others are not propagated.
+        flags: TraceFlags::new(flags as u8) & TraceFlags::SAMPLED,
+    })
 }
 
-fn check_hex(field: &[u8]) -> Result<(), Rejection> {
+/// A hex digit's value; [`UPPER`] for `A`-`F`, [`NOT_HEX`] for anything else.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = UPPER;
+        i += 1;
+    }
+    table
+};
+const UPPER: u8 = 0xfe;
+const NOT_HEX: u8 = 0xff;
+
+/// The value of at most 16 lowercase hex digits.
+fn hex(field: &[u8]) -> Result<u64, Rejection> {
+    let mut value = 0u64;
     for &c in field {
-        match c {
-            b'0'..=b'9' | b'a'..=b'f' => {}
-            b'A'..=b'F' => return Err(Rejection::Uppercase),
-            _ => return Err(Rejection::NotHex),
+        match HEX_VALUE[usize::from(c)] {
+            UPPER => return Err(Rejection::Uppercase),
+            NOT_HEX => return Err(Rejection::NotHex),
+            digit => value = value << 4 | u64::from(digit),
         }
     }
-    Ok(())
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -195,5 +260,22 @@ mod tests {
         }
         let huge = vec![b'a'; MAX_TRACEPARENT_LEN + 1];
         assert_eq!(validate(&huge), Err(Rejection::Oversized));
+    }
+
+    #[test]
+    fn parse_reads_the_ids_and_only_the_sampled_flag() {
+        let tp = parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03").expect("valid");
+        assert_eq!(
+            tp.trace_id,
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)
+        );
+        assert_eq!(tp.span_id, SpanId::from(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(tp.flags, TraceFlags::SAMPLED);
+        let tp = parse(GOOD.replace("-01", "-00").as_bytes())
+            .expect("valid")
+            .flags;
+        assert_eq!(tp, TraceFlags::default());
+        let tp = parse(b"00-00000000000000010000000000000000-0000000000000001-01").expect("valid");
+        assert_eq!(tp.trace_id, TraceId::from(1_u128 << 64));
     }
 }

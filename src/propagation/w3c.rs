@@ -8,10 +8,11 @@
 //! the SDK as usual.
 
 use opentelemetry::baggage::{Baggage, BaggageExt};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{TraceContextExt, TraceFlags, TraceState};
 use opentelemetry::Context;
 
-use super::{limits, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
+use super::extract::has_duplicate_keys;
+use super::{limits, Discarded, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -21,18 +22,6 @@ fn put_hex(out: &mut [u8], bytes: &[u8]) {
         pair[0] = HEX[usize::from(b >> 4)];
         pair[1] = HEX[usize::from(b & 0x0f)];
     }
-}
-
-/// The value of lowercase hex digits (already validated).
-fn hex_value(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &d| {
-        let nibble = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some(acc << 4 | u128::from(nibble))
-    })
 }
 
 /// Write `traceparent`, `tracestate` (when not empty) and `baggage` (when not empty).
@@ -101,24 +90,25 @@ fn encode_into(out: &mut String, s: &str) {
     }
 }
 
-/// The span context of a `traceparent` that [`super::traceparent::validate`] accepted.
-pub(crate) fn span_context(valid: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    let b = valid.as_bytes();
-    let trace_id = TraceId::from(hex_value(b.get(3..35)?)?);
-    let span_id = SpanId::from(u64::try_from(hex_value(b.get(36..52)?)?).ok()?);
-    let flags = u8::try_from(hex_value(b.get(53..55)?)?).ok()?;
-    let trace_state = tracestate
-        .map(limits::limit_tracestate)
-        .and_then(|ts| ts.parse::<TraceState>().ok())
-        .unwrap_or_default();
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags) & TraceFlags::SAMPLED,
-        true,
-        trace_state,
-    );
-    sc.is_valid().then_some(sc)
+/// The trace state of a `tracestate` header (combined, not yet limited): limited to the
+/// W3C sizes; empty, with the reason in `discarded`, if it repeats a key or does not
+/// parse.
+pub(crate) fn trace_state(tracestate: Option<&str>, discarded: &mut Vec<Discarded>) -> TraceState {
+    let Some(header) = tracestate else {
+        return TraceState::default();
+    };
+    let limited = limits::limit_tracestate(header);
+    if has_duplicate_keys(&limited) {
+        discarded.push(Discarded::TracestateDuplicateKeys);
+        return TraceState::default();
+    }
+    match limited.parse::<TraceState>() {
+        Ok(state) => state,
+        Err(_) => {
+            discarded.push(Discarded::TracestateInvalid);
+            TraceState::default()
+        }
+    }
 }
 
 /// Decode a `baggage` header (already limited to the W3C sizes) into `cx`.
@@ -190,6 +180,7 @@ mod tests {
     use std::collections::HashMap;
 
     use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceId};
     use opentelemetry::KeyValue;
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -267,10 +258,13 @@ mod tests {
                     let mut sdk: HashMap<String, String> = HashMap::new();
                     TraceContextPropagator::new().inject_context(&original, &mut sdk);
                     BaggagePropagator::new().inject_context(&original, &mut sdk);
-                    let tp = super::super::traceparent::validate(sdk[TRACEPARENT].as_bytes())
+                    let tp = super::super::traceparent::parse(sdk[TRACEPARENT].as_bytes())
                         .expect("valid");
-                    let sc =
-                        span_context(tp, sdk.get(TRACESTATE).map(String::as_str)).expect("context");
+                    let mut discarded = Vec::new();
+                    let parsed =
+                        trace_state(sdk.get(TRACESTATE).map(String::as_str), &mut discarded);
+                    assert!(discarded.is_empty());
+                    let sc = SpanContext::new(tp.trace_id, tp.span_id, tp.flags, true, parsed);
                     assert_eq!(sc.trace_id(), original.span().span_context().trace_id());
                     assert_eq!(sc.span_id(), original.span().span_context().span_id());
                     assert_eq!(sc.trace_flags(), flags);
