@@ -96,20 +96,6 @@ impl ReadCarrier for BasicProperties {
     }
 }
 
-/// Let `write` add entries to the headers of `properties`, keeping every existing entry.
-/// Properties without headers get a table only if something was written.
-pub(crate) fn with_headers<T>(
-    properties: BasicProperties,
-    write: impl FnOnce(&mut FieldTable) -> T,
-) -> (BasicProperties, T) {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    let out = write(&mut headers);
-    if headers.inner().is_empty() && properties.headers().is_none() {
-        return (properties, out);
-    }
-    (properties.with_headers(headers), out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,7 @@ pub(crate) enum SinkKind {
     /// A span journal ([`Error::JournalWrite`] on a failed write).
     Journal,
     /// A span exporter ([`Error::Export`] on a failed export).
+    #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
     Exporter,
 }
 
