@@ -322,7 +322,7 @@ impl Propagation {
             Codec::Custom(propagator) => {
                 let bridge = ExtractBridge {
                     carrier,
-                    traceparent: traceparent.map(|tp| tp.text),
+                    traceparent: traceparent.map(|tp| tp.text()),
                     tracestate: tracestate
                         .as_deref()
                         .map(limits::limit_tracestate)

@@ -16,11 +16,21 @@ use super::{limits, Discarded, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Every byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 0x0f]];
+        b += 1;
+    }
+    pairs
+};
+
 /// Lowercase hex of `bytes` into `out` (twice as long).
 fn put_hex(out: &mut [u8], bytes: &[u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0x0f)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
     }
 }
 
@@ -55,10 +65,10 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
                 if !out.is_empty() {
                     out.push(',');
                 }
-                encode_into(&mut out, name.as_str().trim());
+                encode_into(&mut out, trim(name.as_str()));
                 out.push('=');
-                encode_into(&mut out, value.as_str().trim());
-                let metadata = metadata.as_str().trim();
+                encode_into(&mut out, trim(value.as_str()));
+                let metadata = trim(metadata.as_str());
                 if !metadata.is_empty() {
                     out.push(';');
                     out.push_str(metadata);
@@ -69,11 +79,23 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
     }
 }
 
+/// The bytes a baggage value may contain as they are.
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        plain[b] =
+            byte.is_ascii_graphic() && !matches!(byte, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
+        b += 1;
+    }
+    plain
+};
+
 /// Percent-encode what a baggage value may not contain: controls, space, `"`, `,`, `;`,
 /// `=`, `\`, `%` and everything outside ASCII.
 fn encode_into(out: &mut String, s: &str) {
-    let plain =
-        |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
+    let plain = |b: u8| PLAIN[usize::from(b)];
     if s.bytes().all(plain) {
         // The usual case: nothing to escape.
         out.push_str(s);
@@ -114,28 +136,30 @@ pub(crate) fn trace_state(tracestate: Option<&str>, discarded: &mut Vec<Discarde
 /// Decode a `baggage` header (already limited to the W3C sizes) into `cx`.
 pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
     let mut baggage = Baggage::new();
-    // Members are short: plain byte loops beat the general string searchers here.
-    let mut rest = header;
-    loop {
-        let (member, next) = match find(rest, b',') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let (pair, metadata) = match find(member, b';') {
-            Some(i) => (&member[..i], member[i + 1..].trim()),
-            None => (member, ""),
-        };
-        if let Some(eq) = find(pair, b'=') {
-            let decoded = (decode(pair[..eq].trim()), decode(pair[eq + 1..].trim()));
-            if let (Some(name), Some(value)) = decoded {
-                if !name.is_empty() {
-                    let _ = baggage.insert_with_metadata(name, value, metadata);
-                }
+    for member in header.split(',') {
+        // One pass over the member: where its `=` and `;` are, and whether it has a `%`.
+        let (mut eq, mut semicolon, mut percent) = (None, None, false);
+        for (i, b) in member.bytes().enumerate() {
+            match b {
+                b'=' if eq.is_none() && semicolon.is_none() => eq = Some(i),
+                b';' if semicolon.is_none() => semicolon = Some(i),
+                b'%' => percent = true,
+                _ => {}
             }
         }
-        match next {
-            Some(next) => rest = next,
-            None => break,
+        let Some(eq) = eq else { continue };
+        let (value, metadata) = match semicolon {
+            Some(i) => (&member[eq + 1..i], trim(&member[i + 1..])),
+            None => (&member[eq + 1..], ""),
+        };
+        let decoded = (
+            decode(trim(&member[..eq]), percent),
+            decode(trim(value), percent),
+        );
+        if let (Some(name), Some(value)) = decoded {
+            if !name.is_empty() {
+                let _ = baggage.insert_with_metadata(name, value, metadata);
+            }
         }
     }
     if baggage.is_empty() {
@@ -145,14 +169,24 @@ pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
     }
 }
 
+/// `s` without surrounding whitespace, checking the two ends first (nearly always
+/// enough).
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
 /// The index of the first `byte` (an ASCII character) in `s`.
 fn find(s: &str, byte: u8) -> Option<usize> {
     s.bytes().position(|b| b == byte)
 }
 
-/// Percent-decode to UTF-8 text; `None` if the result is not UTF-8.
-fn decode(s: &str) -> Option<String> {
-    if find(s, b'%').is_none() {
+/// Percent-decode to UTF-8 text; `None` if the result is not UTF-8. `maybe_percent`:
+/// whether the member `s` comes from has a `%` at all.
+fn decode(s: &str, maybe_percent: bool) -> Option<String> {
+    if !maybe_percent || find(s, b'%').is_none() {
         return Some(s.to_owned());
     }
     let bytes = s.as_bytes();
