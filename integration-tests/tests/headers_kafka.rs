@@ -4,23 +4,19 @@
 //! once against the broker at `TRACEHOP_KAFKA_BROKERS` (module `tansu`).
 #![cfg(feature = "kafka")]
 
-use std::collections::HashMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use opentelemetry::baggage::BaggageExt as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tracehop::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
-use tracehop::{Incoming, Outgoing, SpanCollector, Telemetry};
+use tracehop::{SpanCollector, Telemetry};
+use tracehop_integration_tests::repeated_headers::{assert_w3c, messages, process_and_forward};
 use tracehop_integration_tests::{kafka_brokers, unique, WAIT};
 
 const SEND: Duration = Duration::from_secs(10);
-const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-const OTHER_TP: &str = "00-11111111111111111111111111111111-2222222222222222-01";
 
 /// Where the messages go: the in-process cluster (kept alive here) or the external one.
 struct Broker {
@@ -91,31 +87,6 @@ impl Broker {
     }
 }
 
-/// The headers of each message, in order, repeats included.
-fn messages() -> Vec<Vec<(&'static str, &'static str)>> {
-    vec![
-        // 0: two traceparents (the same one twice would be no better).
-        vec![(TRACEPARENT, TP), ("user", "u"), (TRACEPARENT, OTHER_TP)],
-        // 1: tracestate and baggage split over several headers.
-        vec![
-            (TRACEPARENT, TP),
-            (TRACESTATE, "a=1,b=2"),
-            (BAGGAGE, "k1=v1"),
-            (TRACESTATE, "c=3"),
-            (BAGGAGE, "k2=v2,k3=v3"),
-            (TRACESTATE, "d=4,e=5"),
-        ],
-        // 2: a tracestate with a key twice.
-        vec![(TRACEPARENT, TP), (TRACESTATE, "foo=1,foo=2")],
-        // 3: the same key in two tracestate headers.
-        vec![
-            (TRACEPARENT, TP),
-            (TRACESTATE, "foo=1"),
-            (TRACESTATE, "foo=2"),
-        ],
-    ]
-}
-
 async fn repeated_headers_follow_w3c(broker: Broker) {
     let topic = broker.topic().await;
     let producer: FutureProducer = broker
@@ -177,65 +148,9 @@ async fn repeated_headers_follow_w3c(broker: Broker) {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         assert_eq!(received, want, "message {i}");
-        let process = telemetry.process_span(Incoming::new("kafka", &topic), headers);
-        if i == 1 {
-            let baggage = process.context().baggage();
-            let mut members: Vec<String> = baggage
-                .iter()
-                .map(|(k, (v, _))| format!("{k}={v}"))
-                .collect();
-            members.sort();
-            assert_eq!(members, ["k1=v1", "k2=v2", "k3=v3"]);
-        }
-        // What a send from inside the handler carries on.
-        let mut out: HashMap<String, String> = HashMap::new();
-        process.in_scope(|| {
-            telemetry
-                .send_span(Outgoing::new("kafka", "next"), &mut out)
-                .end()
-        });
-        forwarded.push(out);
-        process.end();
+        forwarded.push(process_and_forward(&telemetry, i, "kafka", &topic, headers));
     }
-
-    let records = spans.records();
-    let process: Vec<_> = records
-        .iter()
-        .filter(|s| s.operation_name.as_deref() == Some(&*format!("process {topic}")))
-        .collect();
-    assert_eq!(process.len(), 4);
-    // 0: a new trace, and why.
-    assert_eq!(process[0].parent_span_id, None);
-    assert_ne!(process[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(
-        process[0].attribute_str("tracehop.context.rejected"),
-        Some("traceparent is repeated")
-    );
-    // 1: continued, with every tracestate member in order.
-    assert_eq!(
-        process[1].parent_span_id.as_deref(),
-        Some("00f067aa0ba902b7")
-    );
-    assert_eq!(
-        forwarded[1].get(TRACESTATE).map(String::as_str),
-        Some("a=1,b=2,c=3,d=4,e=5")
-    );
-    assert!(
-        forwarded[1][BAGGAGE].contains("k2=v2"),
-        "{:?}",
-        forwarded[1]
-    );
-    // 2 and 3: continued without the tracestate, which is not forwarded.
-    for (p, out) in process[2..].iter().zip(&forwarded[2..]) {
-        assert_eq!(p.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(p.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(
-            p.attribute_str("tracehop.context.discarded"),
-            Some("tracestate has duplicate keys")
-        );
-        assert_eq!(out.get(TRACESTATE), None, "{out:?}");
-        assert!(out[TRACEPARENT].contains("4bf92f3577b34da6a3ce929d0e0e4736"));
-    }
+    assert_w3c(&spans.records(), &topic, &forwarded);
 }
 
 mod mock {
@@ -250,16 +165,4 @@ mod tansu {
     async fn repeated_headers_follow_w3c() {
         super::repeated_headers_follow_w3c(super::Broker::tansu()).await
     }
-}
-
-#[test]
-fn the_scenarios_cover_what_they_claim() {
-    // Guard against an edit that makes a case vacuous: the traceparents are valid (so a
-    // rejection is for the repeat), and the repeats are there.
-    use tracehop::propagation::traceparent::validate;
-    assert!(validate(TP.as_bytes()).is_ok() && validate(OTHER_TP.as_bytes()).is_ok());
-    let m = messages();
-    assert_eq!(m[0].iter().filter(|(k, _)| *k == TRACEPARENT).count(), 2);
-    assert_eq!(m[1].iter().filter(|(k, _)| *k == TRACESTATE).count(), 3);
-    assert_eq!(m[3].iter().filter(|(k, _)| *k == TRACESTATE).count(), 2);
 }

@@ -3,38 +3,12 @@
 //! server (`TRACEHOP_NATS_URL`): published by the plain async-nats client, read back with
 //! `Telemetry::process_span` from what a plain subscription received.
 
-use std::collections::HashMap;
-
 use async_nats::HeaderMap;
 use futures_util::StreamExt as _;
-use opentelemetry::baggage::BaggageExt as _;
 use tracehop::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
-use tracehop::{Incoming, Outgoing, SpanCollector, Telemetry};
+use tracehop::{SpanCollector, Telemetry};
+use tracehop_integration_tests::repeated_headers::{assert_w3c, messages, process_and_forward};
 use tracehop_integration_tests::{nats_url, unique, WAIT};
-
-const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-const OTHER_TP: &str = "00-11111111111111111111111111111111-2222222222222222-01";
-
-/// The headers of each message; a name's values keep their order.
-fn messages() -> Vec<Vec<(&'static str, &'static str)>> {
-    vec![
-        vec![(TRACEPARENT, TP), ("user", "u"), (TRACEPARENT, OTHER_TP)],
-        vec![
-            (TRACEPARENT, TP),
-            (TRACESTATE, "a=1,b=2"),
-            (BAGGAGE, "k1=v1"),
-            (TRACESTATE, "c=3"),
-            (BAGGAGE, "k2=v2,k3=v3"),
-            (TRACESTATE, "d=4,e=5"),
-        ],
-        vec![(TRACEPARENT, TP), (TRACESTATE, "foo=1,foo=2")],
-        vec![
-            (TRACEPARENT, TP),
-            (TRACESTATE, "foo=1"),
-            (TRACESTATE, "foo=2"),
-        ],
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_headers_follow_w3c() {
@@ -79,53 +53,13 @@ async fn repeated_headers_follow_w3c() {
             let got: Vec<&str> = headers.get_all(name).map(|v| v.as_str()).collect();
             assert_eq!(got, want, "message {i}, {name}");
         }
-        let process = telemetry.process_span(Incoming::new("nats", &subject), &message.headers);
-        if i == 1 {
-            let baggage = process.context().baggage();
-            let mut members: Vec<String> = baggage
-                .iter()
-                .map(|(k, (v, _))| format!("{k}={v}"))
-                .collect();
-            members.sort();
-            assert_eq!(members, ["k1=v1", "k2=v2", "k3=v3"]);
-        }
-        let mut out: HashMap<String, String> = HashMap::new();
-        process.in_scope(|| {
-            telemetry
-                .send_span(Outgoing::new("nats", "next"), &mut out)
-                .end()
-        });
-        forwarded.push(out);
-        process.end();
+        forwarded.push(process_and_forward(
+            &telemetry,
+            i,
+            "nats",
+            &subject,
+            &message.headers,
+        ));
     }
-
-    let records = spans.records();
-    let process: Vec<_> = records
-        .iter()
-        .filter(|s| s.operation_name.as_deref() == Some(&*format!("process {subject}")))
-        .collect();
-    assert_eq!(process.len(), 4);
-    assert_eq!(process[0].parent_span_id, None);
-    assert_ne!(process[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(
-        process[0].attribute_str("tracehop.context.rejected"),
-        Some("traceparent is repeated")
-    );
-    assert_eq!(
-        process[1].parent_span_id.as_deref(),
-        Some("00f067aa0ba902b7")
-    );
-    assert_eq!(
-        forwarded[1].get(TRACESTATE).map(String::as_str),
-        Some("a=1,b=2,c=3,d=4,e=5")
-    );
-    for (p, out) in process[2..].iter().zip(&forwarded[2..]) {
-        assert_eq!(p.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(p.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(
-            p.attribute_str("tracehop.context.discarded"),
-            Some("tracestate has duplicate keys")
-        );
-        assert_eq!(out.get(TRACESTATE), None, "{out:?}");
-    }
+    assert_w3c(&spans.records(), &subject, &forwarded);
 }
