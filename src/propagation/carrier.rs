@@ -92,6 +92,25 @@ pub enum ValueType {
     Void,
 }
 
+/// `"<header> wrong-type:<type>"` for a `ValueType`, as a `&'static str`.
+macro_rules! wrong_type {
+    ($header:literal, $t:expr) => {
+        match $t {
+            $crate::propagation::ValueType::Boolean => concat!($header, " wrong-type:boolean"),
+            $crate::propagation::ValueType::Integer => concat!($header, " wrong-type:integer"),
+            $crate::propagation::ValueType::Float => concat!($header, " wrong-type:float"),
+            $crate::propagation::ValueType::Decimal => concat!($header, " wrong-type:decimal"),
+            $crate::propagation::ValueType::Timestamp => {
+                concat!($header, " wrong-type:timestamp")
+            }
+            $crate::propagation::ValueType::Table => concat!($header, " wrong-type:table"),
+            $crate::propagation::ValueType::Array => concat!($header, " wrong-type:array"),
+            $crate::propagation::ValueType::Void => concat!($header, " wrong-type:void"),
+        }
+    };
+}
+pub(crate) use wrong_type;
+
 impl ValueType {
     /// The type's name: `boolean`, `integer`, `float`, `decimal`, `timestamp`, `table`,
     /// `array` or `void`.

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::carrier::{HeaderValue, ReadCarrier, ValueType};
+use super::carrier::{wrong_type, HeaderValue, ReadCarrier, ValueType};
 use super::simple::{X_PARENT_SPAN_ID, X_SPAN_ID, X_TRACE_ID};
 use super::{ATTEMPT, BAGGAGE, SENT_AT, TRACEPARENT, TRACESTATE};
 
@@ -47,27 +47,9 @@ impl Discarded {
             Discarded::TracestateDuplicateKeys => "tracestate has duplicate keys",
             Discarded::TracestateInvalid => "tracestate is invalid",
             Discarded::TracestateNotUtf8 => "tracestate is not UTF-8",
-            Discarded::TracestateWrongType(t) => match t {
-                ValueType::Boolean => "tracestate wrong-type:boolean",
-                ValueType::Integer => "tracestate wrong-type:integer",
-                ValueType::Float => "tracestate wrong-type:float",
-                ValueType::Decimal => "tracestate wrong-type:decimal",
-                ValueType::Timestamp => "tracestate wrong-type:timestamp",
-                ValueType::Table => "tracestate wrong-type:table",
-                ValueType::Array => "tracestate wrong-type:array",
-                ValueType::Void => "tracestate wrong-type:void",
-            },
+            Discarded::TracestateWrongType(t) => wrong_type!("tracestate", t),
             Discarded::BaggageNotUtf8 => "baggage is not UTF-8",
-            Discarded::BaggageWrongType(t) => match t {
-                ValueType::Boolean => "baggage wrong-type:boolean",
-                ValueType::Integer => "baggage wrong-type:integer",
-                ValueType::Float => "baggage wrong-type:float",
-                ValueType::Decimal => "baggage wrong-type:decimal",
-                ValueType::Timestamp => "baggage wrong-type:timestamp",
-                ValueType::Table => "baggage wrong-type:table",
-                ValueType::Array => "baggage wrong-type:array",
-                ValueType::Void => "baggage wrong-type:void",
-            },
+            Discarded::BaggageWrongType(t) => wrong_type!("baggage", t),
         }
     }
 }

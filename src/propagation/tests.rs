@@ -421,10 +421,26 @@ fn unusable_tracestate_or_baggage_is_discarded_with_its_reason() {
         assert_eq!(got.discarded, want);
         assert!(got.context.baggage().is_empty());
     }
-    assert_eq!(
-        Discarded::BaggageWrongType(ValueType::Table).as_str(),
-        "baggage wrong-type:table"
-    );
+    for t in [
+        ValueType::Boolean,
+        ValueType::Integer,
+        ValueType::Float,
+        ValueType::Decimal,
+        ValueType::Timestamp,
+        ValueType::Table,
+        ValueType::Array,
+        ValueType::Void,
+    ] {
+        let name = t.as_str();
+        assert_eq!(
+            Rejection::WrongType(t).as_str(),
+            format!("traceparent wrong-type:{name}")
+        );
+        let tracestate = Discarded::TracestateWrongType(t).as_str();
+        assert_eq!(tracestate, format!("tracestate wrong-type:{name}"));
+        let baggage = Discarded::BaggageWrongType(t).as_str();
+        assert_eq!(baggage, format!("baggage wrong-type:{name}"));
+    }
 }
 
 #[test]

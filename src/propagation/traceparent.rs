@@ -68,16 +68,7 @@ impl Rejection {
             Rejection::ZeroSpanId => "traceparent parent-id is all zeros",
             Rejection::BadSimpleHeaders => "x-trace-id/x-span-id headers are not valid ids",
             Rejection::Repeated => "traceparent is repeated",
-            Rejection::WrongType(t) => match t {
-                ValueType::Boolean => "traceparent wrong-type:boolean",
-                ValueType::Integer => "traceparent wrong-type:integer",
-                ValueType::Float => "traceparent wrong-type:float",
-                ValueType::Decimal => "traceparent wrong-type:decimal",
-                ValueType::Timestamp => "traceparent wrong-type:timestamp",
-                ValueType::Table => "traceparent wrong-type:table",
-                ValueType::Array => "traceparent wrong-type:array",
-                ValueType::Void => "traceparent wrong-type:void",
-            },
+            Rejection::WrongType(t) => super::carrier::wrong_type!("traceparent", t),
         }
     }
 }
