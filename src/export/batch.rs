@@ -19,7 +19,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use super::{Health, Popped, Queue, SinkKind};
+use super::{Health, Popped, Queue, SinkKind, Wait};
 
 /// Spans waiting for export before new ones are dropped.
 const QUEUE_SIZE: usize = 65_536;
@@ -94,7 +94,7 @@ impl SpanProcessor for BatchProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        match self.shared.queue.push(span, 1, false) {
+        match self.shared.queue.push(span, 1, Wait::No) {
             Ok(len) => self.shared.health.queued(len),
             Err(_) => self.shared.health.dropped(1),
         }

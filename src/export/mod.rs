@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "otlp")]
 pub(crate) use batch::BatchProcessor;
-pub(crate) use queue::{Popped, Queue};
+pub(crate) use queue::{Popped, Queue, Wait};
 
 use crate::{Error, Result};
 

@@ -21,6 +21,17 @@ pub(crate) enum Popped {
     Closed,
 }
 
+/// How long [`Queue::push`] waits for room in a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Not at all: the item is handed back.
+    No,
+    /// Until there is room (or the queue is closed).
+    Forever,
+    /// Until there is room or this instant has passed.
+    Until(Instant),
+}
+
 /// A bounded queue of `T` with one consumer (the worker).
 #[derive(Debug)]
 pub(crate) struct Queue<T> {
@@ -79,10 +90,10 @@ impl<T> Queue<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add `item`, which weighs `weight`. When the queue is full, wait for room if
-    /// `wait`, else hand the item back; a closed queue always hands it back. `Ok` carries
+    /// Add `item`, which weighs `weight`. When the queue is full, wait for room as `wait`
+    /// says, then hand the item back; a closed queue always hands it back. `Ok` carries
     /// the weight of everything queued, this item included.
-    pub(crate) fn push(&self, item: T, weight: usize, wait: bool) -> Result<usize, T> {
+    pub(crate) fn push(&self, item: T, weight: usize, wait: Wait) -> Result<usize, T> {
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -91,21 +102,21 @@ impl<T> Queue<T> {
             if state.items.len() < self.limit {
                 return Ok(self.accept(&mut state, item, weight));
             }
-            if !wait {
-                return Err(item);
-            }
-            state = self.room.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = match wait {
+                Wait::No => return Err(item),
+                Wait::Forever => self.room.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Wait::Until(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(item);
+                    }
+                    self.room
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
-    }
-
-    /// Add `item` even if the queue is full (a flush's last partial item: at most one
-    /// over the limit per flush). Only a closed queue hands it back.
-    pub(crate) fn push_over_limit(&self, item: T, weight: usize) -> Result<usize, T> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(item);
-        }
-        Ok(self.accept(&mut state, item, weight))
     }
 
     fn accept(&self, state: &mut State<T>, item: T, weight: usize) -> usize {
@@ -195,6 +206,11 @@ impl<T> Queue<T> {
         true
     }
 
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Accept nothing more; the worker drains what is queued and stops.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
@@ -208,18 +224,24 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{Popped, Queue};
+    use super::{Popped, Queue, Wait};
 
     #[test]
     fn a_full_queue_hands_items_back_or_waits_for_room() {
         let queue = Arc::new(Queue::new(2));
-        assert_eq!(queue.push(1, 1, false), Ok(1));
-        assert_eq!(queue.push(2, 1, false), Ok(2));
-        assert_eq!(queue.push(3, 1, false), Err(3));
+        assert_eq!(queue.push(1, 1, Wait::No), Ok(1));
+        assert_eq!(queue.push(2, 1, Wait::No), Ok(2));
+        assert_eq!(queue.push(3, 1, Wait::No), Err(3));
+        let soon = std::time::Instant::now() + Duration::from_millis(20);
+        assert_eq!(
+            queue.push(3, 1, Wait::Until(soon)),
+            Err(3),
+            "no room in time"
+        );
 
         let producer = {
             let queue = queue.clone();
-            std::thread::spawn(move || queue.push(3, 1, true))
+            std::thread::spawn(move || queue.push(3, 1, Wait::Forever))
         };
         std::thread::sleep(Duration::from_millis(50));
         assert!(
@@ -236,7 +258,7 @@ mod tests {
     fn flush_waits_for_the_worker_and_close_drains() {
         let queue = Arc::new(Queue::new(8));
         for i in 0..5 {
-            queue.push(i, 1, false).expect("room");
+            queue.push(i, 1, Wait::No).expect("room");
         }
         let worker = {
             let queue = queue.clone();
@@ -268,10 +290,10 @@ mod tests {
             queue.flush(Duration::from_secs(10)),
             "flush returns once handled"
         );
-        queue.push(5, 1, false).expect("room");
+        queue.push(5, 1, Wait::No).expect("room");
         queue.close();
         assert_eq!(
-            queue.push(6, 1, true),
+            queue.push(6, 1, Wait::Forever),
             Err(6),
             "a closed queue takes nothing"
         );

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -16,7 +16,7 @@ use opentelemetry_sdk::Resource;
 
 use super::line::{service_json, write_line, Scratch};
 use super::target::Journal;
-use crate::export::{Health, Popped, Queue, SinkKind};
+use crate::export::{Health, Popped, Queue, SinkKind, Wait};
 
 /// How long a partly filled block may wait before the writer takes it anyway.
 const IDLE: Duration = Duration::from_millis(500);
@@ -189,7 +189,11 @@ impl Shared {
             let full = std::mem::replace(&mut filling.chunk, fresh);
             let bytes = full.bytes.len();
             // The writer must never wait for itself.
-            let wait = !self.lossy && !IS_WRITER.get();
+            let wait = if self.lossy || IS_WRITER.get() {
+                Wait::No
+            } else {
+                Wait::Forever
+            };
             match self.queue.push(full, bytes, wait) {
                 Ok(queued) => self.health.queued(queued),
                 Err(full) => {
@@ -206,33 +210,47 @@ impl Shared {
         filling.chunk.lines += 1;
     }
 
-    /// Hand the partly filled block to the writer (a flush, or the writer's idle turn:
-    /// `try_only`, which skips a block that a thread is busy with, as it will be handed
-    /// over soon anyway, and the writer must not wait for a thread that waits for it).
-    fn rotate(&self, try_only: bool) {
-        let mut filling = if try_only {
-            match self.filling.try_lock() {
+    /// Hand the partly filled block to the writer: on the writer's idle turn (`None`) if
+    /// there is room and no thread is busy with the block (it will be handed over soon
+    /// anyway, and the writer must not wait for a thread that waits for it); for a flush,
+    /// waiting for room until `deadline`. `false` if the block could not be handed over.
+    fn rotate(&self, deadline: Option<Instant>) -> bool {
+        let mut filling = match deadline {
+            None => match self.filling.try_lock() {
                 Ok(filling) => filling,
-                Err(_) => return,
-            }
-        } else {
-            lock(&self.filling)
+                Err(_) => return true,
+            },
+            Some(_) => lock(&self.filling),
         };
         if filling.chunk.lines == 0 {
-            return;
+            return true;
         }
+        let wait = match deadline {
+            Some(deadline) if !IS_WRITER.get() => Wait::Until(deadline),
+            _ => Wait::No,
+        };
         let full = std::mem::take(&mut filling.chunk);
         let bytes = full.bytes.len();
-        match self.queue.push_over_limit(full, bytes) {
-            Ok(queued) => self.health.queued(queued),
-            // Closed: the writer takes the block itself when it ends.
-            Err(full) => filling.chunk = full,
+        match self.queue.push(full, bytes, wait) {
+            Ok(queued) => {
+                self.health.queued(queued);
+                true
+            }
+            // Full, or closed (the writer then takes the block itself when it ends).
+            Err(full) => {
+                filling.chunk = full;
+                self.queue.is_closed()
+            }
         }
     }
 
     fn flush(&self, timeout: Duration) -> OTelSdkResult {
-        self.rotate(false);
-        let done = self.queue.flush(timeout);
+        let deadline = Instant::now() + timeout;
+        let handed = self.rotate(Some(deadline));
+        let done = handed
+            && self
+                .queue
+                .flush(deadline.saturating_duration_since(Instant::now()));
         self.health.end_burst(true);
         if done {
             Ok(())
@@ -276,7 +294,9 @@ impl Shared {
                     self.flush_writer(&mut writer);
                     self.queue.flushed();
                 }
-                Popped::Idle => self.rotate(true),
+                Popped::Idle => {
+                    self.rotate(None);
+                }
                 Popped::Closed => {
                     let last = {
                         let mut filling = lock(&self.filling);
