@@ -105,7 +105,8 @@
 //! also trims whitespace around received values.) A context header the client would
 //! reject is skipped instead of panicking, and context that would make a message too large
 //! is left out instead of failing the publish. Header lookup on the way in is by exact,
-//! case-sensitive name.
+//! case-sensitive name, and sees every value: two `traceparent` values start a new trace,
+//! several `tracestate` values are joined (see [`propagation`](crate::propagation)).
 //!
 //! # Subscribing before others publish
 //!

@@ -1,12 +1,23 @@
 //! Broker-agnostic context propagation: which headers carry a trace across a hop, how they
 //! are written, and how they are read safely.
 //!
-//! [`Propagation`] writes W3C `traceparent`/`tracestate` and `baggage` through the
-//! OpenTelemetry SDK propagators (or any propagator you configure), optionally the
-//! article's `x-trace-id` headers, and a `tracehop-sent-at` timestamp for queue time. On
-//! the way in it validates `traceparent` strictly, trims `tracestate` and `baggage` to the
-//! W3C limits by dropping whole members, and tells you why context was rejected. Nothing
-//! here panics on input, and nothing here fails a message.
+//! [`Propagation`] writes W3C `traceparent`/`tracestate` and `baggage` (with its own
+//! codec, or any OpenTelemetry propagator you configure), optionally the article's
+//! `x-trace-id` headers, and a `tracehop-sent-at` timestamp for queue time. On the way in
+//! it reads a message's headers once ([`ReadCarrier::for_each`]), validates `traceparent`
+//! strictly and parses it in the same pass, trims `tracestate` and `baggage` to the W3C
+//! limits by dropping whole members, and tells you why context was rejected or left out.
+//! Nothing here panics on input, and nothing here fails a message.
+//!
+//! Headers a message repeats (Kafka and NATS allow it) follow W3C Trace Context: more
+//! than one `traceparent` is rejected ([`Rejection::Repeated`]: a new trace starts);
+//! several `tracestate` or `baggage` headers are joined in order with commas, then
+//! limited. A `tracestate` that names a key twice, does not parse, or is not text, and a
+//! `baggage` that is not text, are left out while the trace goes on
+//! ([`Extracted::discarded`], [`Discarded`]). A header of a type that cannot carry text
+//! (AMQP integers, tables …, see [`HeaderValue::Typed`]) is rejected or left out with the
+//! type as the reason (`traceparent wrong-type:integer`). For the single-valued
+//! `tracehop-sent-at`, `tracehop-attempt` and `x-*` headers the last value counts.
 //!
 //! ```
 //! use std::collections::HashMap;
