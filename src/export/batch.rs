@@ -25,14 +25,23 @@ use super::{Health, Popped, Queue, SinkKind, Wait};
 const QUEUE_SIZE: usize = 65_536;
 /// Spans per export.
 const BATCH_SIZE: usize = 1024;
-/// The longest a span waits for a batch to fill.
+/// The longest a span waits for a batch to fill, unless `OTEL_BSP_SCHEDULE_DELAY` (in
+/// milliseconds, as for the SDK's processor) says otherwise.
 const SCHEDULED_DELAY: Duration = Duration::from_secs(5);
+
+fn scheduled_delay() -> Duration {
+    std::env::var("OTEL_BSP_SCHEDULE_DELAY")
+        .ok()
+        .and_then(|ms| ms.trim().parse().ok())
+        .map_or(SCHEDULED_DELAY, Duration::from_millis)
+}
 /// How long `force_flush` waits for the exports.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Shared {
     queue: Queue<SpanData>,
+    delay: Duration,
     /// A resource to hand the exporter before its next export.
     resource: Mutex<Option<Resource>>,
     health: Health,
@@ -60,6 +69,7 @@ impl BatchProcessor {
     ) -> std::io::Result<BatchProcessor> {
         let shared = Arc::new(Shared {
             queue: Queue::new(QUEUE_SIZE),
+            delay: scheduled_delay(),
             resource: Mutex::new(None),
             health: Health::new(name, SinkKind::Exporter, QUEUE_SIZE),
         });
@@ -143,7 +153,7 @@ impl Shared {
             {
                 exporter.set_resource(&resource);
             }
-            match self.queue.pop(&mut batch, BATCH_SIZE, SCHEDULED_DELAY) {
+            match self.queue.pop(&mut batch, BATCH_SIZE, self.delay) {
                 Popped::Items => {
                     let n = batch.len();
                     match block_on(exporter.export(std::mem::take(&mut batch))) {
