@@ -57,6 +57,10 @@ impl Journal {
 
     /// Write to any writer; `name` identifies it in errors. The writer is called from the
     /// journal's own thread, with large blocks of whole lines, and flushed after each.
+    ///
+    /// It must not wait for the threads that end spans (say, on a channel that a task of
+    /// the same runtime reads): in a burst those threads wait for it. Spans it ends
+    /// itself never wait (if its buffer is full they are dropped, and counted).
     pub fn writer(name: impl Into<String>, writer: impl Write + Send + 'static) -> Journal {
         Journal {
             name: name.into(),
