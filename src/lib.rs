@@ -69,6 +69,7 @@
 
 mod error;
 mod export;
+mod hex;
 pub mod journal;
 pub mod messaging;
 pub mod propagation;

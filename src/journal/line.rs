@@ -15,6 +15,7 @@ use opentelemetry::trace::{SpanId, SpanKind, Status as OtelStatus};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
+use crate::hex::DIGITS as HEX;
 use crate::time::DateCache;
 
 /// What a thread keeps between the lines it writes: the date of the last second, and the
@@ -136,8 +137,6 @@ static ESCAPE: [u8; 256] = {
     table
 };
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// A JSON string. Most strings need no escape and are copied in one go.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
@@ -209,10 +208,7 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], at: usize) {
 fn json_hex(out: &mut Vec<u8>, id: &[u8]) {
     let mut buf = [b'"'; 34];
     let len = 2 * id.len();
-    for (pair, &b) in buf[1..=len].chunks_exact_mut(2).zip(id) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0x0f)];
-    }
+    crate::hex::put(&mut buf[1..=len], id);
     out.extend_from_slice(&buf[..len + 2]);
 }
 

@@ -14,25 +14,7 @@ use opentelemetry::Context;
 use super::extract::has_duplicate_keys;
 use super::{limits, Discarded, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Every byte's two lowercase hex digits.
-static HEX_PAIRS: [[u8; 2]; 256] = {
-    let mut pairs = [[0u8; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        pairs[b] = [HEX[b >> 4], HEX[b & 0x0f]];
-        b += 1;
-    }
-    pairs
-};
-
-/// Lowercase hex of `bytes` into `out` (twice as long).
-fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
-    }
-}
+use crate::hex::{put as put_hex, DIGITS as HEX};
 
 /// Write `traceparent`, `tracestate` (when not empty) and `baggage` (when not empty).
 pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier) {
