@@ -215,12 +215,20 @@ impl Shared {
     /// anyway, and the writer must not wait for a thread that waits for it); for a flush,
     /// waiting for room until `deadline`. `false` if the block could not be handed over.
     fn rotate(&self, deadline: Option<Instant>) -> bool {
-        let mut filling = match deadline {
-            None => match self.filling.try_lock() {
-                Ok(filling) => filling,
-                Err(_) => return true,
-            },
-            Some(_) => lock(&self.filling),
+        let mut filling = loop {
+            match self.filling.try_lock() {
+                Ok(filling) => break filling,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => match deadline {
+                    None => return true,
+                    // A thread waiting for room holds the block: wait with it, but only
+                    // until the deadline (a stuck destination must not hang a shutdown).
+                    Some(deadline) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Some(_) => return false,
+                },
+            }
         };
         if filling.chunk.lines == 0 {
             return true;

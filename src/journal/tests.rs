@@ -305,3 +305,29 @@ fn a_panicking_writer_is_a_reported_failure() {
         other => panic!("expected JournalWrite, got {other:?}"),
     }
 }
+
+/// A destination that never takes anything: threads ending spans wait (lossless), but
+/// `shutdown` still returns, with an error, when its time is up.
+#[test]
+fn a_stuck_destination_does_not_hang_shutdown() {
+    let gate = Gate::default();
+    let telemetry = crate::Telemetry::builder("svc")
+        .journal(crate::Journal::writer("stuck", gate.clone()).buffer(16 * 1024))
+        .build()
+        .expect("telemetry");
+    let producer = {
+        let telemetry = telemetry.clone();
+        std::thread::spawn(move || end_spans(&telemetry, 2_000))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let result = telemetry
+        .provider()
+        .shutdown_with_timeout(std::time::Duration::from_millis(300));
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    gate.open();
+    producer
+        .join()
+        .expect("the waiting thread goes on once the destination does");
+}
