@@ -11,11 +11,22 @@
 //! round trip: a fresh, empty header container, the context written into it, then read
 //! back), and `inject` and `extract` alone to show where the time goes. Without a broker
 //! feature its group is left out, so `cargo bench --no-run` builds with any features.
+//!
+//! Wall time on a shared machine moves with its load; instructions do not. For those,
+//! run one carrier's round trip a fixed number of times under callgrind (and once with
+//! `TRACEHOP_BENCH_ITERS=0` for the start-up cost to subtract):
+//!
+//! ```text
+//! TRACEHOP_BENCH_ITERS=100000 TRACEHOP_BENCH_CARRIER=nats TRACEHOP_BENCH_BAGGAGE=1 \
+//!     valgrind --tool=callgrind target/release/deps/carriers-<hash>
+//! ```
+//!
+//! (`TRACEHOP_BENCH_CARRIER`: `hashmap`, `kafka`, `nats` or `amqp`.)
 
 use std::collections::HashMap;
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use criterion::{criterion_group, BenchmarkGroup, Criterion};
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use tracehop::{Propagation, ReadCarrier, WriteCarrier};
@@ -126,5 +137,52 @@ fn amqp(c: &mut Criterion) {
 #[cfg(not(feature = "amqp"))]
 fn amqp(_: &mut Criterion) {}
 
+/// `iters` round trips of one carrier type, for callgrind.
+fn fixed_run<W: WriteCarrier, R: ReadCarrier>(
+    iters: u64,
+    fresh: impl Fn() -> W,
+    read: impl Fn(W) -> R,
+) {
+    let propagation = Propagation::default();
+    let baggage = std::env::var("TRACEHOP_BENCH_BAGGAGE").is_ok_and(|v| v == "1");
+    let cx = context(baggage);
+    for _ in 0..iters {
+        let mut headers = fresh();
+        propagation.inject(black_box(&cx), &mut headers);
+        let incoming = read(headers);
+        black_box(propagation.extract(&incoming));
+    }
+}
+
+/// The carrier named by `TRACEHOP_BENCH_CARRIER`, `iters` times; `false` if unknown.
+fn fixed_run_of(carrier: &str, iters: u64) -> bool {
+    match carrier {
+        "hashmap" => fixed_run(iters, HashMap::<String, String>::new, |h| h),
+        #[cfg(feature = "kafka")]
+        "kafka" => fixed_run(iters, rdkafka::message::OwnedHeaders::new, |h| h),
+        #[cfg(feature = "nats")]
+        "nats" => fixed_run(iters, async_nats::HeaderMap::new, Some),
+        #[cfg(feature = "amqp")]
+        "amqp" => fixed_run(iters, lapin::types::FieldTable::default, |h| h),
+        _ => return false,
+    }
+    true
+}
+
 criterion_group!(benches, baseline, hashmap, kafka, nats, amqp);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(iters) = std::env::var("TRACEHOP_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let carrier = std::env::var("TRACEHOP_BENCH_CARRIER").unwrap_or_default();
+        if !fixed_run_of(&carrier, iters) {
+            eprintln!("TRACEHOP_BENCH_CARRIER must be hashmap, kafka, nats or amqp");
+            std::process::exit(2);
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

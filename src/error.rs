@@ -38,6 +38,15 @@ pub enum Error {
         /// The first failure.
         message: String,
     },
+    /// Spans were dropped: a [lossy](crate::Journal::lossy) journal's buffer or the OTLP
+    /// exporter's queue was full when they ended. Counted since the handle was built.
+    #[error("{sink} dropped {dropped} spans: its queue was full")]
+    Dropped {
+        /// Which journal (its name) or exporter (`otlp`).
+        sink: String,
+        /// How many spans were dropped.
+        dropped: u64,
+    },
     /// The OpenTelemetry SDK reported an error (export, flush or shutdown).
     #[error("opentelemetry: {0}")]
     Sdk(String),

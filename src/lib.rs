@@ -74,6 +74,8 @@
 
 pub mod context;
 mod error;
+mod export;
+mod hex;
 pub mod journal;
 pub mod messaging;
 pub mod propagation;
@@ -98,7 +100,7 @@ pub mod amqp;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use journal::{Journal, SpanCollector, SpanRecord};
+pub use journal::{Journal, JournalStats, SpanCollector, SpanRecord};
 pub use messaging::consume::{
     Batch, BatchOptions, ConsumeError, Consumer, Decision, Failure, FailurePolicy, OnFailure, Stop,
     Summary,

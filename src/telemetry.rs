@@ -7,19 +7,18 @@ use std::sync::Arc;
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, Sampler, SdkTracer,
-    SdkTracerProvider, SimpleSpanProcessor, SpanProcessor, TracerProviderBuilder,
+    IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, SimpleSpanProcessor,
+    SpanProcessor, TracerProviderBuilder,
 };
 use opentelemetry_sdk::Resource;
 
-use crate::journal::{Journal, JournalExporter, JournalHealth, SpanCollector};
+use crate::export::{Health, SinkKind};
+use crate::journal::{CollectorExporter, Journal, JournalProcessor, JournalStats, SpanCollector};
 use crate::propagation::Propagation;
 use crate::{Error, Result};
 
 /// The instrumentation scope name of tracehop's spans.
 const SCOPE: &str = "tracehop";
-/// Spans waiting for export before the SDK starts dropping them.
-const QUEUE_SIZE: usize = 65_536;
 
 /// A service's handle on tracing: its name, where its spans go, and how context is
 /// propagated. Cheap to clone; every clone is the same service.
@@ -29,8 +28,9 @@ const QUEUE_SIZE: usize = 65_536;
 /// span carries its own `service.name`. Nothing global is installed or required.
 ///
 /// Spans go to a JSON-lines [`Journal`] unless you configure another exporter. Call
-/// [`shutdown`](Self::shutdown) before the process exits so every span is written (dropping
-/// the last clone also flushes, but cannot report errors).
+/// [`shutdown`](Self::shutdown) before the process exits: it returns once every span has
+/// been written, or with an error that says how many were lost and why (dropping the last
+/// clone also flushes, but cannot report errors).
 #[derive(Clone)]
 pub struct Telemetry {
     inner: Arc<Inner>,
@@ -41,8 +41,8 @@ pub(crate) struct Inner {
     pub(crate) tracer: SdkTracer,
     pub(crate) provider: SdkTracerProvider,
     pub(crate) propagation: Propagation,
-    journals: Vec<JournalHealth>,
-    exports: Vec<ExportHealth>,
+    /// The counts of each journal and exporter this handle built.
+    sinks: Vec<Health>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -62,9 +62,9 @@ impl Telemetry {
             provider: SdkTracerProvider::builder(),
             resource: Vec::new(),
             propagation: Propagation::default(),
-            journals: Vec::new(),
-            exports: Vec::new(),
+            sinks: Vec::new(),
             has_processor: false,
+            failed: None,
         }
     }
 
@@ -81,8 +81,7 @@ impl Telemetry {
                 tracer: provider.tracer(SCOPE),
                 provider: provider.clone(),
                 propagation,
-                journals: Vec::new(),
-                exports: Vec::new(),
+                sinks: Vec::new(),
             }),
         }
     }
@@ -109,24 +108,40 @@ impl Telemetry {
     /// Export every finished span now.
     pub fn flush(&self) -> Result<()> {
         let sdk = self.inner.provider.force_flush();
-        self.journal_health()?;
+        self.sink_health()?;
         sdk.map_err(|e| Error::Sdk(e.to_string()))
     }
 
-    /// Flush and shut down this service's exporters. Reports a journal that could not be
-    /// written (full disk, closed pipe) with how many spans were lost.
+    /// Flush and shut down this service's exporters, with the errors of
+    /// [`flush`](Self::flush).
     pub fn shutdown(&self) -> Result<()> {
         let sdk = self.inner.provider.shutdown();
-        self.journal_health()?;
+        self.sink_health()?;
         sdk.map_err(|e| Error::Sdk(e.to_string()))
     }
 
-    fn journal_health(&self) -> Result<()> {
+    /// What each journal of this handle has written, failed to write and dropped so far.
+    pub fn journal_stats(&self) -> Vec<JournalStats> {
         self.inner
-            .journals
+            .sinks
             .iter()
-            .try_for_each(JournalHealth::check)?;
-        self.inner.exports.iter().try_for_each(ExportHealth::check)
+            .filter(|h| h.kind() == SinkKind::Journal)
+            .map(|h| {
+                let counts = h.counts();
+                JournalStats {
+                    name: h.name().to_owned(),
+                    written: counts.written,
+                    failed: counts.failed,
+                    dropped: counts.dropped,
+                    peak_buffered_bytes: counts.peak_queued,
+                    buffer_limit: counts.limit,
+                }
+            })
+            .collect()
+    }
+
+    fn sink_health(&self) -> Result<()> {
+        self.inner.sinks.iter().try_for_each(Health::check)
     }
 }
 
@@ -137,9 +152,10 @@ pub struct TelemetryBuilder {
     provider: TracerProviderBuilder,
     resource: Vec<KeyValue>,
     propagation: Propagation,
-    journals: Vec<JournalHealth>,
-    exports: Vec<ExportHealth>,
+    sinks: Vec<Health>,
     has_processor: bool,
+    /// A journal whose writer thread could not be started: `build` reports it.
+    failed: Option<Error>,
 }
 
 impl fmt::Debug for TelemetryBuilder {
@@ -152,16 +168,27 @@ impl fmt::Debug for TelemetryBuilder {
 }
 
 impl TelemetryBuilder {
-    /// Write spans to `journal` (batched on a background thread).
+    /// Write spans to `journal`: each span's line is written when it ends and handed to
+    /// the journal's writer thread (see [`journal`](crate::journal) for what that costs
+    /// and guarantees).
     pub fn journal(mut self, journal: Journal) -> Self {
-        let exporter = JournalExporter::new(journal);
-        self.journals.push(exporter.health());
-        self.span_processor(batch_processor(exporter))
+        let name = journal.name.clone();
+        match JournalProcessor::new(journal) {
+            Ok(processor) => {
+                self.sinks.push(processor.health());
+                self.span_processor(processor)
+            }
+            Err(source) => {
+                self.failed
+                    .get_or_insert(Error::JournalIo { path: name, source });
+                self
+            }
+        }
     }
 
     /// Capture spans in memory, synchronously as each one ends (for tests and tools).
     pub fn collector(self, collector: &SpanCollector) -> Self {
-        let exporter = JournalExporter::collect(collector.clone());
+        let exporter = CollectorExporter::new(collector.clone());
         self.span_processor(SimpleSpanProcessor::new(exporter))
     }
 
@@ -171,20 +198,20 @@ impl TelemetryBuilder {
     #[cfg(feature = "otlp")]
     #[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
     ///
-    /// Export failures (an unreachable collector) are counted; [`Telemetry::flush`] and
-    /// [`Telemetry::shutdown`] report them as [`Error::Export`].
+    /// Spans are exported in batches from a background thread through a queue of 65,536
+    /// spans; a span that finds the queue full is dropped rather than slowing the service
+    /// down. Drops and export failures (an unreachable collector) are counted;
+    /// [`Telemetry::flush`] and [`Telemetry::shutdown`] report them as [`Error::Dropped`]
+    /// and [`Error::Export`], and a burst of drops is logged once through `tracing`.
     pub fn otlp(mut self) -> Result<Self> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
             .map_err(|e| Error::Otlp(e.to_string()))?;
-        let health = ExportHealth::default();
-        self.exports.push(health.clone());
-        Ok(self.span_processor(batch_processor(Monitored {
-            inner: exporter,
-            name: "otlp",
-            health,
-        })))
+        let processor = crate::export::BatchProcessor::new(exporter, "otlp")
+            .map_err(|e| Error::Otlp(format!("starting the export thread: {e}")))?;
+        self.sinks.push(processor.health());
+        Ok(self.span_processor(processor))
     }
 
     /// Add any span processor (an exporter of your own, a filter).
@@ -223,6 +250,9 @@ impl TelemetryBuilder {
             };
             self = self.journal(journal);
         }
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let resource = Resource::builder_empty()
             .with_service_name(self.service_name.clone())
             .with_attributes(self.resource)
@@ -239,98 +269,9 @@ impl TelemetryBuilder {
                 service_name: self.service_name,
                 provider,
                 propagation: self.propagation,
-                journals: self.journals,
-                exports: self.exports,
+                sinks: self.sinks,
             }),
         })
-    }
-}
-
-fn batch_processor<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
-    exporter: E,
-) -> BatchSpanProcessor {
-    BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(QUEUE_SIZE)
-                .with_max_export_batch_size(1024)
-                .build(),
-        )
-        .build()
-}
-
-/// The first failure of an exporter: its name, spans lost so far, the first error.
-type ExportFailure = (&'static str, u64, String);
-
-/// Export failures of one exporter: spans lost and the first error.
-#[derive(Clone, Debug, Default)]
-struct ExportHealth(Arc<std::sync::Mutex<Option<ExportFailure>>>);
-
-impl ExportHealth {
-    fn failed(&self, exporter: &'static str, spans: u64, message: String) {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *state {
-            Some((_, dropped, _)) => *dropped += spans,
-            None => *state = Some((exporter, spans, message)),
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        let state = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match &*state {
-            None => Ok(()),
-            Some((exporter, dropped, message)) => Err(Error::Export {
-                exporter: (*exporter).to_owned(),
-                dropped: *dropped,
-                message: message.clone(),
-            }),
-        }
-    }
-}
-
-/// An exporter whose failures are remembered in an [`ExportHealth`]: the SDK's batch
-/// processor only logs them, and a service should be able to tell that its spans never
-/// reached the collector.
-#[derive(Debug)]
-#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
-struct Monitored<E> {
-    inner: E,
-    name: &'static str,
-    health: ExportHealth,
-}
-
-impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
-    for Monitored<E>
-{
-    fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
-        let spans = batch.len() as u64;
-        let export = self.inner.export(batch);
-        let (health, name) = (self.health.clone(), self.name);
-        async move {
-            let result = export.await;
-            if let Err(e) = &result {
-                health.failed(name, spans, e.to_string());
-            }
-            result
-        }
-    }
-
-    fn shutdown_with_timeout(
-        &self,
-        timeout: std::time::Duration,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
     }
 }
 

@@ -15,9 +15,79 @@ pub(crate) fn from_unix_micros(micros: u64) -> Option<SystemTime> {
 }
 
 /// RFC 3339 with nanoseconds, UTC (`2026-03-21T15:17:00.123456789Z`), so that start and
-/// end times in the journal subtract to the exact duration.
+/// end times in the journal subtract to the exact duration. Times before 1970 or after
+/// 9999 are written as the nearest of those bounds.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
+    let mut out = Vec::with_capacity(30);
+    DateCache::default().push_rfc3339(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The last second formatted, so that the many timestamps written within one second
+/// format their date and time of day once.
+#[derive(Debug, Default)]
+pub(crate) struct DateCache {
+    /// `secs + 1` of the second in `text` (0: nothing cached).
+    key: u64,
+    /// `YYYY-MM-DDTHH:MM:SS`.
+    text: [u8; 19],
+}
+
+/// The last second RFC 3339 can write with a four-digit year (9999-12-31T23:59:59).
+const MAX_SECS: u64 = 253_402_300_799;
+
+impl DateCache {
+    /// Append `t` as [`rfc3339`] writes it.
+    pub(crate) fn push_rfc3339(&mut self, out: &mut Vec<u8>, t: SystemTime) {
+        let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) if d.as_secs() <= MAX_SECS => (d.as_secs(), d.subsec_nanos()),
+            Ok(_) => (MAX_SECS, 999_999_999),
+            Err(_) => (0, 0),
+        };
+        if self.key != secs + 1 {
+            self.text = civil(secs);
+            self.key = secs + 1;
+        }
+        out.extend_from_slice(&self.text);
+        let mut fraction = *b".000000000Z";
+        let mut digits = itoa::Buffer::new();
+        // At most nine digits: nanoseconds are below one second.
+        let digits = digits.format(nanos.min(999_999_999)).as_bytes();
+        fraction[10 - digits.len()..10].copy_from_slice(digits);
+        out.extend_from_slice(&fraction);
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch (at most [`MAX_SECS`]), by the
+/// days-to-civil algorithm of H. Hinnant's `chrono`-compatible date library.
+fn civil(secs: u64) -> [u8; 19] {
+    let days = secs / 86_400;
+    let of_day = secs % 86_400;
+    // Shift the epoch to 0000-03-01 so that leap days end a year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    let mut text = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for digit in text[at..at + width].iter_mut().rev() {
+            *digit = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, of_day / 3_600);
+    put(14, 2, of_day / 60 % 60);
+    put(17, 2, of_day % 60);
+    text
 }
 
 /// Parse RFC 3339 (with or without fractional seconds, `T` or space separated).
@@ -34,5 +104,51 @@ pub(crate) fn millis_f64(d: Duration) -> f64 {
     match u64::try_from(d.as_micros()) {
         Ok(micros) => micros as f64 / 1000.0,
         Err(_) => (d.as_micros() as f64) / 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::{rfc3339, DateCache, MAX_SECS};
+
+    #[test]
+    fn formats_as_humantime_does_across_leap_years_and_centuries() {
+        let mut cache = DateCache::default();
+        // Every ~11 days over 1970..2400, plus the edges of days and leap days.
+        let mut secs = 0_u64;
+        while secs < 13_569_465_600 {
+            for nanos in [0, 1, 999_999_999] {
+                let t = UNIX_EPOCH + Duration::new(secs, nanos);
+                let mut ours = Vec::new();
+                cache.push_rfc3339(&mut ours, t);
+                let theirs = humantime::format_rfc3339_nanos(t).to_string();
+                assert_eq!(String::from_utf8(ours).expect("ascii"), theirs);
+            }
+            secs += 977_777;
+        }
+        for edge in [
+            951_782_399,
+            951_782_400,
+            951_868_800,
+            4_107_542_399,
+            4_107_542_400,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_secs(edge);
+            assert_eq!(rfc3339(t), humantime::format_rfc3339_nanos(t).to_string());
+        }
+    }
+
+    #[test]
+    fn times_out_of_range_are_clamped_not_a_panic() {
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(MAX_SECS + 10)),
+            "9999-12-31T23:59:59.999999999Z"
+        );
     }
 }

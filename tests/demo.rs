@@ -161,7 +161,11 @@ fn assert_blocking_path(trace: &tracehop::verify::Trace<'_>) {
         .into_iter()
         .map(|i| {
             let n = trace.node(i);
-            format!("{} {}", n.service().unwrap(), unprefixed(n.operation().unwrap()))
+            format!(
+                "{} {}",
+                n.service().unwrap(),
+                unprefixed(n.operation().unwrap())
+            )
         })
         .collect();
     let at = |what: &str| {

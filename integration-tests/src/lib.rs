@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod repeated_headers;
+
 /// How long a test waits for spans from consumers running in other tasks.
 pub const WAIT: Duration = Duration::from_secs(20);
 

@@ -2,13 +2,16 @@
 //!
 //! Context headers are written as `LongString` (type `S`), the string type every AMQP
 //! client reads. They are read back from a `LongString`, a `ShortString` or a `ByteArray`
-//! (type `x`), whichever a client used; any other type reads as absent. Every other entry
-//! of the table is left exactly as it was, type included.
+//! (type `x`), whichever a client used. A `traceparent`, `tracestate` or `baggage` of any
+//! other type (integer, boolean, void, table, array …) is handed to extraction as that
+//! type, which rejects it with the type as the reason (`traceparent wrong-type:integer`)
+//! instead of treating it as absent; [`ReadCarrier::get`] still reads it as absent. Every
+//! other entry of the table is left exactly as it was, type included.
 
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 
-use crate::propagation::{ReadCarrier, WriteCarrier};
+use crate::propagation::{HeaderValue, ReadCarrier, ValueType, WriteCarrier};
 
 /// The bytes of a header value that can carry text: long string, short string or byte
 /// array.
@@ -49,6 +52,30 @@ pub fn header_text<'p>(properties: &'p BasicProperties, name: &str) -> Option<&'
     header_bytes(properties, name).and_then(|b| std::str::from_utf8(b).ok())
 }
 
+/// A header value as extraction sees it: the bytes of a text type, else its type.
+fn header_value(value: &AMQPValue) -> HeaderValue<'_> {
+    let t = match value {
+        AMQPValue::LongString(s) => return HeaderValue::Bytes(s.as_bytes()),
+        AMQPValue::ShortString(s) => return HeaderValue::Bytes(s.as_str().as_bytes()),
+        AMQPValue::ByteArray(b) => return HeaderValue::Bytes(b.as_slice()),
+        AMQPValue::Boolean(_) => ValueType::Boolean,
+        AMQPValue::ShortShortInt(_)
+        | AMQPValue::ShortShortUInt(_)
+        | AMQPValue::ShortInt(_)
+        | AMQPValue::ShortUInt(_)
+        | AMQPValue::LongInt(_)
+        | AMQPValue::LongUInt(_)
+        | AMQPValue::LongLongInt(_) => ValueType::Integer,
+        AMQPValue::Float(_) | AMQPValue::Double(_) => ValueType::Float,
+        AMQPValue::DecimalValue(_) => ValueType::Decimal,
+        AMQPValue::Timestamp(_) => ValueType::Timestamp,
+        AMQPValue::FieldTable(_) => ValueType::Table,
+        AMQPValue::FieldArray(_) => ValueType::Array,
+        AMQPValue::Void => ValueType::Void,
+    };
+    HeaderValue::Typed(t)
+}
+
 impl ReadCarrier for FieldTable {
     fn get(&self, key: &str) -> Option<&[u8]> {
         self.inner().get(key).and_then(value_bytes)
@@ -56,6 +83,12 @@ impl ReadCarrier for FieldTable {
 
     fn keys(&self) -> Vec<&str> {
         self.inner().keys().map(ShortString::as_str).collect()
+    }
+
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for (name, value) in self.inner() {
+            visit(name.as_str(), header_value(value));
+        }
     }
 }
 
@@ -83,20 +116,12 @@ impl ReadCarrier for BasicProperties {
             .map(ReadCarrier::keys)
             .unwrap_or_default()
     }
-}
 
-/// Let `write` add entries to the headers of `properties`, keeping every existing entry.
-/// Properties without headers get a table only if something was written.
-pub(crate) fn with_headers<T>(
-    properties: BasicProperties,
-    write: impl FnOnce(&mut FieldTable) -> T,
-) -> (BasicProperties, T) {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    let out = write(&mut headers);
-    if headers.inner().is_empty() && properties.headers().is_none() {
-        return (properties, out);
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        if let Some(headers) = self.headers() {
+            headers.for_each(visit);
+        }
     }
-    (properties.with_headers(headers), out)
 }
 
 #[cfg(test)]
@@ -181,29 +206,32 @@ mod tests {
     }
 
     #[test]
+    fn for_each_hands_over_text_as_bytes_and_other_types_by_name() {
+        let mut t = user_table();
+        t.insert("l2".into(), AMQPValue::LongString("text".into()));
+        t.insert("d".into(), AMQPValue::Double(1.5));
+        let mut seen = Vec::new();
+        ReadCarrier::for_each(&t, &mut |k, v| seen.push((k.to_owned(), v)));
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            seen,
+            [
+                ("a".to_owned(), HeaderValue::Typed(ValueType::Array)),
+                ("d".to_owned(), HeaderValue::Typed(ValueType::Float)),
+                ("f".to_owned(), HeaderValue::Typed(ValueType::Table)),
+                ("l".to_owned(), HeaderValue::Typed(ValueType::Integer)),
+                ("l2".to_owned(), HeaderValue::Bytes(&b"text"[..])),
+                ("s".to_owned(), HeaderValue::Bytes(&b"short"[..])),
+                ("v".to_owned(), HeaderValue::Typed(ValueType::Void)),
+                ("x".to_owned(), HeaderValue::Bytes(&[0, 255, 1][..])),
+            ]
+        );
+    }
+
+    #[test]
     fn properties_without_headers_read_as_empty() {
         let p = BasicProperties::default();
         assert_eq!(ReadCarrier::get(&p, TRACEPARENT), None);
         assert!(ReadCarrier::keys(&p).is_empty());
-    }
-
-    #[test]
-    fn with_headers_keeps_properties_and_user_headers() {
-        let p = BasicProperties::default()
-            .with_headers(user_table())
-            .with_correlation_id("c-1".into())
-            .with_priority(3);
-        let (out, ()) = with_headers(p.clone(), |h| WriteCarrier::set(h, "k", "v".to_owned()));
-        assert_eq!(out.correlation_id(), p.correlation_id());
-        assert_eq!(out.priority(), p.priority());
-        let h = out.headers().as_ref().expect("headers");
-        for (k, v) in user_table().inner() {
-            assert_eq!(h.inner().get(k), Some(v));
-        }
-        assert_eq!(ReadCarrier::get(&out, "k"), Some(&b"v"[..]));
-
-        // Nothing written, no headers before: no empty table is added.
-        let (bare, ()) = with_headers(BasicProperties::default(), |_| {});
-        assert!(bare.headers().is_none());
     }
 }

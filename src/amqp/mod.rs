@@ -85,19 +85,26 @@
 //!   `x-delivery-count` or `tracehop-attempt` (see [`attempt`]);
 //! - `tracehop.settlement`: what the consumer did with the delivery (`ack`,
 //!   `nack_requeue`, `nack`, `reject`, `handler` when the handler had settled it, `none`),
-//!   and `tracehop.settlement.error` when the broker did not take it.
+//!   and `tracehop.settlement.error` when the broker did not take it;
+//! - `tracehop.context.dropped` (`frame_max`) on a send span whose message went out
+//!   without context, because the context would have made its header frame larger than
+//!   the connection's `frame_max` (see [`TracedChannel`]).
 //!
 //! # Headers
 //!
 //! Context goes in the message's `headers` table as `LongString` values (`traceparent`,
 //! `tracestate`, `baggage`, `tracehop-sent-at`); your own headers are sent exactly as you
 //! set them, type for type. On the way in, context headers are read whether a client wrote
-//! them as long strings, short strings or byte arrays. (RabbitMQ itself cannot carry a
+//! them as long strings, short strings or byte arrays; a `traceparent` of another type
+//! (an integer, a table …) is rejected with the type as the reason
+//! (`tracehop.context.rejected=traceparent wrong-type:integer`), a `tracestate` or
+//! `baggage` of another type is left out (`tracehop.context.discarded`). (RabbitMQ itself cannot carry a
 //! short string in a table: its `s` type is a 16-bit integer, so lapin's `ShortString`
 //! header values only occur in tables built locally.)
 
 mod carrier;
 mod consume;
+mod frame;
 mod publish;
 mod rpc;
 
@@ -105,6 +112,7 @@ pub use carrier::{header_bytes, header_text};
 pub use consume::{
     attempt, describe, redeliveries, AmqpAction, AmqpDelivery, Deliveries, TracedConsumer,
 };
+pub use frame::DEFAULT_FRAME_MAX;
 pub use lapin;
 pub use publish::{PublishConfirm, TracedChannel};
 pub use rpc::{RpcClient, RpcError, DIRECT_REPLY_TO};

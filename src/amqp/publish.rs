@@ -9,7 +9,10 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 
-use super::{carrier, error_type, DEFAULT_EXCHANGE};
+use lapin::types::FieldTable;
+
+use super::frame::{header_frame_len, DEFAULT_FRAME_MAX};
+use super::{error_type, DEFAULT_EXCHANGE};
 use crate::messaging::attributes as attr;
 use crate::{Outgoing, SendSpan, Telemetry};
 
@@ -19,10 +22,18 @@ use crate::{Outgoing, SendSpan, Telemetry};
 /// [`Channel::basic_publish`]: it opens a send span (a child of the current context),
 /// writes the span's context into the message's headers next to yours, and publishes.
 /// Cheap to clone; clones share the channel.
+///
+/// Context is added only if the message's header frame stays within the connection's
+/// `frame_max` (RabbitMQ closes the whole connection over a frame that is too large):
+/// otherwise the message is published exactly as the plain client would publish it, and
+/// the send span says `tracehop.context.dropped=frame_max`. lapin does not tell a channel
+/// its connection's `frame_max`; [`DEFAULT_FRAME_MAX`](super::DEFAULT_FRAME_MAX)
+/// (RabbitMQ's default) is assumed unless [`frame_max`](Self::frame_max) says otherwise.
 #[derive(Clone)]
 pub struct TracedChannel {
     channel: Channel,
     telemetry: Telemetry,
+    frame_max: u32,
 }
 
 impl fmt::Debug for TracedChannel {
@@ -37,7 +48,18 @@ impl fmt::Debug for TracedChannel {
 impl TracedChannel {
     /// Trace the publishes made on `channel` as service `telemetry`.
     pub fn new(channel: Channel, telemetry: Telemetry) -> TracedChannel {
-        TracedChannel { channel, telemetry }
+        TracedChannel {
+            channel,
+            telemetry,
+            frame_max: DEFAULT_FRAME_MAX,
+        }
+    }
+
+    /// The connection's negotiated `frame_max`, for a broker that negotiates another than
+    /// RabbitMQ's default: `.frame_max(connection.configuration().frame_max())`.
+    pub fn frame_max(mut self, frame_max: u32) -> TracedChannel {
+        self.frame_max = frame_max;
+        self
     }
 
     /// The wrapped channel, for everything that is not a publish.
@@ -79,8 +101,12 @@ impl TracedChannel {
             .body_size(payload.len());
         msg = super::with_routing(msg, &routing_key, &properties);
 
-        let (properties, span) =
-            carrier::with_headers(properties, |headers| self.telemetry.send_span(msg, headers));
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        let span = self.telemetry.send_span(msg, &mut headers);
+        let (properties, dropped) = with_context(properties, headers, self.frame_max);
+        if dropped {
+            span.set_attribute(attr::CONTEXT_DROPPED, "frame_max");
+        }
         let confirm = match self
             .channel
             .basic_publish(exchange, routing_key, options, payload, properties)
@@ -105,6 +131,26 @@ impl TracedChannel {
             context,
         })
     }
+}
+
+/// `properties` with `headers` (the user's headers plus the context) in place of its
+/// headers, unless the header frame would then exceed `frame_max`: then `properties` as
+/// they are, and `true`. Properties without headers get a table only if something was
+/// written.
+fn with_context(
+    properties: BasicProperties,
+    headers: FieldTable,
+    frame_max: u32,
+) -> (BasicProperties, bool) {
+    if headers.inner().is_empty() && properties.headers().is_none() {
+        return (properties, false);
+    }
+    let limit = usize::try_from(frame_max).unwrap_or(usize::MAX);
+    // 0: the broker set no limit.
+    if frame_max > 0 && header_frame_len(&properties, Some(&headers)) > limit {
+        return (properties, true);
+    }
+    (properties.with_headers(headers), false)
 }
 
 /// The broker's answer to a traced publish: lapin's [`PublisherConfirm`], which also ends
@@ -171,5 +217,51 @@ fn end_send_span(span: SendSpan, result: &lapin::Result<Confirmation>) {
         ),
         Ok(Confirmation::Nack(_)) => span.end_with_error("nack", &"the broker nacked the message"),
         Err(e) => span.end_with_error(error_type(e), e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::BasicProperties;
+
+    use super::with_context;
+    use crate::amqp::frame::header_frame_len;
+
+    fn table(entries: &[(&str, &str)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert((*k).into(), AMQPValue::LongString((*v).into()));
+        }
+        t
+    }
+
+    #[test]
+    fn context_is_added_up_to_frame_max_and_not_a_byte_over() {
+        let user = BasicProperties::default()
+            .with_headers(table(&[("big", &"x".repeat(1000))]))
+            .with_correlation_id("c-1".into());
+        let merged = table(&[("big", &"x".repeat(1000)), ("traceparent", "00-ab-cd-01")]);
+        let exact = header_frame_len(&user, Some(&merged)) as u32;
+
+        let (out, dropped) = with_context(user.clone(), merged.clone(), exact);
+        assert!(!dropped);
+        assert_eq!(out.headers().as_ref(), Some(&merged));
+        assert_eq!(out.correlation_id(), user.correlation_id());
+
+        let (out, dropped) = with_context(user.clone(), merged.clone(), exact - 1);
+        assert!(dropped);
+        assert_eq!(out, user, "exactly the user's message");
+
+        let (out, dropped) = with_context(user.clone(), merged, 0);
+        assert!(!dropped, "no limit");
+        assert!(out
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.contains_key("traceparent")));
+
+        // Nothing written, no headers before: no empty table is added.
+        let (bare, dropped) = with_context(BasicProperties::default(), FieldTable::default(), 0);
+        assert!(bare.headers().is_none() && !dropped);
     }
 }

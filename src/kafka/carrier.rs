@@ -12,15 +12,17 @@
 //! tracehop's own header names are ever replaced; rdkafka cannot remove a header, so a
 //! replacement rebuilds the header list (the only case in which headers are copied).
 //!
-//! Reading returns the value of the *last* header with the requested name (Kafka allows
-//! duplicates; this matches the Java client's `lastHeader`), or nothing when that value is
-//! null.
+//! [`ReadCarrier::get`] returns the value of the *last* header with the requested name
+//! (Kafka allows duplicates; this matches the Java client's `lastHeader`), or nothing when
+//! that value is null. [`ReadCarrier::for_each`], which extraction uses, visits every
+//! header in order, repeats included (so two `traceparent` headers are seen as two),
+//! leaving out null values.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 
-use crate::propagation::{ReadCarrier, WriteCarrier};
+use crate::propagation::{HeaderValue, ReadCarrier, WriteCarrier};
 
 /// Every header of `headers`, in order, or `None` if they cannot be read.
 ///
@@ -47,6 +49,18 @@ fn contains<H: Headers>(headers: &H, key: &str) -> bool {
     catch_unwind(AssertUnwindSafe(|| headers.iter().any(|h| h.key == key))).unwrap_or(false)
 }
 
+/// Visit every non-null header of `headers` in order. A header list that cannot be read
+/// (see [`entries`]) stops the visit where it became unreadable.
+fn for_each<'h, H: Headers>(headers: &'h H, visit: &mut dyn FnMut(&'h str, HeaderValue<'h>)) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        for header in headers.iter() {
+            if let Some(value) = header.value {
+                visit(header.key, HeaderValue::Bytes(value));
+            }
+        }
+    }));
+}
+
 fn keys<H: Headers>(headers: &H) -> Vec<&str> {
     entries(headers)
         .unwrap_or_default()
@@ -62,6 +76,9 @@ impl ReadCarrier for BorrowedHeaders {
     fn keys(&self) -> Vec<&str> {
         keys(self)
     }
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for_each(self, visit);
+    }
 }
 
 impl ReadCarrier for OwnedHeaders {
@@ -70,6 +87,9 @@ impl ReadCarrier for OwnedHeaders {
     }
     fn keys(&self) -> Vec<&str> {
         keys(self)
+    }
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for_each(self, visit);
     }
 }
 
@@ -198,6 +218,13 @@ impl ReadCarrier for HeaderSnapshot<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.entries.iter().map(|h| h.key).collect()
+    }
+    fn for_each<'b>(&'b self, visit: &mut dyn FnMut(&'b str, HeaderValue<'b>)) {
+        for header in &self.entries {
+            if let Some(value) = header.value {
+                visit(header.key, HeaderValue::Bytes(value));
+            }
+        }
     }
 }
 
@@ -346,5 +373,28 @@ mod tests {
         assert_eq!(snap.get("nothing"), None);
         assert_eq!(snap.keys(), ReadCarrier::keys(&h));
         assert_eq!(HeaderSnapshot::of::<OwnedHeaders>(None).keys().len(), 0);
+    }
+
+    /// Every non-null header, in order, repeats included: through the headers and
+    /// through a snapshot alike.
+    #[test]
+    fn for_each_visits_every_value_in_order() {
+        let h = user_headers();
+        let mut seen = Vec::new();
+        ReadCarrier::for_each(&h, &mut |k, v| seen.push((k.to_owned(), v)));
+        let want = vec![
+            (
+                "b-first".to_owned(),
+                HeaderValue::Bytes(&[0u8, 159, 146, 150][..]),
+            ),
+            ("dup".to_owned(), HeaderValue::Bytes(&b"1"[..])),
+            ("dup".to_owned(), HeaderValue::Bytes(&b"2"[..])),
+            ("empty".to_owned(), HeaderValue::Bytes(&b""[..])),
+        ];
+        assert_eq!(seen, want);
+        let snap = HeaderSnapshot::of(Some(&h));
+        let mut seen = Vec::new();
+        snap.for_each(&mut |k, v| seen.push((k.to_owned(), v)));
+        assert_eq!(seen, want);
     }
 }

@@ -20,6 +20,14 @@ pub use opentelemetry_semantic_conventions::attribute::{
 pub const CONTEXT_REJECTED: &str = "tracehop.context.rejected";
 /// `true` on a process span whose message carried no trace context at all.
 pub const CONTEXT_MISSING: &str = "tracehop.context.missing";
+/// On a process span whose trace went on without the message's `tracestate` or
+/// `baggage`: why they were left out (see [`Discarded`](crate::propagation::Discarded);
+/// several reasons are joined with `; `).
+pub const CONTEXT_DISCARDED: &str = "tracehop.context.discarded";
+/// On a send span whose message went out without context headers because they would
+/// have made it too large for the broker: the limit, `max_payload` (NATS) or
+/// `frame_max` (AMQP). The message is sent exactly as the plain client would send it.
+pub const CONTEXT_DROPPED: &str = "tracehop.context.dropped";
 /// Which delivery of this message this is, counting from 1 (from the broker's redelivery
 /// count, `x-death`, or the retry header tracehop writes when it forwards a message).
 pub const DELIVERY_ATTEMPT: &str = "tracehop.delivery.attempt";

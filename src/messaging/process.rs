@@ -64,8 +64,8 @@ impl ProcessSpan {
             Some(value) => value,
             None => msg.destination.to_owned().into(),
         };
-        // The core's attributes below, at most 8.
-        attributes.reserve(8);
+        // The core's attributes below, at most 9.
+        attributes.reserve(9);
         attributes.extend(super::common_attributes(
             msg.system,
             destination,
@@ -79,6 +79,18 @@ impl ProcessSpan {
         }
         if let Some(attempt) = msg.attempt {
             attributes.push(KeyValue::new(attr::DELIVERY_ATTEMPT, i64::from(attempt)));
+        }
+        match extracted.discarded.as_slice() {
+            [] => {}
+            [why] => attributes.push(KeyValue::new(attr::CONTEXT_DISCARDED, why.as_str())),
+            several => attributes.push(KeyValue::new(
+                attr::CONTEXT_DISCARDED,
+                several
+                    .iter()
+                    .map(|why| why.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
         }
         if let Some(sent) = extracted.sent_at.or(msg.enqueued_at) {
             let waited = now.duration_since(sent).unwrap_or_default();

@@ -33,19 +33,22 @@ impl Telemetry {
     /// (or a new root linked to it, under [`ParentPolicy::Link`](crate::ParentPolicy)). A
     /// message without usable context gets a new root that says why.
     pub fn process_span(&self, mut msg: Incoming<'_>, headers: &dyn ReadCarrier) -> ProcessSpan {
-        if msg.attempt.is_none() {
-            msg.attempt = crate::propagation::attempt(headers);
-        }
         let extracted = self.inner().propagation.extract(headers);
+        if msg.attempt.is_none() {
+            msg.attempt = extracted.attempt;
+        }
         ProcessSpan::start(self.inner(), msg, &extracted, None)
     }
 
     /// Open a process span for a message whose headers were already read.
     pub fn process_span_extracted(
         &self,
-        msg: Incoming<'_>,
+        mut msg: Incoming<'_>,
         extracted: &crate::Extracted,
     ) -> ProcessSpan {
+        if msg.attempt.is_none() {
+            msg.attempt = extracted.attempt;
+        }
         ProcessSpan::start(self.inner(), msg, extracted, None)
     }
 

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::propagation::{ReadCarrier, WriteCarrier};
+use crate::propagation::{HeaderValue as Value, ReadCarrier, WriteCarrier};
 
 /// The header name for `key`: tracehop's own names without copying them, others checked
 /// by async-nats' fallible parser.
@@ -34,6 +34,16 @@ impl ReadCarrier for HeaderMap {
             .map(|(name, _)| AsRef::<str>::as_ref(name))
             .collect()
     }
+
+    /// Every value of every header: the values of a name in the order received (the
+    /// order between names is the map's).
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Value<'a>)) {
+        for (name, values) in self.iter() {
+            for value in values {
+                visit(name.as_ref(), Value::Bytes(value.as_str().as_bytes()));
+            }
+        }
+    }
 }
 
 /// A message without headers (`Message::headers` is `None`) reads as an empty carrier.
@@ -45,6 +55,12 @@ impl ReadCarrier for Option<HeaderMap> {
     fn keys(&self) -> Vec<&str> {
         self.as_ref().map(ReadCarrier::keys).unwrap_or_default()
     }
+
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, Value<'a>)) {
+        if let Some(headers) = self {
+            headers.for_each(visit);
+        }
+    }
 }
 
 impl WriteCarrier for HeaderMap {
@@ -52,7 +68,7 @@ impl WriteCarrier for HeaderMap {
     /// value (it would panic on them).
     fn set(&mut self, key: &str, value: String) {
         // async-nats rejects (and its infallible conversion panics on) CR and LF in values.
-        if value.contains(['\r', '\n']) {
+        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
             return;
         }
         let Some(name) = header_name(key) else {

@@ -278,10 +278,6 @@ impl TracedClient {
     pub fn process_span(&self, message: &Message) -> ProcessSpan {
         let msg = incoming(&self.server, &self.client, message, None, None, true)
             .parent_policy(self.policy);
-        let msg = match crate::propagation::attempt(&message.headers) {
-            Some(attempt) => msg.attempt(attempt),
-            None => msg,
-        };
         self.telemetry.process_span(msg, &message.headers)
     }
 }

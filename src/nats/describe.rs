@@ -56,7 +56,7 @@ fn with_context(
 ) -> Option<HeaderMap> {
     let (headers, dropped) = merge(headers, context, payload.len(), client.max_payload());
     if dropped {
-        send.set_attribute(attr::CONTEXT_DROPPED, true);
+        send.set_attribute(attr::CONTEXT_DROPPED, "max_payload");
     }
     headers
 }

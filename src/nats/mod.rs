@@ -98,7 +98,7 @@
 //! | `tracehop.delivery.attempt` | JetStream process | the server's delivery count (1, 2, 3 …); for core NATS, the `tracehop-attempt` header of a forwarded message |
 //! | `tracehop.settlement` | process | `ack`, `nak`, `term` or `none` (JetStream); `none` (core NATS, at most once) |
 //! | `tracehop.settlement.error` | JetStream process | why the settlement could not be sent |
-//! | `tracehop.nats.context_dropped` | publish | `true` when the context headers were left out because they would have pushed the message over the server's `max_payload` |
+//! | `tracehop.context.dropped` | publish | `max_payload` when the context headers were left out because they would have pushed the message over the server's `max_payload` |
 //!
 //! # Headers
 //!
@@ -109,7 +109,8 @@
 //! also trims whitespace around received values.) A context header the client would
 //! reject is skipped instead of panicking, and context that would make a message too large
 //! is left out instead of failing the publish. Header lookup on the way in is by exact,
-//! case-sensitive name.
+//! case-sensitive name, and sees every value: two `traceparent` values start a new trace,
+//! several `tracestate` values are joined (see [`propagation`](crate::propagation)).
 //!
 //! # Subscribing before others publish
 //!
@@ -175,10 +176,11 @@ pub mod attributes {
     pub const MESSAGING_NATS_JS_CONSUMER_SEQUENCE: &str = "messaging.nats.js.sequence.consumer";
     /// `true` when the stream reported the published message as a duplicate (tracehop).
     pub const MESSAGING_NATS_JS_DUPLICATE: &str = "messaging.nats.js.duplicate";
+    /// On a send span whose context headers were left out of the message because they
+    /// would have pushed it over the server's `max_payload`: `max_payload` (tracehop's,
+    /// shared with the AMQP adapter's `frame_max` guard).
+    pub use crate::messaging::attributes::CONTEXT_DROPPED;
     pub use crate::messaging::attributes::{SETTLEMENT, SETTLEMENT_ERROR};
-    /// `true` on a send span whose context headers were left out of the message because
-    /// they would have pushed it over the server's `max_payload` (tracehop).
-    pub const CONTEXT_DROPPED: &str = "tracehop.nats.context_dropped";
 }
 
 #[cfg(test)]

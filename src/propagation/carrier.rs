@@ -10,11 +10,122 @@ use opentelemetry::propagation::{Extractor, Injector};
 /// Values are bytes because brokers carry bytes: Kafka header values and AMQP byte arrays
 /// need not be UTF-8. tracehop decides what to do with a value that is not valid text
 /// (it rejects it as context and says so), so an adapter never has to.
+///
+/// Extraction reads a message's headers once, through [`for_each`](Self::for_each). Its
+/// default asks [`get`](Self::get) for each header tracehop reads, which is all a carrier
+/// with unique header names needs; a carrier whose messages can repeat a header (Kafka,
+/// NATS), or can say a value's type (AMQP), or can walk its headers faster than it can
+/// look one up, implements `for_each` itself.
+///
+/// ```
+/// use tracehop::propagation::{HeaderValue, ReadCarrier};
+///
+/// /// Headers kept as a list of pairs, repeats allowed.
+/// struct Pairs(Vec<(String, Vec<u8>)>);
+///
+/// impl ReadCarrier for Pairs {
+///     fn get(&self, key: &str) -> Option<&[u8]> {
+///         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_slice())
+///     }
+///     fn keys(&self) -> Vec<&str> {
+///         self.0.iter().map(|(k, _)| k.as_str()).collect()
+///     }
+///     fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+///         for (name, value) in &self.0 {
+///             visit(name, HeaderValue::Bytes(value));
+///         }
+///     }
+/// }
+/// ```
 pub trait ReadCarrier {
-    /// The value of the header named exactly `key`, or `None` if it is absent (or null).
+    /// The value of the header named exactly `key`, or `None` if it is absent (or null,
+    /// or of a type that cannot carry text). With several headers of that name, the one
+    /// the carrier documents (tracehop's carriers: Kafka the last, NATS the first).
     fn get(&self, key: &str) -> Option<&[u8]>;
     /// The names of all headers.
     fn keys(&self) -> Vec<&str>;
+    /// Call `visit` with every header, in the message's order: a name repeated in the
+    /// message is visited once per value. Null values may be left out.
+    ///
+    /// The default visits each header tracehop reads (`traceparent`, `tracestate`,
+    /// `baggage`, `tracehop-sent-at`, `tracehop-attempt` and the `x-trace-id` family)
+    /// once, through [`get`](Self::get).
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for name in super::READ_HEADERS {
+            if let Some(value) = self.get(name) {
+                visit(name, HeaderValue::Bytes(value));
+            }
+        }
+    }
+}
+
+/// One header value, as [`ReadCarrier::for_each`] hands it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderValue<'a> {
+    /// The value's bytes: text, or bytes that may not be UTF-8.
+    Bytes(&'a [u8]),
+    /// A value of a type that cannot carry text (an AMQP integer or table, say). Context
+    /// in such a header is rejected with the type as the reason.
+    Typed(ValueType),
+}
+
+/// The type of a header value that is not text or bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ValueType {
+    /// `true` or `false`.
+    Boolean,
+    /// An integer of any width, signed or not.
+    Integer,
+    /// A floating-point number.
+    Float,
+    /// A decimal number.
+    Decimal,
+    /// A timestamp.
+    Timestamp,
+    /// A nested table (map).
+    Table,
+    /// An array.
+    Array,
+    /// No value (AMQP's void).
+    Void,
+}
+
+/// `"<header> wrong-type:<type>"` for a `ValueType`, as a `&'static str`.
+macro_rules! wrong_type {
+    ($header:literal, $t:expr) => {
+        match $t {
+            $crate::propagation::ValueType::Boolean => concat!($header, " wrong-type:boolean"),
+            $crate::propagation::ValueType::Integer => concat!($header, " wrong-type:integer"),
+            $crate::propagation::ValueType::Float => concat!($header, " wrong-type:float"),
+            $crate::propagation::ValueType::Decimal => concat!($header, " wrong-type:decimal"),
+            $crate::propagation::ValueType::Timestamp => {
+                concat!($header, " wrong-type:timestamp")
+            }
+            $crate::propagation::ValueType::Table => concat!($header, " wrong-type:table"),
+            $crate::propagation::ValueType::Array => concat!($header, " wrong-type:array"),
+            $crate::propagation::ValueType::Void => concat!($header, " wrong-type:void"),
+        }
+    };
+}
+pub(crate) use wrong_type;
+
+impl ValueType {
+    /// The type's name: `boolean`, `integer`, `float`, `decimal`, `timestamp`, `table`,
+    /// `array` or `void`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::Boolean => "boolean",
+            ValueType::Integer => "integer",
+            ValueType::Float => "float",
+            ValueType::Decimal => "decimal",
+            ValueType::Timestamp => "timestamp",
+            ValueType::Table => "table",
+            ValueType::Array => "array",
+            ValueType::Void => "void",
+        }
+    }
 }
 
 /// Write access to a message's headers.
@@ -36,6 +147,11 @@ impl<S: std::hash::BuildHasher> ReadCarrier for HashMap<String, String, S> {
     fn keys(&self) -> Vec<&str> {
         HashMap::keys(self).map(String::as_str).collect()
     }
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for (name, value) in self {
+            visit(name, HeaderValue::Bytes(value.as_bytes()));
+        }
+    }
 }
 
 impl<S: std::hash::BuildHasher> WriteCarrier for HashMap<String, String, S> {
@@ -50,6 +166,11 @@ impl<S: std::hash::BuildHasher> ReadCarrier for HashMap<String, Vec<u8>, S> {
     }
     fn keys(&self) -> Vec<&str> {
         HashMap::keys(self).map(String::as_str).collect()
+    }
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for (name, value) in self {
+            visit(name, HeaderValue::Bytes(value));
+        }
     }
 }
 
@@ -66,6 +187,11 @@ impl ReadCarrier for BTreeMap<String, String> {
     fn keys(&self) -> Vec<&str> {
         BTreeMap::keys(self).map(String::as_str).collect()
     }
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        for (name, value) in self {
+            visit(name, HeaderValue::Bytes(value.as_bytes()));
+        }
+    }
 }
 
 impl WriteCarrier for BTreeMap<String, String> {
@@ -80,6 +206,9 @@ impl<T: ReadCarrier + ?Sized> ReadCarrier for &T {
     }
     fn keys(&self) -> Vec<&str> {
         (**self).keys()
+    }
+    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+        (**self).for_each(visit);
     }
 }
 

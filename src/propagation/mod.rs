@@ -1,12 +1,23 @@
 //! Broker-agnostic context propagation: which headers carry a trace across a hop, how they
 //! are written, and how they are read safely.
 //!
-//! [`Propagation`] writes W3C `traceparent`/`tracestate` and `baggage` through the
-//! OpenTelemetry SDK propagators (or any propagator you configure), optionally the
-//! article's `x-trace-id` headers, and a `tracehop-sent-at` timestamp for queue time. On
-//! the way in it validates `traceparent` strictly, trims `tracestate` and `baggage` to the
-//! W3C limits by dropping whole members, and tells you why context was rejected. Nothing
-//! here panics on input, and nothing here fails a message.
+//! [`Propagation`] writes W3C `traceparent`/`tracestate` and `baggage` (with its own
+//! codec, or any OpenTelemetry propagator you configure), optionally the article's
+//! `x-trace-id` headers, and a `tracehop-sent-at` timestamp for queue time. On the way in
+//! it reads a message's headers once ([`ReadCarrier::for_each`]), validates `traceparent`
+//! strictly and parses it in the same pass, trims `tracestate` and `baggage` to the W3C
+//! limits by dropping whole members, and tells you why context was rejected or left out.
+//! Nothing here panics on input, and nothing here fails a message.
+//!
+//! Headers a message repeats (Kafka and NATS allow it) follow W3C Trace Context: more
+//! than one `traceparent` is rejected ([`Rejection::Repeated`]: a new trace starts);
+//! several `tracestate` or `baggage` headers are joined in order with commas, then
+//! limited. A `tracestate` that names a key twice, does not parse, or is not text, and a
+//! `baggage` that is not text, are left out while the trace goes on
+//! ([`Extracted::discarded`], [`Discarded`]). A header of a type that cannot carry text
+//! (AMQP integers, tables …, see [`HeaderValue::Typed`]) is rejected or left out with the
+//! type as the reason (`traceparent wrong-type:integer`). For the single-valued
+//! `tracehop-sent-at`, `tracehop-attempt` and `x-*` headers the last value counts.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -21,6 +32,7 @@
 //! ```
 
 mod carrier;
+mod extract;
 pub mod limits;
 pub mod simple;
 pub mod traceparent;
@@ -30,13 +42,16 @@ use std::fmt;
 use std::time::SystemTime;
 
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
 pub(crate) use carrier::{ExtractBridge, InjectBridge};
-pub use carrier::{ReadCarrier, WriteCarrier};
+pub use carrier::{HeaderValue, ReadCarrier, ValueType, WriteCarrier};
+pub use extract::Discarded;
 pub use traceparent::Rejection;
+
+use extract::{Scan, Unreadable};
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -54,30 +69,30 @@ pub const SENT_AT: &str = "tracehop-sent-at";
 pub const ATTEMPT: &str = "tracehop-attempt";
 
 /// The attempt number a message carries in the [`ATTEMPT`] header, if any (and valid).
+///
+/// [`Propagation::extract`] reads it too, in the same pass as the context
+/// ([`Extracted::attempt`]).
 pub fn attempt(carrier: &dyn ReadCarrier) -> Option<u32> {
-    carrier
-        .get(ATTEMPT)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .filter(|n| *n > 0)
+    carrier.get(ATTEMPT).and_then(extract::parse_attempt)
 }
+
+/// Every header tracehop reads or writes.
+const READ_HEADERS: [&str; 8] = [
+    TRACEPARENT,
+    TRACESTATE,
+    BAGGAGE,
+    SENT_AT,
+    ATTEMPT,
+    simple::X_TRACE_ID,
+    simple::X_SPAN_ID,
+    simple::X_PARENT_SPAN_ID,
+];
 
 /// The `&'static` name of a header tracehop writes or reads, if `key` is one: carriers
 /// that store header names use it to skip copying the name.
 #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
 pub(crate) fn known_header(key: &str) -> Option<&'static str> {
-    [
-        TRACEPARENT,
-        TRACESTATE,
-        BAGGAGE,
-        SENT_AT,
-        ATTEMPT,
-        simple::X_TRACE_ID,
-        simple::X_SPAN_ID,
-        simple::X_PARENT_SPAN_ID,
-    ]
-    .into_iter()
-    .find(|name| *name == key)
+    READ_HEADERS.into_iter().find(|name| *name == key)
 }
 
 /// How trace context crosses a hop: the propagator, the optional simple headers and the
@@ -156,6 +171,10 @@ pub struct Extracted {
     pub join_trace: Option<TraceId>,
     /// When the producer sent the message, from the `tracehop-sent-at` header.
     pub sent_at: Option<SystemTime>,
+    /// The delivery attempt a forwarded message carries in `tracehop-attempt`.
+    pub attempt: Option<u32>,
+    /// `tracestate` or `baggage` headers left out while the trace went on, and why.
+    pub discarded: Vec<Discarded>,
 }
 
 impl Extracted {
@@ -253,43 +272,79 @@ impl Propagation {
         self.sent_at
     }
 
-    /// Read the context a message carries. Never fails and never panics: bad context is
-    /// reported in [`Extracted::rejected`] and otherwise ignored.
+    /// Read the context a message carries, in one pass over its headers. Never fails and
+    /// never panics: bad context is reported in [`Extracted::rejected`] (a new trace
+    /// starts) or [`Extracted::discarded`] (the trace goes on without that header) and
+    /// otherwise ignored. The rules for repeated and malformed headers are in the
+    /// [`propagation`](self) docs.
     pub fn extract(&self, carrier: &dyn ReadCarrier) -> Extracted {
+        let scan = Scan::of(carrier);
         let mut rejected = None;
-        let traceparent = match carrier.get(TRACEPARENT) {
-            Some(raw) => match traceparent::validate(raw) {
-                Ok(valid) => Some(valid),
-                Err(why) => {
-                    rejected = Some(why);
-                    None
-                }
-            },
+        let mut discarded = Vec::new();
+        let traceparent = match (scan.traceparents, scan.traceparent) {
+            (1, Some(HeaderValue::Bytes(raw))) => traceparent::parse(raw)
+                .map_err(|why| rejected = Some(why))
+                .ok(),
+            (1, Some(HeaderValue::Typed(t))) => {
+                rejected = Some(Rejection::WrongType(t));
+                None
+            }
+            (0, _) | (_, None) => None,
+            _ => {
+                rejected = Some(Rejection::Repeated);
+                None
+            }
+        };
+        // tracestate belongs to its traceparent: without a valid one it is meaningless.
+        let tracestate = match traceparent {
+            Some(_) => tracestate_text(&scan, &mut discarded),
             None => None,
         };
-        let text = |key: &str| carrier.get(key).and_then(|v| std::str::from_utf8(v).ok());
+        let reads_baggage = !matches!(self.codec, Codec::W3c { baggage: false });
+        let baggage = match scan.baggage.text() {
+            _ if !reads_baggage => None,
+            Ok(text) => text,
+            Err(why) => {
+                discarded.push(match why {
+                    Unreadable::NotUtf8 => Discarded::BaggageNotUtf8,
+                    Unreadable::WrongType(t) => Discarded::BaggageWrongType(t),
+                });
+                None
+            }
+        };
         let mut context = match &self.codec {
-            Codec::W3c { baggage } => {
+            Codec::W3c { .. } => {
                 let mut cx = Context::new();
-                if let Some(sc) = traceparent.and_then(|tp| w3c::span_context(tp, text(TRACESTATE)))
-                {
-                    cx = cx.with_remote_span_context(sc);
+                if let Some(tp) = traceparent {
+                    let state = w3c::trace_state(tracestate.as_deref(), &mut discarded);
+                    cx = cx.with_remote_span_context(SpanContext::new(
+                        tp.trace_id,
+                        tp.span_id,
+                        tp.flags,
+                        true,
+                        state,
+                    ));
                 }
-                match text(BAGGAGE) {
-                    Some(b) if *baggage => w3c::extract_baggage(cx, &limits::limit_baggage(b)),
-                    _ => cx,
+                match &baggage {
+                    Some(b) => w3c::extract_baggage(cx, &limits::limit_baggage(b)),
+                    None => cx,
                 }
             }
             Codec::Custom(propagator) => {
                 let bridge = ExtractBridge {
                     carrier,
-                    traceparent,
-                    // tracestate belongs to its traceparent: without a valid one it is
-                    // meaningless.
-                    tracestate: traceparent
-                        .and_then(|_| text(TRACESTATE))
-                        .map(limits::limit_tracestate),
-                    baggage: text(BAGGAGE).map(limits::limit_baggage),
+                    traceparent: traceparent.map(|tp| tp.text()),
+                    tracestate: tracestate
+                        .as_deref()
+                        .map(limits::limit_tracestate)
+                        .filter(|ts| {
+                            let unique = !extract::has_duplicate_keys(ts);
+                            if !unique {
+                                discarded.push(Discarded::TracestateDuplicateKeys);
+                            }
+                            unique
+                        }),
+                    baggage: baggage.as_deref().map(limits::limit_baggage),
                 };
                 propagator.extract_with_context(&Context::new(), &bridge)
             }
@@ -301,7 +356,7 @@ impl Propagation {
         };
         let mut join_trace = None;
         if source == ContextSource::None && rejected.is_none() && self.read_simple {
-            match simple::extract(carrier) {
+            match simple::extract_values(scan.x_trace_id, scan.x_span_id, scan.x_parent_span_id) {
                 Ok(Some(simple::SimpleContext::Parent(sc))) => {
                     context = context.with_remote_span_context(sc);
                     source = ContextSource::SimpleHeaders;
@@ -314,17 +369,34 @@ impl Propagation {
                 Err(why) => rejected = Some(why),
             }
         }
-        let sent_at = carrier
-            .get(SENT_AT)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .and_then(crate::time::from_unix_micros);
         Extracted {
             context,
             source,
             rejected,
             join_trace,
-            sent_at,
+            sent_at: scan
+                .sent_at
+                .and_then(extract::parse_decimal)
+                .and_then(crate::time::from_unix_micros),
+            attempt: scan.attempt.and_then(extract::parse_attempt),
+            discarded,
+        }
+    }
+}
+
+/// The combined `tracestate` text, or why it is left out.
+fn tracestate_text<'s>(
+    scan: &'s Scan<'_>,
+    discarded: &mut Vec<Discarded>,
+) -> Option<std::borrow::Cow<'s, str>> {
+    match scan.tracestate.text() {
+        Ok(text) => text,
+        Err(why) => {
+            discarded.push(match why {
+                Unreadable::NotUtf8 => Discarded::TracestateNotUtf8,
+                Unreadable::WrongType(t) => Discarded::TracestateWrongType(t),
+            });
+            None
         }
     }
 }

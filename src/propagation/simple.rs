@@ -15,7 +15,9 @@
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
-use super::{ReadCarrier, Rejection};
+#[cfg(test)]
+use super::ReadCarrier;
+use super::Rejection;
 
 /// Header carrying the trace id.
 pub const X_TRACE_ID: &str = "x-trace-id";
@@ -33,19 +35,32 @@ pub(crate) enum SimpleContext {
     TraceOnly(TraceId),
 }
 
-/// Read the simple headers. `Ok(None)` when `x-trace-id` is absent.
+/// Read the simple headers of a carrier. `Ok(None)` when `x-trace-id` is absent.
+#[cfg(test)]
 pub(crate) fn extract(carrier: &dyn ReadCarrier) -> Result<Option<SimpleContext>, Rejection> {
-    let Some(raw_trace) = carrier.get(X_TRACE_ID) else {
+    extract_values(
+        carrier.get(X_TRACE_ID),
+        carrier.get(X_SPAN_ID),
+        carrier.get(X_PARENT_SPAN_ID),
+    )
+}
+
+/// Read the simple headers' values. `Ok(None)` when `x-trace-id` is absent.
+pub(crate) fn extract_values(
+    trace_id: Option<&[u8]>,
+    span_id: Option<&[u8]>,
+    parent_span_id: Option<&[u8]>,
+) -> Result<Option<SimpleContext>, Rejection> {
+    let Some(raw_trace) = trace_id else {
         return Ok(None);
     };
     let trace_id = parse_id::<32>(raw_trace)
         .and_then(|h| TraceId::from_hex(&h).ok())
         .filter(|t| *t != TraceId::INVALID)
         .ok_or(Rejection::BadSimpleHeaders)?;
-    let span_raw = carrier
-        .get(X_SPAN_ID)
+    let span_raw = span_id
         .filter(|v| !v.is_empty())
-        .or_else(|| carrier.get(X_PARENT_SPAN_ID).filter(|v| !v.is_empty()));
+        .or_else(|| parent_span_id.filter(|v| !v.is_empty()));
     let Some(span_raw) = span_raw else {
         return Ok(Some(SimpleContext::TraceOnly(trace_id)));
     };

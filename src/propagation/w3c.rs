@@ -8,32 +8,13 @@
 //! the SDK as usual.
 
 use opentelemetry::baggage::{Baggage, BaggageExt};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{TraceContextExt, TraceFlags, TraceState};
 use opentelemetry::Context;
 
-use super::{limits, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
+use super::extract::has_duplicate_keys;
+use super::{limits, Discarded, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Lowercase hex of `bytes` into `out` (twice as long).
-fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 0x0f)];
-    }
-}
-
-/// The value of lowercase hex digits (already validated).
-fn hex_value(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &d| {
-        let nibble = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => return None,
-        };
-        Some(acc << 4 | u128::from(nibble))
-    })
-}
+use crate::hex::{put as put_hex, DIGITS as HEX};
 
 /// Write `traceparent`, `tracestate` (when not empty) and `baggage` (when not empty).
 pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier) {
@@ -66,10 +47,10 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
                 if !out.is_empty() {
                     out.push(',');
                 }
-                encode_into(&mut out, name.as_str().trim());
+                encode_into(&mut out, trim(name.as_str()));
                 out.push('=');
-                encode_into(&mut out, value.as_str().trim());
-                let metadata = metadata.as_str().trim();
+                encode_into(&mut out, trim(value.as_str()));
+                let metadata = trim(metadata.as_str());
                 if !metadata.is_empty() {
                     out.push(';');
                     out.push_str(metadata);
@@ -80,11 +61,23 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
     }
 }
 
+/// The bytes a baggage value may contain as they are.
+static PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        plain[b] =
+            byte.is_ascii_graphic() && !matches!(byte, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
+        b += 1;
+    }
+    plain
+};
+
 /// Percent-encode what a baggage value may not contain: controls, space, `"`, `,`, `;`,
 /// `=`, `\`, `%` and everything outside ASCII.
 fn encode_into(out: &mut String, s: &str) {
-    let plain =
-        |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'=' | b'\\' | b'%');
+    let plain = |b: u8| PLAIN[usize::from(b)];
     if s.bytes().all(plain) {
         // The usual case: nothing to escape.
         out.push_str(s);
@@ -101,51 +94,54 @@ fn encode_into(out: &mut String, s: &str) {
     }
 }
 
-/// The span context of a `traceparent` that [`super::traceparent::validate`] accepted.
-pub(crate) fn span_context(valid: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    let b = valid.as_bytes();
-    let trace_id = TraceId::from(hex_value(b.get(3..35)?)?);
-    let span_id = SpanId::from(u64::try_from(hex_value(b.get(36..52)?)?).ok()?);
-    let flags = u8::try_from(hex_value(b.get(53..55)?)?).ok()?;
-    let trace_state = tracestate
-        .map(limits::limit_tracestate)
-        .and_then(|ts| ts.parse::<TraceState>().ok())
-        .unwrap_or_default();
-    let sc = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags) & TraceFlags::SAMPLED,
-        true,
-        trace_state,
-    );
-    sc.is_valid().then_some(sc)
+/// The trace state of a `tracestate` header (combined, not yet limited): limited to the
+/// W3C sizes; empty, with the reason in `discarded`, if it repeats a key or does not
+/// parse.
+pub(crate) fn trace_state(tracestate: Option<&str>, discarded: &mut Vec<Discarded>) -> TraceState {
+    let Some(header) = tracestate else {
+        return TraceState::default();
+    };
+    let limited = limits::limit_tracestate(header);
+    if has_duplicate_keys(&limited) {
+        discarded.push(Discarded::TracestateDuplicateKeys);
+        return TraceState::default();
+    }
+    match limited.parse::<TraceState>() {
+        Ok(state) => state,
+        Err(_) => {
+            discarded.push(Discarded::TracestateInvalid);
+            TraceState::default()
+        }
+    }
 }
 
 /// Decode a `baggage` header (already limited to the W3C sizes) into `cx`.
 pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
     let mut baggage = Baggage::new();
-    // Members are short: plain byte loops beat the general string searchers here.
-    let mut rest = header;
-    loop {
-        let (member, next) = match find(rest, b',') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let (pair, metadata) = match find(member, b';') {
-            Some(i) => (&member[..i], member[i + 1..].trim()),
-            None => (member, ""),
-        };
-        if let Some(eq) = find(pair, b'=') {
-            let decoded = (decode(pair[..eq].trim()), decode(pair[eq + 1..].trim()));
-            if let (Some(name), Some(value)) = decoded {
-                if !name.is_empty() {
-                    let _ = baggage.insert_with_metadata(name, value, metadata);
-                }
+    for member in header.split(',') {
+        // One pass over the member: where its `=` and `;` are, and whether it has a `%`.
+        let (mut eq, mut semicolon, mut percent) = (None, None, false);
+        for (i, b) in member.bytes().enumerate() {
+            match b {
+                b'=' if eq.is_none() && semicolon.is_none() => eq = Some(i),
+                b';' if semicolon.is_none() => semicolon = Some(i),
+                b'%' => percent = true,
+                _ => {}
             }
         }
-        match next {
-            Some(next) => rest = next,
-            None => break,
+        let Some(eq) = eq else { continue };
+        let (value, metadata) = match semicolon {
+            Some(i) => (&member[eq + 1..i], trim(&member[i + 1..])),
+            None => (&member[eq + 1..], ""),
+        };
+        let decoded = (
+            decode(trim(&member[..eq]), percent),
+            decode(trim(value), percent),
+        );
+        if let (Some(name), Some(value)) = decoded {
+            if !name.is_empty() {
+                let _ = baggage.insert_with_metadata(name, value, metadata);
+            }
         }
     }
     if baggage.is_empty() {
@@ -155,14 +151,24 @@ pub(crate) fn extract_baggage(cx: Context, header: &str) -> Context {
     }
 }
 
+/// `s` without surrounding whitespace, checking the two ends first (nearly always
+/// enough).
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
 /// The index of the first `byte` (an ASCII character) in `s`.
 fn find(s: &str, byte: u8) -> Option<usize> {
     s.bytes().position(|b| b == byte)
 }
 
-/// Percent-decode to UTF-8 text; `None` if the result is not UTF-8.
-fn decode(s: &str) -> Option<String> {
-    if find(s, b'%').is_none() {
+/// Percent-decode to UTF-8 text; `None` if the result is not UTF-8. `maybe_percent`:
+/// whether the member `s` comes from has a `%` at all.
+fn decode(s: &str, maybe_percent: bool) -> Option<String> {
+    if !maybe_percent || find(s, b'%').is_none() {
         return Some(s.to_owned());
     }
     let bytes = s.as_bytes();
@@ -190,6 +196,7 @@ mod tests {
     use std::collections::HashMap;
 
     use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceId};
     use opentelemetry::KeyValue;
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -267,10 +274,13 @@ mod tests {
                     let mut sdk: HashMap<String, String> = HashMap::new();
                     TraceContextPropagator::new().inject_context(&original, &mut sdk);
                     BaggagePropagator::new().inject_context(&original, &mut sdk);
-                    let tp = super::super::traceparent::validate(sdk[TRACEPARENT].as_bytes())
+                    let tp = super::super::traceparent::parse(sdk[TRACEPARENT].as_bytes())
                         .expect("valid");
-                    let sc =
-                        span_context(tp, sdk.get(TRACESTATE).map(String::as_str)).expect("context");
+                    let mut discarded = Vec::new();
+                    let parsed =
+                        trace_state(sdk.get(TRACESTATE).map(String::as_str), &mut discarded);
+                    assert!(discarded.is_empty());
+                    let sc = SpanContext::new(tp.trace_id, tp.span_id, tp.flags, true, parsed);
                     assert_eq!(sc.trace_id(), original.span().span_context().trace_id());
                     assert_eq!(sc.span_id(), original.span().span_context().span_id());
                     assert_eq!(sc.trace_flags(), flags);

@@ -324,8 +324,8 @@ async fn context_that_would_overflow_max_payload_is_left_out() {
     let process = span(&spans, "consumer", &format!("process {subject}"));
     assert_eq!(send.status, Status::Ok);
     assert_eq!(
-        send.attribute("tracehop.nats.context_dropped"),
-        Some(&true.into())
+        send.attribute("tracehop.context.dropped"),
+        Some(&"max_payload".into())
     );
     assert_eq!(process.parent_span_id, None);
     assert_eq!(

@@ -228,7 +228,11 @@ impl<S: Source> Consumer<S> {
             .iter()
             .map(|d| propagation.extract(d.headers()))
             .collect();
-        let firsts: Vec<u32> = deliveries.iter().map(Self::first_attempt).collect();
+        let firsts: Vec<u32> = deliveries
+            .iter()
+            .zip(&extracted)
+            .map(|(d, x)| Self::first_attempt(d, x))
+            .collect();
         let destination = batch_destination(&deliveries);
         let keep = self.on_failure.may_retry_in_place();
         let n = deliveries.len();

@@ -283,8 +283,11 @@ impl<S: Source> Consumer<S> {
 
     /// The first delivery attempt of `delivery`: the attempt its producer wrote (a
     /// forwarded retry), else 1, plus the broker's redeliveries.
-    fn first_attempt(delivery: &S::Delivery<'_>) -> u32 {
-        delivery_attempt(delivery.headers(), delivery.redeliveries())
+    fn first_attempt(delivery: &S::Delivery<'_>, extracted: &Extracted) -> u32 {
+        extracted
+            .attempt
+            .unwrap_or(1)
+            .saturating_add(delivery.redeliveries())
     }
 
     async fn handle<F, Fut, T, E>(
@@ -303,7 +306,7 @@ impl<S: Source> Consumer<S> {
             .inner()
             .propagation
             .extract(delivery.headers());
-        let first = Self::first_attempt(&delivery);
+        let first = Self::first_attempt(&delivery, &extracted);
         let keep = self.on_failure.may_retry_in_place();
         let mut runs: u32 = 0;
         loop {

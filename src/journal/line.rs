@@ -1,0 +1,417 @@
+//! One journal line, written straight from the SDK's `SpanData` into a reused byte
+//! buffer: byte for byte what serializing the span's [`SpanRecord`] gives, without
+//! building the record's strings, map and vectors, and without `io::Write` calls per
+//! field.
+//!
+//! What keeps it cheap: strings are copied as they are unless the escape table finds a
+//! byte JSON must escape; attributes are put in key order only when they are not in it
+//! already; the date and time of day are formatted once per second ([`DateCache`]);
+//! numbers go through `itoa`/`zmij`, which is what `serde_json` uses, so the digits are
+//! the same.
+//!
+//! [`SpanRecord`]: super::SpanRecord
+
+use opentelemetry::trace::{SpanId, SpanKind, Status as OtelStatus};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::trace::SpanData;
+
+use crate::hex::DIGITS as HEX;
+use crate::time::DateCache;
+
+/// What a thread keeps between the lines it writes: the date of the last second, and the
+/// attribute lists it has seen.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    dates: DateCache,
+    shapes: Shapes,
+}
+
+/// The service name as the line writes it: a JSON string, or `null`.
+pub(crate) fn service_json(name: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::new();
+    match name {
+        Some(name) => json_str(&mut out, name),
+        None => out.extend_from_slice(b"null"),
+    }
+    out
+}
+
+/// Append `span` as one journal line (without the newline). `service` comes from
+/// [`service_json`].
+pub(crate) fn write_line(
+    out: &mut Vec<u8>,
+    span: &SpanData,
+    service: &[u8],
+    scratch: &mut Scratch,
+) {
+    let Scratch { dates, shapes } = scratch;
+    let sc = &span.span_context;
+    let duration = span
+        .end_time
+        .duration_since(span.start_time)
+        .unwrap_or_default();
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    dates.push_rfc3339(out, span.end_time);
+    out.extend_from_slice(b"\",\"event\":\"span_finished\",\"trace_id\":");
+    json_hex(out, &sc.trace_id().to_bytes());
+    out.extend_from_slice(b",\"span_id\":");
+    json_hex(out, &sc.span_id().to_bytes());
+    out.extend_from_slice(b",\"parent_span_id\":");
+    if span.parent_span_id == SpanId::INVALID {
+        out.extend_from_slice(b"null");
+    } else {
+        json_hex(out, &span.parent_span_id.to_bytes());
+    }
+    out.extend_from_slice(b",\"service_name\":");
+    out.extend_from_slice(service);
+    out.extend_from_slice(b",\"operation_name\":");
+    json_str(out, &span.name);
+    out.extend_from_slice(match span.span_kind {
+        SpanKind::Client => b",\"span_kind\":\"client\",\"start_time\":\"",
+        SpanKind::Server => b",\"span_kind\":\"server\",\"start_time\":\"",
+        SpanKind::Producer => b",\"span_kind\":\"producer\",\"start_time\":\"",
+        SpanKind::Consumer => b",\"span_kind\":\"consumer\",\"start_time\":\"",
+        SpanKind::Internal => b",\"span_kind\":\"internal\",\"start_time\":\"",
+    });
+    dates.push_rfc3339(out, span.start_time);
+    out.extend_from_slice(b"\",\"latency_ms\":");
+    json_f64(out, crate::time::millis_f64(duration));
+    out.extend_from_slice(b",\"duration_ns\":");
+    json_u64(out, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+    match &span.status {
+        OtelStatus::Ok => out.extend_from_slice(b",\"status\":\"ok\",\"error\":null"),
+        OtelStatus::Unset => out.extend_from_slice(b",\"status\":\"unset\",\"error\":null"),
+        OtelStatus::Error { description } => {
+            out.extend_from_slice(b",\"status\":\"error\",\"error\":");
+            if !description.is_empty() {
+                json_str(out, description);
+            } else {
+                match super::collector::exception_message_value(span) {
+                    Some(message) => json_str(out, &message.as_str()),
+                    None => out.extend_from_slice(b"\"error\""),
+                }
+            }
+        }
+    }
+    if !span.attributes.is_empty() {
+        out.extend_from_slice(b",\"attributes\":");
+        shapes.write(out, &span.attributes);
+    }
+    if !span.links.links.is_empty() {
+        out.extend_from_slice(b",\"links\":[");
+        for (i, link) in span.links.links.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"trace_id\":");
+            json_hex(out, &link.span_context.trace_id().to_bytes());
+            out.extend_from_slice(b",\"span_id\":");
+            json_hex(out, &link.span_context.span_id().to_bytes());
+            if !link.attributes.is_empty() {
+                out.extend_from_slice(b",\"attributes\":");
+                json_attributes(out, &link.attributes);
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// What a byte becomes inside a JSON string, as `serde_json` escapes it: 0 for itself,
+/// `u` for `\u00XX`, else the letter after the backslash.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// A JSON string. Most strings need no escape and are copied in one go.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    match first_escape(bytes) {
+        None => out.extend_from_slice(bytes),
+        Some(at) => escape_from(out, bytes, at),
+    }
+    out.push(b'"');
+}
+
+/// `LO * b` has `b` in every byte of a word.
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The index of the first byte JSON must escape, eight bytes at a time: a word holds
+/// one if a byte is below 0x20 or equals `"` or `\` (the classic "has zero byte" and
+/// "has byte less than" tests, exact for telling whether there is one).
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_le_bytes(eight);
+        let quote = x ^ (LO * u64::from(b'"'));
+        let backslash = x ^ (LO * u64::from(b'\\'));
+        let found = (quote.wrapping_sub(LO) & !quote)
+            | (backslash.wrapping_sub(LO) & !backslash)
+            | (x.wrapping_sub(LO * 0x20) & !x);
+        if found & HI != 0 {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| ESCAPE[usize::from(b)] != 0)
+        .map(|i| at + i)
+}
+
+/// The rest of a string from its first byte to escape, at `at`.
+fn escape_from(out: &mut Vec<u8>, bytes: &[u8], at: usize) {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate().skip(at) {
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match escape {
+            b'u' => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0x0f)],
+            ]),
+            letter => out.extend_from_slice(&[b'\\', letter]),
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// An id as a JSON string of lowercase hex, as its `Display` writes it.
+fn json_hex(out: &mut Vec<u8>, id: &[u8]) {
+    let mut buf = [b'"'; 34];
+    let len = 2 * id.len();
+    crate::hex::put(&mut buf[1..=len], id);
+    out.extend_from_slice(&buf[..len + 2]);
+}
+
+fn json_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn json_i64(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// A float as `serde_json` writes it; not finite: `null` (as the record's
+/// `Number::from_f64` gives).
+fn json_f64(out: &mut Vec<u8>, f: f64) {
+    if f.is_finite() {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Attribute lists longer than this are put in order on the heap.
+const SORT_ON_STACK: usize = 32;
+
+/// An attribute list as the record's map: ordered by key, the last value of a key
+/// repeated in the list winning.
+fn json_attributes(out: &mut Vec<u8>, attributes: &[KeyValue]) {
+    let in_order = attributes
+        .windows(2)
+        .all(|pair| pair[0].key.as_str() < pair[1].key.as_str());
+    out.push(b'{');
+    if in_order {
+        for (i, kv) in attributes.iter().enumerate() {
+            json_attribute(out, i > 0, kv);
+        }
+    } else if attributes.len() <= SORT_ON_STACK {
+        let mut order = [("", 0_usize); SORT_ON_STACK];
+        write_sorted(out, attributes, &mut order[..attributes.len()]);
+    } else {
+        let mut order = vec![("", 0_usize); attributes.len()];
+        write_sorted(out, attributes, &mut order);
+    }
+    out.push(b'}');
+}
+
+/// Write `attributes` in key order, each key once (its last value), using `order` (one
+/// slot per attribute) to sort.
+fn write_sorted<'a>(out: &mut Vec<u8>, attributes: &'a [KeyValue], order: &mut [(&'a str, usize)]) {
+    for (slot, (i, kv)) in order.iter_mut().zip(attributes.iter().enumerate()) {
+        *slot = (kv.key.as_str(), i);
+    }
+    // Stable: among equal keys the list order stays, so the last one is the later value.
+    order.sort_by(|a, b| a.0.cmp(b.0));
+    let mut first = true;
+    for (i, &(key, at)) in order.iter().enumerate() {
+        if order.get(i + 1).is_some_and(|next| next.0 == key) {
+            continue;
+        }
+        json_attribute(out, !first, &attributes[at]);
+        first = false;
+    }
+}
+
+/// The attribute lists a thread saw last, each with how it is written: which attribute
+/// goes where in key order, and every key's `"key":` already escaped. A service's spans
+/// come in a few shapes (its send spans, its process spans), so nearly every span finds
+/// its list here and is written without sorting or escaping a key: comparing the keys
+/// is all it costs.
+#[derive(Debug, Default)]
+struct Shapes {
+    shapes: Vec<Shape>,
+    /// The slot the next new shape replaces.
+    next: usize,
+}
+
+/// How many attribute lists a thread remembers.
+const SHAPES: usize = 8;
+/// Longer lists are sorted each time.
+const SHAPE_MAX_KEYS: usize = 64;
+
+#[derive(Debug)]
+struct Shape {
+    /// The keys, in list order.
+    keys: Vec<Box<str>>,
+    /// In key order, each key once: the attribute whose value is written, and the range
+    /// of `prefixes` written before it (`,"key":`, without the comma for the first).
+    writes: Vec<(usize, usize, usize)>,
+    prefixes: Vec<u8>,
+}
+
+impl Shape {
+    fn of(attributes: &[KeyValue]) -> Shape {
+        let mut order: Vec<(&str, usize)> = attributes
+            .iter()
+            .enumerate()
+            .map(|(i, kv)| (kv.key.as_str(), i))
+            .collect();
+        order.sort_by(|a, b| a.0.cmp(b.0));
+        let mut prefixes = Vec::new();
+        let mut writes = Vec::with_capacity(order.len());
+        for (i, &(key, at)) in order.iter().enumerate() {
+            // Of a repeated key, the last value wins (the sort is stable).
+            if order.get(i + 1).is_some_and(|next| next.0 == key) {
+                continue;
+            }
+            let start = prefixes.len();
+            if !writes.is_empty() {
+                prefixes.push(b',');
+            }
+            json_str(&mut prefixes, key);
+            prefixes.push(b':');
+            writes.push((at, start, prefixes.len()));
+        }
+        Shape {
+            keys: attributes.iter().map(|kv| kv.key.as_str().into()).collect(),
+            writes,
+            prefixes,
+        }
+    }
+
+    fn fits(&self, attributes: &[KeyValue]) -> bool {
+        self.keys.len() == attributes.len()
+            && self
+                .keys
+                .iter()
+                .zip(attributes)
+                .all(|(key, kv)| **key == *kv.key.as_str())
+    }
+}
+
+impl Shapes {
+    /// Write `attributes` as the record's map: ordered by key, the last value of a key
+    /// repeated in the list winning.
+    fn write(&mut self, out: &mut Vec<u8>, attributes: &[KeyValue]) {
+        if attributes.len() > SHAPE_MAX_KEYS {
+            return json_attributes(out, attributes);
+        }
+        let at = match self.shapes.iter().position(|s| s.fits(attributes)) {
+            Some(at) => at,
+            None if self.shapes.len() < SHAPES => {
+                self.shapes.push(Shape::of(attributes));
+                self.shapes.len() - 1
+            }
+            None => {
+                let at = self.next;
+                self.next = (self.next + 1) % SHAPES;
+                self.shapes[at] = Shape::of(attributes);
+                at
+            }
+        };
+        let shape = &self.shapes[at];
+        out.push(b'{');
+        for &(attribute, start, end) in &shape.writes {
+            out.extend_from_slice(&shape.prefixes[start..end]);
+            json_value(out, &attributes[attribute].value);
+        }
+        out.push(b'}');
+    }
+}
+
+fn json_attribute(out: &mut Vec<u8>, comma: bool, kv: &KeyValue) {
+    if comma {
+        out.push(b',');
+    }
+    json_str(out, kv.key.as_str());
+    out.push(b':');
+    json_value(out, &kv.value);
+}
+
+fn json_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::I64(n) => json_i64(out, *n),
+        Value::F64(f) => json_f64(out, *f),
+        Value::String(s) => json_str(out, s.as_str()),
+        other => json_str(out, &other.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_str;
+
+    /// Every byte JSON escapes, at every position of the eight-byte words and the tail,
+    /// next to multi-byte characters: what serde_json writes.
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let specials = [
+            '"', '\\', '\n', '\u{0}', '\u{1f}', '\u{8}', '\u{7f}', 'é', '☃',
+        ];
+        for len in 0..20 {
+            for at in 0..len {
+                for special in specials {
+                    let s: String = (0..len)
+                        .map(|i| if i == at { special } else { 'a' })
+                        .collect();
+                    let mut ours = Vec::new();
+                    json_str(&mut ours, &s);
+                    let theirs = serde_json::to_string(&s).expect("json");
+                    assert_eq!(String::from_utf8(ours).expect("utf-8"), theirs, "{s:?}");
+                }
+            }
+        }
+    }
+}

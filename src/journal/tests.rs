@@ -1,0 +1,333 @@
+//! The journal's line format and its writer: lines equal to serialized records, back
+//! pressure, lossy drops counted.
+
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter};
+
+use super::collector::to_record;
+use super::line::{service_json, write_line, Scratch};
+
+/// Keeps the finished spans as the SDK hands them over.
+#[derive(Debug, Clone, Default)]
+struct Keep(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanExporter for Keep {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.lock().expect("lock").extend(batch);
+        Ok(())
+    }
+}
+
+/// The direct writer writes exactly what serializing the record writes, for spans
+/// with every kind of field: escapes, non-ASCII, repeated and unsorted attribute
+/// keys, every value type, non-finite floats, links, each status.
+#[test]
+fn direct_lines_equal_serialized_records() {
+    let keep = Keep::default();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
+        .build();
+    let tracer = provider.tracer("t");
+    let remote = SpanContext::new(
+        0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128.into(),
+        0x00f0_67aa_0ba9_02b7_u64.into(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let parent = Context::new().with_remote_span_context(remote.clone());
+    let mut span = tracer
+        .span_builder("send \"odd\" \\ naïve\u{1}")
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("z.last", "v\n\t\"q\""),
+            KeyValue::new("a.first", 1_i64),
+            KeyValue::new("dup", "old"),
+            KeyValue::new("m.float", 0.1_f64),
+            KeyValue::new("m.nan", f64::NAN),
+            KeyValue::new("m.inf", f64::INFINITY),
+            KeyValue::new("b.bool", true),
+            KeyValue::new("dup", "new"),
+            KeyValue::new("neg", -42_i64),
+            KeyValue::new("arr", opentelemetry::Value::Array(vec![1_i64, 2].into())),
+            KeyValue::new("big", 1e21_f64),
+            KeyValue::new("del", "a\u{7f}b ☃"),
+        ])
+        .with_links(vec![
+            Link::with_context(remote.clone()),
+            Link::new(remote.clone(), vec![KeyValue::new("k", "v")], 0),
+        ])
+        .start_with_context(&tracer, &parent);
+    span.set_status(Status::error("broke: \"x\""));
+    span.end();
+    let mut span = tracer.start("plain");
+    span.set_status(Status::Ok);
+    span.end();
+    tracer.start("unset").end();
+    let mut span = tracer.start_with_context("failed", &Context::new());
+    span.add_event(
+        "exception",
+        vec![KeyValue::new("exception.message", "from the event ☃")],
+    );
+    span.set_status(Status::error(""));
+    span.end();
+    let mut span = tracer.start("failed quietly");
+    span.set_status(Status::error(""));
+    span.end();
+    // Already in key order (written without sorting), and too many to sort on the stack.
+    tracer
+        .span_builder("sorted")
+        .with_attributes([
+            KeyValue::new("a", 1_i64),
+            KeyValue::new("b\u{8}\u{c}\r", "\u{1f}"),
+            KeyValue::new("c", 2.5_f64),
+        ])
+        .start(&tracer)
+        .end();
+    tracer
+        .span_builder("many")
+        .with_attributes(
+            (0..40_i64)
+                .rev()
+                .map(|i| KeyValue::new(format!("k{}", i % 37), i)),
+        )
+        .start(&tracer)
+        .end();
+
+    let spans = keep.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 7);
+    // Twice over, so that the second time every attribute list is a known shape.
+    let mut scratch = Scratch::default();
+    for service in [Some("svc \"q\""), None, Some("again")] {
+        for span in &spans {
+            let mut direct = Vec::new();
+            write_line(&mut direct, span, &service_json(service), &mut scratch);
+            let record = serde_json::to_string(&to_record(span, service)).expect("json");
+            assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
+        }
+    }
+}
+
+/// More attribute lists than a thread remembers, over and over: each line still equals
+/// its record.
+#[test]
+fn many_attribute_shapes_equal_serialized_records() {
+    let keep = Keep::default();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
+        .build();
+    let tracer = provider.tracer("t");
+    for round in 0..3_i64 {
+        for shape in 0..13_i64 {
+            tracer
+                .span_builder("shaped")
+                .with_attributes(
+                    (0..=shape).map(|k| KeyValue::new(format!("k{}", (k * 7) % 13), round)),
+                )
+                .start(&tracer)
+                .end();
+        }
+    }
+    let mut scratch = Scratch::default();
+    let spans = keep.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 39);
+    for span in &spans {
+        let mut direct = Vec::new();
+        write_line(&mut direct, span, &service_json(Some("s")), &mut scratch);
+        let record = serde_json::to_string(&to_record(span, Some("s"))).expect("json");
+        assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
+    }
+}
+
+/// A destination that takes nothing until it is opened, and counts the lines it took.
+#[derive(Clone, Default)]
+struct Gate {
+    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    lines: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.0.lock().expect("lock") = true;
+        self.open.1.notify_all();
+    }
+
+    fn lines(&self) -> u64 {
+        self.lines.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl std::io::Write for Gate {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut open = self.open.0.lock().expect("lock");
+        while !*open {
+            open = self.open.1.wait(open).expect("wait");
+        }
+        let lines = buf.iter().filter(|b| **b == b'\n').count() as u64;
+        self.lines
+            .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn end_spans(telemetry: &crate::Telemetry, n: usize) {
+    let tracer = telemetry.provider().tracer("burst");
+    for i in 0..n {
+        tracer
+            .span_builder("burst span")
+            .with_attributes([KeyValue::new("n", i as i64)])
+            .start(&tracer)
+            .end();
+    }
+}
+
+/// With the destination stuck, a lossless journal makes the thread ending spans wait
+/// once its small buffer is full, and loses nothing when the destination frees up.
+#[test]
+fn a_full_buffer_makes_the_span_wait_instead_of_dropping_it() {
+    let gate = Gate::default();
+    let journal = crate::Journal::writer("gated", gate.clone()).buffer(16 * 1024);
+    let telemetry = crate::Telemetry::builder("svc")
+        .journal(journal)
+        .build()
+        .expect("telemetry");
+    let producer = {
+        let telemetry = telemetry.clone();
+        std::thread::spawn(move || end_spans(&telemetry, 2_000))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !producer.is_finished(),
+        "2,000 lines do not fit in 16 KiB: the producer must be waiting"
+    );
+    let stats = &telemetry.journal_stats()[0];
+    assert_eq!(stats.buffer_limit, 16 * 1024);
+    assert!(stats.peak_buffered_bytes <= stats.buffer_limit, "{stats:?}");
+    assert!(
+        stats.peak_buffered_bytes > stats.buffer_limit / 2,
+        "{stats:?}"
+    );
+    gate.open();
+    producer.join().expect("producer");
+    telemetry.shutdown().expect("every line written");
+    assert_eq!(gate.lines(), 2_000);
+    let stats = &telemetry.journal_stats()[0];
+    assert_eq!((stats.written, stats.dropped, stats.failed), (2_000, 0, 0));
+}
+
+/// Lossy: the thread ending spans never waits; what does not fit is dropped, and every
+/// span is either written or counted as dropped, as flush and shutdown report.
+#[test]
+fn a_lossy_journal_drops_counts_and_reports() {
+    let gate = Gate::default();
+    let journal = crate::Journal::writer("lossy-gated", gate.clone())
+        .buffer(16 * 1024)
+        .lossy();
+    let telemetry = crate::Telemetry::builder("svc")
+        .journal(journal)
+        .build()
+        .expect("telemetry");
+    end_spans(&telemetry, 2_000);
+    gate.open();
+    let dropped = match telemetry.flush() {
+        Err(crate::Error::Dropped { sink, dropped }) => {
+            assert_eq!(sink, "lossy-gated");
+            dropped
+        }
+        other => panic!("expected Dropped, got {other:?}"),
+    };
+    assert!(dropped > 0);
+    assert_eq!(gate.lines() + dropped, 2_000);
+    let stats = &telemetry.journal_stats()[0];
+    assert_eq!((stats.written, stats.dropped), (gate.lines(), dropped));
+    match telemetry.shutdown() {
+        Err(crate::Error::Dropped { dropped: again, .. }) => assert_eq!(again, dropped),
+        other => panic!("expected Dropped, got {other:?}"),
+    }
+}
+
+/// Lines reach the destination without a flush: a partly filled block is handed over
+/// when no full one came for a while.
+#[test]
+fn a_few_lines_are_written_without_a_flush() {
+    let gate = Gate::default();
+    gate.open();
+    let telemetry = crate::Telemetry::builder("svc")
+        .journal(crate::Journal::writer("idle", gate.clone()))
+        .build()
+        .expect("telemetry");
+    end_spans(&telemetry, 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gate.lines() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(gate.lines(), 3);
+    telemetry.shutdown().expect("shut down");
+}
+
+struct Panics;
+impl std::io::Write for Panics {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        panic!("a writer bug")
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that panics is a failed write, reported; the journal does not hang.
+#[test]
+fn a_panicking_writer_is_a_reported_failure() {
+    let telemetry = crate::Telemetry::builder("svc")
+        .journal(crate::Journal::writer("panics", Panics))
+        .build()
+        .expect("telemetry");
+    end_spans(&telemetry, 10);
+    match telemetry.shutdown() {
+        Err(crate::Error::JournalWrite {
+            written,
+            dropped,
+            message,
+        }) => {
+            assert_eq!((written, dropped), (0, 10));
+            assert!(message.contains("panicked"), "{message}");
+        }
+        other => panic!("expected JournalWrite, got {other:?}"),
+    }
+}
+
+/// A destination that never takes anything: threads ending spans wait (lossless), but
+/// `shutdown` still returns, with an error, when its time is up.
+#[test]
+fn a_stuck_destination_does_not_hang_shutdown() {
+    let gate = Gate::default();
+    let telemetry = crate::Telemetry::builder("svc")
+        .journal(crate::Journal::writer("stuck", gate.clone()).buffer(16 * 1024))
+        .build()
+        .expect("telemetry");
+    let producer = {
+        let telemetry = telemetry.clone();
+        std::thread::spawn(move || end_spans(&telemetry, 2_000))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let result = telemetry
+        .provider()
+        .shutdown_with_timeout(std::time::Duration::from_millis(300));
+    assert!(result.is_err(), "{result:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    gate.open();
+    producer
+        .join()
+        .expect("the waiting thread goes on once the destination does");
+}
