@@ -39,6 +39,9 @@ pub struct Telemetry {
 pub(crate) struct Inner {
     pub(crate) service_name: String,
     pub(crate) tracer: SdkTracer,
+    /// The provider's sampler, when this handle built the provider (so tracehop can ask it
+    /// before describing a span; see `messaging::sampling`).
+    pub(crate) sampler: Option<Sampler>,
     pub(crate) provider: SdkTracerProvider,
     pub(crate) propagation: Propagation,
     /// The counts of each journal and exporter this handle built.
@@ -65,6 +68,10 @@ impl Telemetry {
             sinks: Vec::new(),
             has_processor: false,
             failed: None,
+            // The SDK's default, unless its environment variable chose another.
+            sampler: std::env::var_os("OTEL_TRACES_SAMPLER")
+                .is_none()
+                .then(|| Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
         }
     }
 
@@ -79,6 +86,7 @@ impl Telemetry {
             inner: Arc::new(Inner {
                 service_name: service_name.into(),
                 tracer: provider.tracer(SCOPE),
+                sampler: None,
                 provider: provider.clone(),
                 propagation,
                 sinks: Vec::new(),
@@ -156,6 +164,8 @@ pub struct TelemetryBuilder {
     has_processor: bool,
     /// A journal whose writer thread could not be started: `build` reports it.
     failed: Option<Error>,
+    /// The sampler given to the provider, if known (the SDK's default until one is set).
+    sampler: Option<Sampler>,
 }
 
 impl fmt::Debug for TelemetryBuilder {
@@ -224,7 +234,8 @@ impl TelemetryBuilder {
     /// Choose which traces are recorded (all, by default). Unsampled messages still carry
     /// context, so downstream services keep the same trace id.
     pub fn sampler(mut self, sampler: Sampler) -> Self {
-        self.provider = self.provider.with_sampler(sampler);
+        self.provider = self.provider.with_sampler(sampler.clone());
+        self.sampler = Some(sampler);
         self
     }
 
@@ -266,6 +277,7 @@ impl TelemetryBuilder {
         Ok(Telemetry {
             inner: Arc::new(Inner {
                 tracer: provider.tracer(SCOPE),
+                sampler: self.sampler,
                 service_name: self.service_name,
                 provider,
                 propagation: self.propagation,

@@ -96,13 +96,15 @@ impl TracedChannel {
             "" => DEFAULT_EXCHANGE,
             name => name,
         };
-        let mut msg = Outgoing::new(attr::system::RABBITMQ, destination)
-            .operation_name("publish")
-            .body_size(payload.len());
-        msg = super::with_routing(msg, &routing_key, &properties);
-
         let mut headers = properties.headers().clone().unwrap_or_default();
-        let span = self.telemetry.send_span(msg, &mut headers);
+        let span = self
+            .telemetry
+            .send_span_lazy(None, &mut headers, false, || {
+                let msg = Outgoing::new(attr::system::RABBITMQ, destination)
+                    .operation_name("publish")
+                    .body_size(payload.len());
+                super::with_routing(msg, &routing_key, &properties)
+            });
         let (properties, dropped) = with_context(properties, headers, self.frame_max);
         if dropped {
             span.set_attribute(attr::CONTEXT_DROPPED, "frame_max");

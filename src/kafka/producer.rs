@@ -272,28 +272,30 @@ pub(crate) fn open_send_span(
 ) -> SendSpan {
     let record = record.record();
     let headers = record.headers;
-    let mut msg =
-        Outgoing::new(system::KAFKA, record.topic).body_size(record.payload.map_or(0, <[u8]>::len));
-    if record.payload.is_none() {
-        msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
-    }
-    if let Some(key) = key_text(record.key) {
-        msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
-    }
-    if let Some(partition) = record.partition {
-        msg = msg.attribute(
-            attr::MESSAGING_DESTINATION_PARTITION_ID,
-            super::partition_id(partition),
-        );
-    }
-    if let Some(id) = client_id {
-        msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
-    }
+    let (topic, partition, key, payload) =
+        (record.topic, record.partition, record.key, record.payload);
     let mut context = ContextHeaders::default();
-    let span = match parent {
-        Some(parent) => telemetry.send_span_with_parent(msg, parent, &mut context),
-        None => telemetry.send_span(msg, &mut context),
-    };
+    // Kafka timestamps records too, but in milliseconds: `tracehop-sent-at` keeps queue
+    // time to the microsecond.
+    let span = telemetry.send_span_lazy(parent, &mut context, false, || {
+        let mut msg = Outgoing::new(system::KAFKA, topic).body_size(payload.map_or(0, <[u8]>::len));
+        if payload.is_none() {
+            msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
+        }
+        if let Some(key) = key_text(key) {
+            msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
+        }
+        if let Some(partition) = partition {
+            msg = msg.attribute(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                super::partition_id(partition),
+            );
+        }
+        if let Some(id) = client_id {
+            msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
+        }
+        msg
+    });
     *headers = Some(context.add_to(headers.take()));
     span
 }

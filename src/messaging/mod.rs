@@ -35,6 +35,7 @@ mod batch;
 pub mod consume;
 mod describe;
 mod process;
+mod sampling;
 mod send;
 mod spans;
 

@@ -6,11 +6,11 @@ use std::time::SystemTime;
 
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{Link, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, Span as _, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::attributes as attr;
-use super::Incoming;
+use super::{Incoming, ParentPolicy};
 use crate::propagation::{ContextSource, Extracted};
 use crate::telemetry::{with_trace_id, Inner};
 
@@ -37,6 +37,8 @@ pub enum ProcessOutcome {
 #[must_use = "a process span should run the handler and be ended"]
 pub struct ProcessSpan {
     cx: Context,
+    /// Whether the span is recorded; nothing is set on one that is not.
+    recording: bool,
 }
 
 impl fmt::Debug for ProcessSpan {
@@ -58,6 +60,43 @@ impl ProcessSpan {
         extracted: &Extracted,
         parent_override: Option<&Context>,
     ) -> ProcessSpan {
+        let policy = msg.policy;
+        ProcessSpan::start_with(inner, policy, extracted, parent_override, || msg)
+    }
+
+    /// [`start`](Self::start), with the message described by `describe` only if the span
+    /// is recorded: an unsampled delivery builds no name, attributes, links or SDK span.
+    pub(crate) fn start_with<'a>(
+        inner: &Inner,
+        policy: ParentPolicy,
+        extracted: &Extracted,
+        parent_override: Option<&Context>,
+        describe: impl FnOnce() -> Incoming<'a>,
+    ) -> ProcessSpan {
+        let remote = extracted.context.span().span_context().clone();
+        // The parent: the batch span, a fresh root (link mode), or the message's context.
+        // The message's baggage comes along except across a trust boundary (link mode).
+        let parent = match (parent_override, policy) {
+            (Some(batch), _) => with_baggage_of(extracted, batch.clone()),
+            (None, ParentPolicy::Link) => Context::new(),
+            (None, ParentPolicy::Child) if remote.is_valid() => extracted.context.clone(),
+            (None, ParentPolicy::Child) => with_baggage_of(extracted, Context::new()),
+        };
+        let join = match (parent_override, policy) {
+            (None, ParentPolicy::Child) => extracted.join_trace,
+            _ => None,
+        };
+        let join = match super::sampling::decide(inner, &parent, SpanKind::Consumer, join) {
+            super::sampling::Early::Record(trace) => trace,
+            super::sampling::Early::Dropped(cx) => {
+                return ProcessSpan {
+                    cx,
+                    recording: false,
+                }
+            }
+        };
+
+        let msg = describe();
         let now = SystemTime::now();
         let mut attributes = msg.attributes;
         let destination = match msg.destination_value {
@@ -100,36 +139,14 @@ impl ProcessSpan {
             ));
         }
 
-        let remote = extracted.context.span().span_context().clone();
-        let link_to_message = parent_override.is_some() || msg.policy == super::ParentPolicy::Link;
+        let link_to_message = parent_override.is_some() || policy == ParentPolicy::Link;
         let mut links = Vec::new();
         if link_to_message && remote.is_valid() {
-            links.push(Link::with_context(remote.clone()));
+            links.push(Link::with_context(remote));
             if parent_override.is_none() {
                 attributes.push(KeyValue::new(attr::CONTEXT_LINKED, true));
             }
         }
-
-        // The parent: the batch span, a fresh root (link mode), or the message's context.
-        // The message's baggage comes along except across a trust boundary (link mode).
-        let baggage = extracted.context.baggage();
-        let with_baggage = |cx: Context| {
-            if baggage.is_empty() {
-                return cx;
-            }
-            cx.with_baggage(
-                baggage
-                    .iter()
-                    .map(|(k, (v, m))| (k.clone(), (v.clone(), m.clone())))
-                    .collect::<opentelemetry::baggage::Baggage>(),
-            )
-        };
-        let parent = match (parent_override, msg.policy) {
-            (Some(batch), _) => with_baggage(batch.clone()),
-            (None, super::ParentPolicy::Link) => Context::new(),
-            (None, super::ParentPolicy::Child) if remote.is_valid() => extracted.context.clone(),
-            (None, super::ParentPolicy::Child) => with_baggage(Context::new()),
-        };
 
         let builder = inner
             .tracer
@@ -144,13 +161,11 @@ impl ProcessSpan {
             .with_start_time(now)
             .with_attributes(attributes)
             .with_links(links);
-        let join = match (parent_override, msg.policy) {
-            (None, super::ParentPolicy::Child) => extracted.join_trace,
-            _ => None,
-        };
         let span = with_trace_id(join, || builder.start_with_context(&inner.tracer, &parent));
+        let recording = span.is_recording();
         ProcessSpan {
             cx: parent.with_span(span),
+            recording,
         }
     }
 
@@ -161,7 +176,14 @@ impl ProcessSpan {
 
     /// Add an attribute to the span.
     pub fn set_attribute(&self, key: &'static str, value: impl Into<Value>) {
-        self.cx.span().set_attribute(KeyValue::new(key, value));
+        if self.recording {
+            self.cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Whether the span is recorded (sampled).
+    pub fn is_recording(&self) -> bool {
+        self.recording
     }
 
     /// Run `handler` with this span as the current context and record its outcome.
@@ -190,7 +212,9 @@ impl ProcessSpan {
     pub fn record<T, E: fmt::Display>(&self, result: &Result<T, E>) -> ProcessOutcome {
         match result {
             Ok(_) => {
-                self.cx.span().set_status(Status::Ok);
+                if self.recording {
+                    self.cx.span().set_status(Status::Ok);
+                }
                 ProcessOutcome::Ok
             }
             Err(e) => self.record_error(e),
@@ -200,7 +224,11 @@ impl ProcessSpan {
     /// Record a handler's error: status error, `error.type` (the error's type name in
     /// snake case: `HandlerError` is `handler_error`), and an `exception` event.
     pub fn record_error<E: fmt::Display + ?Sized>(&self, error: &E) -> ProcessOutcome {
-        let (error_type, message) = record_error_on(&self.cx.span(), error);
+        let (error_type, message) = if self.recording {
+            record_error_on(&self.cx.span(), error)
+        } else {
+            (error_type_name::<E>(), error.to_string())
+        };
         ProcessOutcome::Error {
             error_type,
             message,
@@ -210,23 +238,45 @@ impl ProcessSpan {
     /// Record a panic of the handler: status error, `error.type=panic`, and an `exception`
     /// event with the panic's message.
     pub(crate) fn record_panic(&self, message: &str) {
-        record_error(&self.cx.span(), attr::PANIC, message);
+        if self.recording {
+            record_error(&self.cx.span(), attr::PANIC, message);
+        }
     }
 
     /// Add several attributes to the span.
     pub(crate) fn set_attributes(&self, attributes: impl IntoIterator<Item = KeyValue>) {
-        self.cx.span().set_attributes(attributes);
+        if self.recording {
+            self.cx.span().set_attributes(attributes);
+        }
     }
 
     /// End the span while it is shared (a batch's message spans).
     pub(crate) fn end_shared(&self) {
-        self.cx.span().end();
+        if self.recording {
+            self.cx.span().end();
+        }
     }
 
     /// End the span.
     pub fn end(self) {
-        self.cx.span().end();
+        if self.recording {
+            self.cx.span().end();
+        }
     }
+}
+
+/// `cx` with the baggage the message carried.
+fn with_baggage_of(extracted: &Extracted, cx: Context) -> Context {
+    let baggage = extracted.context.baggage();
+    if baggage.is_empty() {
+        return cx;
+    }
+    cx.with_baggage(
+        baggage
+            .iter()
+            .map(|(k, (v, m))| (k.clone(), (v.clone(), m.clone())))
+            .collect::<opentelemetry::baggage::Baggage>(),
+    )
 }
 
 /// Mark a span as failed by `error`: its type name as `error.type`, its text as the

@@ -3,14 +3,17 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer,
+};
 use opentelemetry::{Context, KeyValue, Value};
 
 use super::attributes as attr;
 use super::process::record_error;
+use super::sampling::Early;
 use super::Outgoing;
 use crate::propagation::WriteCarrier;
-use crate::telemetry::Inner;
+use crate::telemetry::{with_trace_id, Inner};
 
 /// The span of one message being sent (kind PRODUCER, named `send <destination>`).
 ///
@@ -20,6 +23,8 @@ use crate::telemetry::Inner;
 #[must_use = "a send span records the outcome of the send only when it is ended"]
 pub struct SendSpan {
     cx: Context,
+    /// Whether the span is recorded (sampled); nothing is set on one that is not.
+    recording: bool,
 }
 
 impl fmt::Debug for SendSpan {
@@ -37,9 +42,36 @@ impl SendSpan {
         parent: &Context,
         carrier: &mut dyn WriteCarrier,
     ) -> SendSpan {
-        let mut msg = msg;
+        SendSpan::start_with(inner, parent, carrier, false, || msg)
+    }
+
+    /// [`start`](Self::start), with the message described by `describe` only if the span
+    /// is recorded: an unsampled send builds no name, attributes or SDK span. `stamped`:
+    /// the broker or client timestamps the message (no `tracehop-sent-at` is written).
+    pub(crate) fn start_with<'a>(
+        inner: &Inner,
+        parent: &Context,
+        carrier: &mut dyn WriteCarrier,
+        stamped: bool,
+        describe: impl FnOnce() -> Outgoing<'a>,
+    ) -> SendSpan {
+        let root_trace = match super::sampling::decide(inner, parent, SpanKind::Producer, None) {
+            Early::Record(root_trace) => root_trace,
+            Early::Dropped(cx) => {
+                let now = inner
+                    .propagation
+                    .writes_sent_at(stamped)
+                    .then(SystemTime::now);
+                inner.propagation.inject_sent_at(&cx, carrier, now, stamped);
+                return SendSpan {
+                    cx,
+                    recording: false,
+                };
+            }
+        };
+        let mut msg = describe();
         let attributes = msg.span_attributes(attr::operation_type::SEND);
-        let mut builder = inner
+        let builder = inner
             .tracer
             .span_builder(super::span_name(
                 msg.operation_name,
@@ -49,21 +81,24 @@ impl SendSpan {
             .with_kind(SpanKind::Producer)
             .with_attributes(attributes);
         // One clock read for the span's start and the `tracehop-sent-at` header.
-        let now = inner.propagation.writes_sent_at().then(SystemTime::now);
-        if let Some(now) = now {
-            builder = builder.with_start_time(now);
-        }
-        let span = builder.start_with_context(&inner.tracer, parent);
+        let now = SystemTime::now();
+        let builder = builder.with_start_time(now);
+        let span = with_trace_id(root_trace, || {
+            builder.start_with_context(&inner.tracer, parent)
+        });
+        let recording = span.is_recording();
         let cx = parent.with_span(span);
-        inner.propagation.inject_sent_at(&cx, carrier, now);
-        SendSpan { cx }
+        inner
+            .propagation
+            .inject_sent_at(&cx, carrier, Some(now), stamped);
+        SendSpan { cx, recording }
     }
 
     /// Whether the span is recorded (sampled): attributes set on a span that is not are
     /// dropped, so callers can skip building them.
     #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
     pub(crate) fn is_recording(&self) -> bool {
-        self.cx.span().is_recording()
+        self.recording
     }
 
     /// The context of this span: its span context and the baggage that was sent.
@@ -78,22 +113,28 @@ impl SendSpan {
 
     /// Add an attribute learnt after the send started (partition, offset, sequence).
     pub fn set_attribute(&self, key: &'static str, value: impl Into<Value>) {
-        self.cx.span().set_attribute(KeyValue::new(key, value));
+        if self.recording {
+            self.cx.span().set_attribute(KeyValue::new(key, value));
+        }
     }
 
     /// End the span: the broker accepted the message.
     pub fn end(self) {
-        let span = self.cx.span();
-        span.set_status(Status::Ok);
-        span.end();
+        if self.recording {
+            let span = self.cx.span();
+            span.set_status(Status::Ok);
+            span.end();
+        }
     }
 
     /// End the span as failed. `error_type` is a low-cardinality class (`error.type`), the
     /// error's text becomes the status description and an `exception` event.
     pub fn end_with_error(self, error_type: &str, error: &dyn fmt::Display) {
-        let span = self.cx.span();
-        record_error(&span, error_type, &error.to_string());
-        span.end();
+        if self.recording {
+            let span = self.cx.span();
+            record_error(&span, error_type, &error.to_string());
+            span.end();
+        }
     }
 }
 

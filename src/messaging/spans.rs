@@ -19,6 +19,31 @@ impl Telemetry {
         Context::map_current(|cx| SendSpan::start(self.inner(), msg, cx, headers))
     }
 
+    /// Open a send span (a child of `parent`, else of the current context) whose message
+    /// is described by `describe` only if the span is recorded, and write its context into
+    /// `headers`: what the adapters use, so an unsampled send builds no description.
+    /// `stamped`: the broker or client timestamps the message itself, so no
+    /// `tracehop-sent-at` is written (queue time comes from that timestamp).
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "nats", feature = "amqp")),
+        allow(dead_code)
+    )]
+    pub(crate) fn send_span_lazy<'a>(
+        &self,
+        parent: Option<&Context>,
+        headers: &mut dyn WriteCarrier,
+        stamped: bool,
+        describe: impl FnOnce() -> Outgoing<'a>,
+    ) -> SendSpan {
+        let inner = self.inner();
+        match parent {
+            Some(parent) => SendSpan::start_with(inner, parent, headers, stamped, describe),
+            None => Context::map_current(|cx| {
+                SendSpan::start_with(inner, cx, headers, stamped, describe)
+            }),
+        }
+    }
+
     /// Open a send span with an explicit parent.
     pub fn send_span_with_parent(
         &self,

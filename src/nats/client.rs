@@ -289,6 +289,7 @@ impl TracedClient {
             server: &self.server,
             client: &self.client,
             operation,
+            stamped: false,
         }
     }
 }

@@ -22,6 +22,8 @@ pub(super) struct Publish<'a> {
     pub(super) client: &'a Client,
     /// `publish` or `request`.
     pub(super) operation: &'static str,
+    /// The server timestamps the message (JetStream): no `tracehop-sent-at`.
+    pub(super) stamped: bool,
 }
 
 impl Publish<'_> {
@@ -34,12 +36,15 @@ impl Publish<'_> {
         payload: &Bytes,
         describe: impl FnOnce(Outgoing<'s>) -> Outgoing<'s>,
     ) -> (SendSpan, Option<HeaderMap>) {
-        let msg = Outgoing::new(NATS, subject)
-            .operation_name(self.operation)
-            .body_size(payload.len());
-        let msg = describe(with_common(msg, self.server, self.client, headers.as_ref()));
         let mut context = HeaderMap::new();
-        let send = self.telemetry.send_span(msg, &mut context);
+        let send = self
+            .telemetry
+            .send_span_lazy(None, &mut context, self.stamped, || {
+                let msg = Outgoing::new(NATS, subject)
+                    .operation_name(self.operation)
+                    .body_size(payload.len());
+                describe(with_common(msg, self.server, self.client, headers.as_ref()))
+            });
         let headers = with_context(&send, headers, context, payload, self.client);
         (send, headers)
     }

@@ -93,6 +93,8 @@ impl TracedJetStream {
             server: &self.server,
             client: &self.client,
             operation: "publish",
+            // The stream records when it stored the message: queue time comes from that.
+            stamped: true,
         };
         let (send, headers) = publisher.open(subject.as_str(), headers, &payload, |msg| msg);
         let sent = match headers {

@@ -236,16 +236,19 @@ impl Propagation {
     /// Write the context of `cx` into `carrier`. Never fails; headers the carrier cannot
     /// store are skipped by the carrier.
     pub fn inject(&self, cx: &Context, carrier: &mut dyn WriteCarrier) {
-        self.inject_sent_at(cx, carrier, None);
+        self.inject_sent_at(cx, carrier, None, false);
     }
 
     /// [`inject`](Self::inject), with `sent_at` as the send time when the caller already
-    /// read the clock (a send span's start time), so it is read once per message.
+    /// read the clock (a send span's start time), so it is read once per message; with
+    /// `stamped`, the broker or client timestamps the message itself (a Kafka record,
+    /// JetStream), so `tracehop-sent-at` is not written.
     pub(crate) fn inject_sent_at(
         &self,
         cx: &Context,
         carrier: &mut dyn WriteCarrier,
         sent_at: Option<SystemTime>,
+        stamped: bool,
     ) {
         match &self.codec {
             Codec::W3c { baggage } => w3c::inject(cx, *baggage, carrier),
@@ -261,15 +264,16 @@ impl Propagation {
                 carrier.set(simple::X_SPAN_ID, span_id);
             }
         }
-        if self.sent_at {
+        if self.sent_at && !stamped {
             let now = sent_at.unwrap_or_else(SystemTime::now);
             carrier.set(SENT_AT, crate::time::unix_micros(now).to_string());
         }
     }
 
-    /// Whether [`inject`](Self::inject) writes `tracehop-sent-at` (and so reads the clock).
-    pub(crate) fn writes_sent_at(&self) -> bool {
-        self.sent_at
+    /// Whether a send of a message the broker does not timestamp (`stamped` false) writes
+    /// `tracehop-sent-at` (and so reads the clock).
+    pub(crate) fn writes_sent_at(&self, stamped: bool) -> bool {
+        self.sent_at && !stamped
     }
 
     /// Read the context a message carries, in one pass over its headers. Never fails and

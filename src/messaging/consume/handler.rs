@@ -54,6 +54,9 @@ pub(crate) fn record<T, E: fmt::Display>(
     span: &ProcessSpan,
     result: &Result<T, HandlerFailure<E>>,
 ) {
+    if !span.is_recording() {
+        return;
+    }
     match result {
         Ok(_) => {
             span.record(&Ok::<(), E>(()));

@@ -266,7 +266,7 @@ impl<S: Source> Consumer<S> {
         Ok(())
     }
 
-    /// The process span of one run on `delivery`.
+    /// The process span of one run on `delivery` (described only if it is recorded).
     fn open_span(
         &self,
         delivery: &S::Delivery<'_>,
@@ -274,11 +274,18 @@ impl<S: Source> Consumer<S> {
         extracted: &Extracted,
         batch: Option<&opentelemetry::Context>,
     ) -> ProcessSpan {
-        let msg = delivery
-            .describe()
-            .parent_policy(self.parent)
-            .attempt(attempt);
-        ProcessSpan::start(self.telemetry.inner(), msg, extracted, batch)
+        ProcessSpan::start_with(
+            self.telemetry.inner(),
+            self.parent,
+            extracted,
+            batch,
+            || {
+                delivery
+                    .describe()
+                    .parent_policy(self.parent)
+                    .attempt(attempt)
+            },
+        )
     }
 
     /// The first delivery attempt of `delivery`: the attempt its producer wrote (a

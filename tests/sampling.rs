@@ -1,0 +1,198 @@
+//! Sampling: unsampled messages still carry context and get correct parents downstream,
+//! ratio and parent-based decisions hold across a hop, and a sampler that looks at
+//! attributes still sees them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, TraceId, TraceState};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SamplingResult, ShouldSample};
+use tracehop::propagation::TRACEPARENT;
+use tracehop::{Incoming, Outgoing, SpanCollector, Telemetry};
+
+fn service(spans: &SpanCollector, name: &str, sampler: Sampler) -> Telemetry {
+    Telemetry::builder(name)
+        .collector(spans)
+        .sampler(sampler)
+        .build()
+        .unwrap()
+}
+
+/// Send one message from `producer` (inside `parent`), process it in `consumer`, and
+/// return the headers it carried and the process span's context.
+fn hop(
+    producer: &Telemetry,
+    consumer: &Telemetry,
+    parent: &Context,
+) -> (HashMap<String, String>, Context) {
+    let mut headers: HashMap<String, String> = HashMap::new();
+    let send = producer.send_span_with_parent(Outgoing::new("nats", "jobs"), parent, &mut headers);
+    let sent = send.span_context();
+    send.end();
+    let process = consumer.process_span(Incoming::new("nats", "jobs"), &headers);
+    let cx = process.context().clone();
+    assert_eq!(cx.span().span_context().trace_id(), sent.trace_id());
+    process.end();
+    (headers, cx)
+}
+
+#[test]
+fn an_unsampled_send_still_carries_its_context_and_the_next_hop_is_its_child() {
+    let spans = SpanCollector::new();
+    let producer = service(&spans, "producer", Sampler::AlwaysOff);
+    // The consumer records everything: its span shows the unsampled send as its parent.
+    let consumer = service(&spans, "consumer", Sampler::AlwaysOn);
+    let mut headers: HashMap<String, String> = HashMap::new();
+    let send = producer.send_span(Outgoing::new("nats", "jobs"), &mut headers);
+    let sent = send.span_context();
+    send.end();
+    assert!(sent.is_valid() && !sent.is_sampled());
+    let traceparent = &headers[TRACEPARENT];
+    assert_eq!(
+        traceparent,
+        &format!("00-{}-{}-00", sent.trace_id(), sent.span_id())
+    );
+    assert!(headers.contains_key("tracehop-sent-at"));
+    let process = consumer.process_span(Incoming::new("nats", "jobs"), &headers);
+    process.end();
+    let records = spans.records();
+    assert_eq!(records.len(), 1, "only the consumer records: {records:#?}");
+    assert_eq!(records[0].trace_id, sent.trace_id().to_string());
+    assert_eq!(
+        records[0].parent_span_id.as_deref(),
+        Some(sent.span_id().to_string().as_str())
+    );
+    assert!(records[0].attribute("tracehop.queue_time_ms").is_some());
+}
+
+#[test]
+fn parent_based_sampling_follows_the_message_across_the_hop() {
+    let spans = SpanCollector::new();
+    let parent_based = || Sampler::ParentBased(Box::new(Sampler::AlwaysOn));
+    let producer = service(&spans, "producer", parent_based());
+    let consumer = service(&spans, "consumer", parent_based());
+    let downstream = service(&spans, "downstream", parent_based());
+
+    // Below an unsampled parent nothing is recorded, on either side, and every hop keeps
+    // the trace and a fresh span id.
+    let unsampled =
+        Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            opentelemetry::trace::TraceFlags::default(),
+            true,
+            TraceState::from_key_value([("vendor", "kept")]).unwrap(),
+        ));
+    let (headers, process) = hop(&producer, &consumer, &unsampled);
+    assert!(headers[TRACEPARENT].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(headers[TRACEPARENT].ends_with("-00"));
+    assert_eq!(
+        headers["tracestate"], "vendor=kept",
+        "trace state rides along"
+    );
+    let sc = process.span().span_context().clone();
+    assert!(!sc.is_sampled());
+    assert_ne!(sc.span_id().to_string(), "00f067aa0ba902b7");
+    let (_, next) = hop(&consumer, &downstream, &process);
+    assert_eq!(next.span().span_context().trace_id(), sc.trace_id());
+    assert!(spans.is_empty(), "{:#?}", spans.records());
+
+    // A root is sampled (AlwaysOn below ParentBased): both spans are recorded, parent to child.
+    let (_, process) = hop(&producer, &consumer, &Context::new());
+    assert!(process.span().span_context().is_sampled());
+    let records = spans.records();
+    assert_eq!(records.len(), 2);
+    assert_eq!(
+        records[1].parent_span_id.as_ref(),
+        Some(&records[0].span_id)
+    );
+}
+
+#[test]
+fn a_trace_id_ratio_decides_the_same_on_both_sides_of_a_hop() {
+    let spans = SpanCollector::new();
+    let producer = service(&spans, "producer", Sampler::TraceIdRatioBased(0.5));
+    let consumer = service(&spans, "consumer", Sampler::TraceIdRatioBased(0.5));
+    let mut sampled = 0;
+    for _ in 0..400 {
+        let (headers, process) = hop(&producer, &consumer, &Context::new());
+        let flag = headers[TRACEPARENT].ends_with("-01");
+        assert_eq!(flag, process.span().span_context().is_sampled());
+        sampled += usize::from(flag);
+    }
+    assert!(
+        (120..=280).contains(&sampled),
+        "about half of 400: {sampled}"
+    );
+    // Every recorded process span has its recorded send span as parent.
+    let records = spans.records();
+    assert_eq!(records.len(), 2 * sampled);
+    for pair in records.chunks(2) {
+        assert_eq!(pair[1].parent_span_id.as_ref(), Some(&pair[0].span_id));
+    }
+}
+
+/// A root sampler that records only messages to `keep`, by their attributes.
+#[derive(Debug, Clone, Default)]
+struct ByDestination {
+    seen: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+impl ShouldSample for ByDestination {
+    fn should_sample(
+        &self,
+        _parent: Option<&Context>,
+        _trace_id: TraceId,
+        _name: &str,
+        _kind: &SpanKind,
+        attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let keys = attributes.iter().map(|kv| kv.key.to_string()).collect();
+        self.seen.lock().unwrap().push(keys);
+        let keep = attributes.iter().any(|kv| {
+            kv.key.as_str() == "messaging.destination.name" && kv.value.as_str() == "keep"
+        });
+        SamplingResult {
+            decision: if keep {
+                SamplingDecision::RecordAndSample
+            } else {
+                SamplingDecision::Drop
+            },
+            attributes: Vec::new(),
+            trace_state: TraceState::default(),
+        }
+    }
+}
+
+#[test]
+fn a_sampler_that_looks_at_attributes_sees_them_on_roots() {
+    let spans = SpanCollector::new();
+    let sampler = ByDestination::default();
+    let producer = service(
+        &spans,
+        "producer",
+        Sampler::ParentBased(Box::new(sampler.clone())),
+    );
+    for destination in ["keep", "drop"] {
+        let mut headers: HashMap<String, String> = HashMap::new();
+        producer
+            .send_span(
+                Outgoing::new("nats", destination).attribute("tenant", "acme"),
+                &mut headers,
+            )
+            .end();
+        assert!(headers.contains_key(TRACEPARENT));
+    }
+    let seen = sampler.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for keys in &seen {
+        for key in ["tenant", "messaging.system", "messaging.destination.name"] {
+            assert!(keys.iter().any(|k| k == key), "{key} in {keys:?}");
+        }
+    }
+    let records = spans.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].operation_name.as_deref(), Some("send keep"));
+}
