@@ -37,9 +37,11 @@ pub(crate) fn decide(
     let Some(sampler) = inner.sampler.as_ref() else {
         return Early::Record(join);
     };
-    let span = parent.span();
-    let parent_sc = span.span_context();
-    let has_parent = parent_sc.is_valid();
+    let (has_parent, parent_trace, flags) = {
+        let span = parent.span();
+        let sc = span.span_context();
+        (sc.is_valid(), sc.trace_id(), sc.trace_flags())
+    };
     let decides_alone = match sampler {
         Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
         Sampler::ParentBased(_) => has_parent,
@@ -50,7 +52,7 @@ pub(crate) fn decide(
     }
     let ids = RandomIdGenerator::default();
     let trace_id = if has_parent {
-        parent_sc.trace_id()
+        parent_trace
     } else {
         join.unwrap_or_else(|| ids.new_trace_id())
     };
@@ -61,10 +63,9 @@ pub(crate) fn decide(
     let sc = SpanContext::new(
         trace_id,
         ids.new_span_id(),
-        parent_sc.trace_flags().with_sampled(false),
+        flags.with_sampled(false),
         false,
         result.trace_state,
     );
-    drop(span);
     Early::Dropped(parent.with_remote_span_context(sc))
 }
