@@ -475,15 +475,16 @@ async fn once(o: &Options) -> Result<(), Error> {
         ([broker], [mode]) => (broker, mode),
         _ => return Err("--once takes one --only broker and one --modes configuration".into()),
     };
+    COUNT_LINES.store(false, Ordering::Relaxed);
     let env = env(broker).await?;
     let (result, _) = run_one(&env, broker, mode, o, o.messages, Vec::new()).await?;
     println!(
-        "{} {} {} messages: {:.0} msg/s, journal {:?}",
+        "{} {} {} messages: {:.0} msg/s, journal {:?} bytes",
         broker.name(),
         mode.name(),
         o.messages,
         result.rate,
-        result.spans.map(|(lines, _, _)| lines)
+        result.spans.map(|(_, bytes, _)| bytes)
     );
     Ok(())
 }

@@ -266,7 +266,8 @@ impl Propagation {
         }
         if self.sent_at && !stamped {
             let now = sent_at.unwrap_or_else(SystemTime::now);
-            carrier.set(SENT_AT, crate::time::unix_micros(now).to_string());
+            let micros = crate::time::unix_micros(now);
+            carrier.set(SENT_AT, itoa::Buffer::new().format(micros).to_owned());
         }
     }
 
