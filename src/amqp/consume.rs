@@ -123,7 +123,7 @@ impl Source for Deliveries {
                 acker: delivery.acker.clone(),
                 delivery_tag: delivery.delivery_tag,
                 redeliveries: redeliveries(&self.queue, &delivery.properties, delivery.redelivered),
-                delivery: Some(delivery),
+                delivery: Some(Box::new(delivery)),
             })),
             // lapin follows an error with the end of the stream: the channel is gone.
             Err(e) => Some(Err(SourceError::fatal(e))),
@@ -141,8 +141,9 @@ pub struct AmqpDelivery<'a> {
     acker: Acker,
     delivery_tag: u64,
     redeliveries: u32,
-    /// `None` once handed to the handler.
-    delivery: Option<Delivery>,
+    /// `None` once handed to the handler. Boxed: a `Delivery` is large, and the loop moves
+    /// the delivery around before the handler takes it.
+    delivery: Option<Box<Delivery>>,
 }
 
 impl fmt::Debug for AmqpDelivery<'_> {
@@ -185,9 +186,9 @@ impl Settle for AmqpDelivery<'_> {
 
     fn message(&mut self, keep: bool) -> Option<Delivery> {
         if keep {
-            self.delivery.as_ref().map(copy)
+            self.delivery.as_deref().map(copy)
         } else {
-            self.delivery.take()
+            self.delivery.take().map(|delivery| *delivery)
         }
     }
 

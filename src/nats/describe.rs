@@ -196,14 +196,15 @@ impl NatsMessage for async_nats::jetstream::Message {
 #[derive(Debug)]
 pub(super) struct Held<M> {
     subject: async_nats::Subject,
-    message: Option<M>,
+    /// Boxed: the loop moves the delivery around before the handler takes the message.
+    message: Option<Box<M>>,
 }
 
 impl<M: NatsMessage> Held<M> {
     pub(super) fn new(message: M) -> Held<M> {
         Held {
             subject: message.nats().subject.clone(),
-            message: Some(message),
+            message: Some(Box::new(message)),
         }
     }
 
@@ -232,9 +233,9 @@ impl<M: NatsMessage> Held<M> {
     /// The message for a handler run: a copy when it must be kept for another run.
     pub(super) fn hand_over(&mut self, keep: bool) -> Option<M> {
         if keep {
-            self.message.clone()
+            self.message.as_deref().cloned()
         } else {
-            self.message.take()
+            self.message.take().map(|message| *message)
         }
     }
 }
