@@ -1,0 +1,467 @@
+#![cfg(feature = "amqp")]
+//! A RabbitMQ broker bounce, on the SHARED node (a second node cannot be started on these
+//! machines): `rabbitmqctl stop_app` / `start_app` while a traced publisher (publisher
+//! confirms) and a traced consumer run, with the reconnect recipe the README documents.
+//!
+//! It would break every other test using the node, so it is `#[ignore]`d in the normal
+//! run, and `cargo xtask test` runs it alone, after the rest:
+//! `cargo test --workspace --all-features --test fault_rabbitmq -- --ignored`. It refuses
+//! to bounce the node while other clients are connected, and leaves the node running and
+//! answering AMQP when it ends, pass or fail.
+
+mod broker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use opentelemetry::trace::TraceContextExt as _;
+use tokio::sync::watch;
+use tracehop::amqp::{TracedChannel, TracedConsumer};
+use tracehop::journal::Status;
+use tracehop::testing::Capture;
+use tracehop::{ConsumeError, SpanRecord, Stop, Telemetry};
+use tracehop_integration_tests::{amqp_url, unique};
+
+use broker::{Bounce, CONNECTION_NAME};
+
+/// Messages published at least (the publisher goes on until it has been through the
+/// bounce), and at most.
+const MESSAGES: usize = 6_000;
+const MAX_MESSAGES: usize = 200_000;
+/// Publishes awaiting their confirm at once.
+const WINDOW: usize = 64;
+/// How long a client keeps trying to connect while the node is down.
+const RECONNECT_WAIT: Duration = Duration::from_secs(90);
+/// How long the test waits for the consumer to catch up once publishing is done.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// A confirmed publish and its send span.
+#[derive(Debug, Clone)]
+struct Confirmed {
+    trace_id: String,
+    span_id: String,
+}
+
+/// One handler run: which message, in which process span.
+#[derive(Debug, Clone)]
+struct Handled {
+    index: Option<usize>,
+    trace_id: String,
+    span_id: String,
+}
+
+/// How one run of the consumer's loop ended.
+#[derive(Debug)]
+enum LoopEnd {
+    /// Stopped by the test.
+    Stopped,
+    /// Ended cleanly without being stopped (the broker cancelled the consumer, or the
+    /// channel closed cleanly).
+    Clean,
+    /// `ConsumeError::Source`: the channel or connection failed.
+    Source(String),
+    /// `ConsumeError::Settle`: an ack could not be sent (the message comes back).
+    Settle(String),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bounces the shared RabbitMQ node: `cargo xtask test` runs it alone, after the rest"]
+async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_error() {
+    let started = std::time::Instant::now();
+    broker::wait_until_alone(Duration::from_secs(120)).await;
+    let bounce = Bounce::new(started);
+    let capture = Capture::new();
+    let producer = capture.service("producer");
+    let worker = capture.service("worker");
+    let queue = unique("bounce");
+    declare_durable_queue(&queue).await;
+
+    let (confirmed_tx, confirmed_rx) = watch::channel(0usize);
+    let (handled_tx, mut handled_rx) = watch::channel(0usize);
+    let handled: Arc<Mutex<Vec<Handled>>> = Arc::default();
+    let stop = Stop::new();
+    let consumer_task = tokio::spawn(consume(
+        queue.clone(),
+        worker,
+        stop.clone(),
+        Arc::clone(&handled),
+        handled_tx,
+    ));
+    let publisher_task = tokio::spawn(publish_all(queue.clone(), producer, confirmed_tx));
+
+    // Mid-stream: after a third is confirmed and the consumer is at work.
+    let mut confirmed = confirmed_rx.clone();
+    confirmed
+        .wait_for(|n| *n >= MESSAGES / 3)
+        .await
+        .expect("publisher running");
+    handled_rx
+        .wait_for(|n| *n > 0)
+        .await
+        .expect("consumer running");
+    let others = tokio::task::spawn_blocking(broker::other_clients)
+        .await
+        .expect("rabbitmqctl task")
+        .expect("list connections");
+    assert!(
+        others.is_empty(),
+        "other clients connected since the test started; not bouncing the node under \
+         them: {others:#?}"
+    );
+    eprintln!(
+        "{:?}: bouncing after {} confirms, {} handled",
+        started.elapsed(),
+        *confirmed.borrow(),
+        *handled_rx.borrow()
+    );
+    bounce.stop().await;
+    bounce.start().await;
+
+    let (confirmed, publisher_connections) = publisher_task.await.expect("publisher task");
+    eprintln!(
+        "{:?}: published, {} confirmed, {publisher_connections} connections",
+        started.elapsed(),
+        confirmed.len()
+    );
+    wait_until_consumed(&handled, &mut handled_rx, &confirmed).await;
+    stop.stop();
+    let ends = tokio::time::timeout(Duration::from_secs(30), consumer_task)
+        .await
+        .expect("the consumer returns once stopped")
+        .expect("consumer task");
+    eprintln!("{:?}: consumer loops ended: {ends:?}", started.elapsed());
+
+    let handled = handled.lock().expect("handled").clone();
+    let spans = capture.records();
+    delete_queue(&queue).await;
+
+    assert!(confirmed.len() >= MESSAGES * 9 / 10, "{}", confirmed.len());
+    assert_eq!(
+        missing(&confirmed, &handled),
+        Vec::<usize>::new(),
+        "confirmed messages lost"
+    );
+    check_traces(&queue, &confirmed, &handled, &spans);
+    assert!(publisher_connections >= 2, "the publisher reconnected");
+    // The loop running when the node went down ended with an error the user can act
+    // on (reconnect), not silently; the last was stopped by the test.
+    match ends.first() {
+        Some(LoopEnd::Source(e) | LoopEnd::Settle(e)) => eprintln!("first loop ended: {e}"),
+        other => panic!("the loop whose connection died ended with {other:?}: {ends:?}"),
+    }
+    assert!(
+        ends.len() >= 2 && matches!(ends.last(), Some(LoopEnd::Stopped)),
+        "the consumer reconnected, then was stopped: {ends:?}"
+    );
+    eprintln!("{:?}: checked", started.elapsed());
+    drop(bounce);
+}
+
+/// `attempt` (a new connection and what is set up on it), retried while the node is down
+/// or coming back (up to [`RECONNECT_WAIT`]): the first step of the reconnect recipe.
+async fn retrying<T, Fut>(role: &str, mut attempt: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = lapin::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("{role}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{role}: not connected within {RECONNECT_WAIT:?}: {e}"),
+        }
+    }
+}
+
+/// A new connection, named as this test's.
+async fn connect(role: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("{CONNECTION_NAME}-{role}").into());
+    Connection::connect(&amqp_url(), properties).await
+}
+
+/// A durable queue (it survives the bounce), removed after five idle minutes if the test
+/// cannot delete it.
+async fn declare_durable_queue(queue: &str) {
+    let connection = retrying("admin", || connect("admin")).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(300_000));
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .expect("queue_declare");
+    let _ = connection.close(200, "declared".into()).await;
+}
+
+async fn delete_queue(queue: &str) {
+    let connection = retrying("admin", || connect("admin")).await;
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// A traced publisher on a new connection, publisher confirms on.
+async fn publisher(producer: &Telemetry) -> (Connection, TracedChannel) {
+    retrying("publisher", || async {
+        let connection = connect("publisher").await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok((connection, TracedChannel::new(channel, producer.clone())))
+    })
+    .await
+}
+
+/// Publish messages, persistent, [`WINDOW`] at a time, awaiting the confirms of each
+/// window, until at least [`MESSAGES`] are out and the publisher has been through the
+/// outage (so the bounce always falls mid-stream, however fast the publisher). A publish
+/// that fails or is not acked is not confirmed; when the connection is gone, open a new
+/// connection and channel and go on. Returns the confirmed messages and how many
+/// connections it took.
+async fn publish_all(
+    queue: String,
+    producer: Telemetry,
+    confirmed_tx: watch::Sender<usize>,
+) -> (HashMap<usize, Confirmed>, u32) {
+    let (mut connection, mut channel) = publisher(&producer).await;
+    let mut connections = 1;
+    let mut confirmed = HashMap::new();
+    let mut failed = 0usize;
+    let mut next = 0;
+    while next < MESSAGES || connections < 2 {
+        assert!(
+            next < MAX_MESSAGES,
+            "the node did not go down while {MAX_MESSAGES} messages were published"
+        );
+        if !connection.status().connected() {
+            (connection, channel) = publisher(&producer).await;
+            connections += 1;
+        }
+        let mut pending = Vec::new();
+        for index in next..next + WINDOW {
+            let body = index.to_string();
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(body.clone().into());
+            match channel
+                .basic_publish(
+                    ShortString::default(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    properties,
+                )
+                .await
+            {
+                Ok(confirm) => pending.push((index, confirm.span_context(), confirm)),
+                Err(_) => failed += 1,
+            }
+        }
+        next += WINDOW;
+        let (sent, confirms): (Vec<_>, Vec<_>) = pending
+            .into_iter()
+            .map(|(index, span, confirm)| ((index, span), confirm))
+            .unzip();
+        for ((index, span), answer) in sent.into_iter().zip(join_all(confirms).await) {
+            match answer {
+                Ok(confirmation) if confirmation.is_ack() => {
+                    confirmed.insert(
+                        index,
+                        Confirmed {
+                            trace_id: span.trace_id().to_string(),
+                            span_id: span.span_id().to_string(),
+                        },
+                    );
+                    confirmed_tx.send_modify(|n| *n += 1);
+                }
+                _ => failed += 1,
+            }
+        }
+    }
+    eprintln!("{next} published, {failed} not confirmed");
+    let _ = connection.close(200, "published".into()).await;
+    (confirmed, connections)
+}
+
+/// The consumer, with the README's recipe: a new connection, channel and consumer each
+/// time the loop ends with `ConsumeError::Source` (the channel or connection failed),
+/// `ConsumeError::Settle` (an ack could not be sent) or cleanly without being stopped.
+async fn consume(
+    queue: String,
+    worker: Telemetry,
+    stop: Stop,
+    handled: Arc<Mutex<Vec<Handled>>>,
+    handled_tx: watch::Sender<usize>,
+) -> Vec<LoopEnd> {
+    let mut ends = Vec::new();
+    while !stop.is_stopped() {
+        let (connection, consumer) = retrying("consumer", || async {
+            let connection = connect("consumer").await?;
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(100, BasicQosOptions::default()).await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    ShortString::default(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok((connection, consumer))
+        })
+        .await;
+        let mut traced = TracedConsumer::new(consumer, worker.clone()).stop_on(&stop);
+        let ended = traced
+            .run(|delivery: Delivery| {
+                let span = opentelemetry::Context::current()
+                    .span()
+                    .span_context()
+                    .clone();
+                let run = Handled {
+                    index: std::str::from_utf8(&delivery.data)
+                        .ok()
+                        .and_then(|body| body.parse().ok()),
+                    trace_id: span.trace_id().to_string(),
+                    span_id: span.span_id().to_string(),
+                };
+                handled.lock().expect("handled").push(run);
+                handled_tx.send_modify(|n| *n += 1);
+                async { Ok::<(), String>(()) }
+            })
+            .await;
+        ends.push(match ended {
+            Ok(_) if stop.is_stopped() => LoopEnd::Stopped,
+            Ok(_) => LoopEnd::Clean,
+            Err(e @ ConsumeError::Source(_)) => LoopEnd::Source(describe(&e)),
+            Err(e @ ConsumeError::Settle { .. }) => LoopEnd::Settle(describe(&e)),
+            Err(e) => panic!("the handler never fails: {e:?}"),
+        });
+        let _ = connection.close(200, "consumer done".into()).await;
+    }
+    ends
+}
+
+/// The error and the lapin error behind it (what a user would match on).
+fn describe(e: &ConsumeError<String>) -> String {
+    let lapin_error = e
+        .client_error()
+        .and_then(|c| c.downcast_ref::<lapin::Error>())
+        .unwrap_or_else(|| panic!("the client's error is a lapin::Error: {e:?}"));
+    format!("{e} (lapin: {lapin_error:?})")
+}
+
+/// Wait until every confirmed message has been handled at least once.
+async fn wait_until_consumed(
+    handled: &Mutex<Vec<Handled>>,
+    handled_rx: &mut watch::Receiver<usize>,
+    confirmed: &HashMap<usize, Confirmed>,
+) {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    let mut remaining: HashSet<usize> = confirmed.keys().copied().collect();
+    let mut seen = 0;
+    loop {
+        {
+            let handled = handled.lock().expect("handled");
+            for run in &handled[seen..] {
+                if let Some(index) = run.index {
+                    remaining.remove(&index);
+                }
+            }
+            seen = handled.len();
+        }
+        if remaining.is_empty() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, handled_rx.changed())
+            .await
+            .is_err()
+        {
+            let mut missing: Vec<usize> = remaining.into_iter().collect();
+            missing.sort_unstable();
+            panic!(
+                "{} confirmed messages not consumed within {CATCH_UP:?}, first: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            );
+        }
+    }
+}
+
+fn missing(confirmed: &HashMap<usize, Confirmed>, handled: &[Handled]) -> Vec<usize> {
+    let seen: HashSet<usize> = handled.iter().filter_map(|h| h.index).collect();
+    let mut missing: Vec<usize> = confirmed
+        .keys()
+        .filter(|i| !seen.contains(i))
+        .copied()
+        .collect();
+    missing.sort_unstable();
+    missing
+}
+
+/// Every process span is a child of its message's send span, in its trace; a confirmed
+/// message's send span ended OK.
+fn check_traces(
+    queue: &str,
+    confirmed: &HashMap<usize, Confirmed>,
+    handled: &[Handled],
+    spans: &[SpanRecord],
+) {
+    let by_id: HashMap<&str, &SpanRecord> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let process = format!("process {queue}");
+    let processed = spans
+        .iter()
+        .filter(|s| s.operation_name.as_deref() == Some(process.as_str()))
+        .count();
+    assert_eq!(processed, handled.len(), "one process span per handler run");
+    for run in handled {
+        let index = run
+            .index
+            .unwrap_or_else(|| panic!("a message of this test: {run:?}"));
+        let span = by_id
+            .get(run.span_id.as_str())
+            .unwrap_or_else(|| panic!("the process span of {run:?} was recorded"));
+        assert_eq!(span.operation_name.as_deref(), Some(process.as_str()));
+        assert_eq!(span.trace_id, run.trace_id);
+        let parent = span
+            .parent_span_id
+            .as_deref()
+            .and_then(|id| by_id.get(id))
+            .unwrap_or_else(|| panic!("the process span's parent was recorded: {span:#?}"));
+        assert_eq!(
+            parent.operation_name.as_deref(),
+            Some("publish amq.default"),
+            "{parent:#?}"
+        );
+        assert_eq!(parent.trace_id, span.trace_id, "{span:#?}");
+        let Some(sent) = confirmed.get(&index) else {
+            continue;
+        };
+        assert_eq!(parent.span_id, sent.span_id, "{span:#?}");
+        assert_eq!(parent.trace_id, sent.trace_id);
+        assert_eq!(parent.status, Status::Ok, "{parent:#?}");
+    }
+}
