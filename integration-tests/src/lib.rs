@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod ledger;
 #[cfg(feature = "nats")]
 pub mod nats_server;
 pub mod repeated_headers;

@@ -1,7 +1,8 @@
-//! What a consume loop does when its server goes away: through a restart it waits and
-//! resumes (async-nats reconnects and subscribes again); when the client gives up
-//! reconnecting (`max_reconnects`), the loop must end with an error the user can act on,
-//! not as if it had been unsubscribed, and never hang.
+//! What a consume loop does when its server goes away. Through a restart it waits and
+//! resumes (async-nats reconnects and subscribes again), but it must say so: an outage is
+//! an error it recovers from (logged, counted in `Summary::source_errors`), not silence.
+//! When the client gives up reconnecting (`max_reconnects`), the loop must end with
+//! `ConsumeError::Source`, not as if it had been unsubscribed, and never hang.
 
 use std::time::Duration;
 
@@ -56,6 +57,30 @@ fn assert_source_error(ended: Result<Summary, ConsumeError<String>>, what: &str)
     }
 }
 
+/// Subscribe `consumer` to `subject` (confirmed by a round trip) and run the loop in a
+/// task, handing each message to `received`, until `stop` fires.
+async fn spawn_subscriber(
+    consumer: &TracedClient,
+    subject: &'static str,
+    stop: &Stop,
+    received: mpsc::UnboundedSender<async_nats::Message>,
+) -> Loop {
+    let mut subscriber = consumer
+        .subscribe(subject)
+        .await
+        .expect("subscribe")
+        .stop_on(stop);
+    consumer.round_trip().await.expect("round trip");
+    tokio::spawn(async move {
+        subscriber
+            .run(move |message: async_nats::Message| {
+                let _ = received.send(message);
+                async { Ok(()) }
+            })
+            .await
+    })
+}
+
 #[tokio::test]
 async fn core_subscriber_waits_through_a_server_restart_and_resumes() {
     let mut server = NatsServer::start().await;
@@ -68,26 +93,17 @@ async fn core_subscriber_waits_through_a_server_restart_and_resumes() {
         connect(&server.url(), "consumer").await,
         capture.service("consumer"),
     );
-    let mut subscriber = consumer.subscribe("restarts").await.expect("subscribe");
-    consumer.round_trip().await.expect("round trip");
     let stop = Stop::new();
-    subscriber = subscriber.stop_on(&stop);
     let (tx, mut received) = mpsc::unbounded_channel();
-    let task: Loop = tokio::spawn(async move {
-        subscriber
-            .run(move |message: async_nats::Message| {
-                let _ = tx.send(message.payload);
-                async { Ok(()) }
-            })
-            .await
-    });
+    let task = spawn_subscriber(&consumer, "restarts", &stop, tx).await;
 
     producer
         .publish("restarts", "before".into())
         .await
         .expect("publish");
     let got = tokio::time::timeout(WAIT, received.recv()).await;
-    assert_eq!(got.ok().flatten().as_deref(), Some(&b"before"[..]));
+    let got = got.ok().flatten().map(|m| m.payload);
+    assert_eq!(got.as_deref(), Some(&b"before"[..]));
 
     server.stop(Signal::Kill).await;
     let clients = [
@@ -110,7 +126,8 @@ async fn core_subscriber_waits_through_a_server_restart_and_resumes() {
         .await
         .expect("publish");
     let got = tokio::time::timeout(WAIT, received.recv()).await;
-    assert_eq!(got.ok().flatten().as_deref(), Some(&b"after"[..]));
+    let got = got.ok().flatten().map(|m| m.payload);
+    assert_eq!(got.as_deref(), Some(&b"after"[..]));
 
     stop.stop();
     let summary = ended(task, "stopped subscriber").await.expect("clean stop");
@@ -143,17 +160,7 @@ async fn core_subscriber_reports_an_outage_it_waits_through() {
         .expect("connect");
     let consumer = TracedClient::new(client, capture.service("consumer"));
     let stop = Stop::new();
-    let mut subscriber = consumer
-        .subscribe("outage")
-        .await
-        .expect("subscribe")
-        .stop_on(&stop);
-    consumer.round_trip().await.expect("round trip");
-    let task: Loop = tokio::spawn(async move {
-        subscriber
-            .run(|_message: async_nats::Message| async { Ok(()) })
-            .await
-    });
+    let task = spawn_subscriber(&consumer, "outage", &stop, mpsc::unbounded_channel().0).await;
 
     server.stop(Signal::Kill).await;
     // The client has noticed, and tried and failed to reconnect twice.
@@ -186,13 +193,7 @@ async fn core_subscriber_ends_with_an_error_when_its_client_gives_up_reconnectin
         giving_up_client(&server.url(), "consumer").await,
         capture.service("consumer"),
     );
-    let mut subscriber = consumer.subscribe("gone").await.expect("subscribe");
-    consumer.round_trip().await.expect("round trip");
-    let task: Loop = tokio::spawn(async move {
-        subscriber
-            .run(|_message: async_nats::Message| async { Ok(()) })
-            .await
-    });
+    let task = spawn_subscriber(&consumer, "gone", &Stop::new(), mpsc::unbounded_channel().0).await;
 
     server.stop(Signal::Kill).await;
     assert_source_error(ended(task, "core subscriber").await, "core subscriber");

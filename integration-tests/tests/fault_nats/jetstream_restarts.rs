@@ -8,20 +8,18 @@
 //! re-issues its pull request after the reconnect, and opens a new `messages()` stream
 //! whenever the loop ends without having been stopped.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt as _;
-use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::watch;
-use tracehop::journal::Status;
 use tracehop::nats::TracedJetStream;
 use tracehop::testing::Capture;
 use tracehop::{SpanRecord, Stop, Summary};
+use tracehop_integration_tests::ledger::{self, Acked, Handled, Handlings};
 use tracehop_integration_tests::nats_server::{NatsServer, Signal};
 use tracehop_integration_tests::spans::int;
 
@@ -34,23 +32,6 @@ const STREAM: &str = "FAULTS";
 const SUBJECT: &str = "faults.orders";
 /// How long the test waits for the consumer to catch up once publishing is done.
 const CATCH_UP: Duration = Duration::from_secs(60);
-
-/// A publish the stream acknowledged: where it is stored, and its send span.
-#[derive(Debug, Clone)]
-struct Acked {
-    sequence: u64,
-    trace_id: String,
-    span_id: String,
-}
-
-/// One handler run: which message, at which stream sequence, in which process span.
-#[derive(Debug, Clone)]
-struct Handled {
-    index: Option<usize>,
-    sequence: Option<u64>,
-    trace_id: String,
-    span_id: String,
-}
 
 /// What the consumer task did across its loops.
 #[derive(Debug, Default)]
@@ -96,16 +77,15 @@ async fn every_acknowledged_publish_is_consumed_in_its_trace_across_sigterm_and_
 
     // Progress, for the fault driver and the final wait.
     let (acked_tx, acked_rx) = watch::channel(0usize);
-    let (handled_tx, mut handled_rx) = watch::channel(0usize);
-    let handled: Arc<Mutex<Vec<Handled>>> = Arc::default();
+    let handled = Handlings::default();
+    let mut handled_rx = handled.watch();
 
     let stop = Stop::new();
     let consumer_task = tokio::spawn(consume(
         consumer_js,
         pull_consumer,
         stop.clone(),
-        Arc::clone(&handled),
-        handled_tx,
+        handled.clone(),
     ));
     let publisher_task = tokio::spawn(publish_all(producer, acked_tx));
 
@@ -146,7 +126,15 @@ async fn every_acknowledged_publish_is_consumed_in_its_trace_across_sigterm_and_
         started.elapsed(),
         acked.len()
     );
-    wait_until_consumed(&handled, &mut handled_rx, &acked, &server).await;
+    if let Err(missing) = handled.wait_for_all(&acked, CATCH_UP).await {
+        panic!(
+            "{} acknowledged messages not consumed within {CATCH_UP:?}, first: {:?}; \
+             server log:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(20)],
+            server.log_tail()
+        );
+    }
     stop.stop();
     let report = tokio::time::timeout(Duration::from_secs(20), consumer_task)
         .await
@@ -159,10 +147,17 @@ async fn every_acknowledged_publish_is_consumed_in_its_trace_across_sigterm_and_
         connects(&consumer_client)
     );
 
-    let handled = handled.lock().expect("handled").clone();
+    let handled = handled.runs();
     let spans = capture.records();
     check_deliveries(&acked, &handled, &report);
-    check_traces(&acked, &handled, &spans);
+    ledger::check_runs(
+        &acked,
+        &handled,
+        &spans,
+        MESSAGES,
+        (&format!("process {SUBJECT}"), &format!("publish {SUBJECT}")),
+    );
+    check_send_spans(&acked, &spans);
     // Both faults were real to both clients: each connected three times.
     assert!(connects(&producer_client) >= 3 && connects(&consumer_client) >= 3);
     eprintln!("{:?}: checked", started.elapsed());
@@ -211,15 +206,7 @@ async fn publish_all(
     while let Some((index, sent)) = results.next().await {
         match sent {
             Ok(sent) => {
-                let span = sent.span_context().clone();
-                acked.insert(
-                    index,
-                    Acked {
-                        sequence: sent.sequence,
-                        trace_id: span.trace_id().to_string(),
-                        span_id: span.span_id().to_string(),
-                    },
-                );
+                acked.insert(index, Acked::new(sent.span_context(), Some(sent.sequence)));
                 acked_tx.send_modify(|n| *n += 1);
             }
             Err(e) => {
@@ -240,8 +227,7 @@ async fn consume(
     js: TracedJetStream,
     consumer: Consumer<pull::Config>,
     stop: Stop,
-    handled: Arc<Mutex<Vec<Handled>>>,
-    handled_tx: watch::Sender<usize>,
+    handled: Handlings,
 ) -> ConsumerReport {
     let mut report = ConsumerReport::default();
     while !stop.is_stopped() {
@@ -258,20 +244,8 @@ async fn consume(
         let mut traced = js.messages(messages).stop_on(&stop);
         let ended = traced
             .run(|message: jetstream::Message| {
-                let span = opentelemetry::Context::current()
-                    .span()
-                    .span_context()
-                    .clone();
-                let run = Handled {
-                    index: std::str::from_utf8(&message.payload)
-                        .ok()
-                        .and_then(|p| p.parse().ok()),
-                    sequence: message.info().ok().map(|info| info.stream_sequence),
-                    trace_id: span.trace_id().to_string(),
-                    span_id: span.span_id().to_string(),
-                };
-                handled.lock().expect("handled").push(run);
-                handled_tx.send_modify(|n| *n += 1);
+                let sequence = message.info().ok().map(|info| info.stream_sequence);
+                handled.record(&message.payload, sequence);
                 async { Ok::<(), String>(()) }
             })
             .await;
@@ -283,61 +257,8 @@ async fn consume(
     report
 }
 
-/// Wait until every acknowledged message has been handled at least once. Each wake-up
-/// looks only at the runs added since the last (the handler waits for the lock).
-async fn wait_until_consumed(
-    handled: &Mutex<Vec<Handled>>,
-    handled_rx: &mut watch::Receiver<usize>,
-    acked: &HashMap<usize, Acked>,
-    server: &NatsServer,
-) {
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    let mut remaining: HashSet<usize> = acked.keys().copied().collect();
-    let mut seen = 0;
-    loop {
-        {
-            let handled = handled.lock().expect("handled");
-            for run in &handled[seen..] {
-                if let Some(index) = run.index {
-                    remaining.remove(&index);
-                }
-            }
-            seen = handled.len();
-        }
-        if remaining.is_empty() {
-            return;
-        }
-        if tokio::time::timeout_at(deadline, handled_rx.changed())
-            .await
-            .is_err()
-        {
-            let mut missing: Vec<usize> = remaining.into_iter().collect();
-            missing.sort_unstable();
-            panic!(
-                "{} acknowledged messages not consumed within {CATCH_UP:?}, first: {:?}; \
-                 server log:\n{}",
-                missing.len(),
-                &missing[..missing.len().min(20)],
-                server.log_tail()
-            );
-        }
-    }
-}
-
-/// The acknowledged messages not handled yet, by index.
-fn missing(acked: &HashMap<usize, Acked>, handled: &[Handled]) -> Vec<usize> {
-    let seen: HashSet<usize> = handled.iter().filter_map(|h| h.index).collect();
-    let mut missing: Vec<usize> = acked
-        .keys()
-        .filter(|i| !seen.contains(i))
-        .copied()
-        .collect();
-    missing.sort_unstable();
-    missing
-}
-
-/// Every acknowledged publish was consumed, at the sequence its ack named, and every
-/// handler run got a message of this test.
+/// Most publishes were acknowledged, every acknowledged one was consumed, and every
+/// delivery the loops settled was a handler run.
 fn check_deliveries(acked: &HashMap<usize, Acked>, handled: &[Handled], report: &ConsumerReport) {
     assert!(
         acked.len() > MESSAGES / 2,
@@ -345,66 +266,27 @@ fn check_deliveries(acked: &HashMap<usize, Acked>, handled: &[Handled], report: 
         acked.len()
     );
     assert_eq!(
-        missing(acked, handled),
+        ledger::missing(acked, handled),
         Vec::<usize>::new(),
         "lost acknowledged messages"
     );
-    for run in handled {
-        let index = run
-            .index
-            .unwrap_or_else(|| panic!("a message of this test: {run:?}"));
-        assert!(index < MESSAGES, "{run:?}");
-        if let Some(ack) = acked.get(&index) {
-            assert_eq!(
-                run.sequence,
-                Some(ack.sequence),
-                "message {index} is where its ack said"
-            );
-        }
-    }
     // A loop that ended with an error returns no summary.
     if report.errors.is_empty() {
         assert_eq!(report.succeeded as usize, handled.len(), "{report:?}");
     }
 }
 
-/// Every process span is a child of its message's send span, in its trace.
-fn check_traces(acked: &HashMap<usize, Acked>, handled: &[Handled], spans: &[SpanRecord]) {
+/// The send span of each acknowledged publish records the sequence the ack named.
+fn check_send_spans(acked: &HashMap<usize, Acked>, spans: &[SpanRecord]) {
     let by_id: HashMap<&str, &SpanRecord> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let process = format!("process {SUBJECT}");
-    let publish = format!("publish {SUBJECT}");
-    let processed = spans
-        .iter()
-        .filter(|s| s.operation_name.as_deref() == Some(process.as_str()))
-        .count();
-    assert_eq!(processed, handled.len(), "one process span per handler run");
-    for run in handled {
-        let span = by_id
-            .get(run.span_id.as_str())
-            .unwrap_or_else(|| panic!("the process span of {run:?} was recorded"));
-        assert_eq!(span.operation_name.as_deref(), Some(process.as_str()));
-        assert_eq!(span.trace_id, run.trace_id);
-        let parent = span
-            .parent_span_id
-            .as_deref()
-            .and_then(|id| by_id.get(id))
-            .unwrap_or_else(|| panic!("the process span's parent was recorded: {span:#?}"));
+    for ack in acked.values() {
+        let send = by_id
+            .get(ack.span_id.as_str())
+            .unwrap_or_else(|| panic!("the send span of {ack:?} was recorded"));
         assert_eq!(
-            parent.operation_name.as_deref(),
-            Some(publish.as_str()),
-            "{parent:#?}"
-        );
-        assert_eq!(parent.trace_id, span.trace_id, "{span:#?}");
-        let Some(ack) = run.index.and_then(|i| acked.get(&i)) else {
-            continue;
-        };
-        // The send span ended OK with the ack's sequence, and is this message's parent.
-        assert_eq!(parent.span_id, ack.span_id, "{span:#?}");
-        assert_eq!(parent.trace_id, ack.trace_id);
-        assert_eq!(parent.status, Status::Ok, "{parent:#?}");
-        assert_eq!(
-            int(parent, "messaging.nats.js.sequence.stream"),
-            i64::try_from(ack.sequence).ok()
+            int(send, "messaging.nats.js.sequence.stream"),
+            ack.sequence.and_then(|seq| i64::try_from(seq).ok()),
+            "{send:#?}"
         );
     }
 }

@@ -6,8 +6,8 @@
 //! - [`jetstream_restarts`]: 20,000 messages through the traced JetStream publisher while
 //!   a traced pull consumer acks; the server is stopped with SIGTERM and restarted, then
 //!   with SIGKILL: every acknowledged publish is consumed, each in its send span's trace;
-//! - [`dead_connection`]: what a consume loop does when its server goes away for good,
-//!   and when it comes back.
+//! - [`dead_connection`]: what core and JetStream consume loops do when their server goes
+//!   away and comes back, and when their client gives up reconnecting.
 
 mod dead_connection;
 mod jetstream_restarts;

@@ -11,8 +11,7 @@
 
 mod broker;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -23,12 +22,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::watch;
 use tracehop::amqp::{TracedChannel, TracedConsumer};
-use tracehop::journal::Status;
 use tracehop::testing::Capture;
-use tracehop::{ConsumeError, SpanRecord, Stop, Telemetry};
+use tracehop::{ConsumeError, Stop, Telemetry};
+use tracehop_integration_tests::ledger::{self, Acked, Handlings};
 use tracehop_integration_tests::{amqp_url, unique};
 
 use broker::{Bounce, CONNECTION_NAME};
@@ -43,21 +41,6 @@ const WINDOW: usize = 64;
 const RECONNECT_WAIT: Duration = Duration::from_secs(90);
 /// How long the test waits for the consumer to catch up once publishing is done.
 const CATCH_UP: Duration = Duration::from_secs(60);
-
-/// A confirmed publish and its send span.
-#[derive(Debug, Clone)]
-struct Confirmed {
-    trace_id: String,
-    span_id: String,
-}
-
-/// One handler run: which message, in which process span.
-#[derive(Debug, Clone)]
-struct Handled {
-    index: Option<usize>,
-    trace_id: String,
-    span_id: String,
-}
 
 /// How one run of the consumer's loop ended.
 #[derive(Debug)]
@@ -84,17 +67,19 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
     let worker = capture.service("worker");
     let queue = unique("bounce");
     declare_durable_queue(&queue).await;
+    let idle_queue = unique("bounce-idle");
+    declare_durable_queue(&idle_queue).await;
+    let idle_task = tokio::spawn(consume_idle(idle_queue.clone(), capture.service("idle")));
 
     let (confirmed_tx, confirmed_rx) = watch::channel(0usize);
-    let (handled_tx, mut handled_rx) = watch::channel(0usize);
-    let handled: Arc<Mutex<Vec<Handled>>> = Arc::default();
+    let handled = Handlings::default();
+    let mut handled_rx = handled.watch();
     let stop = Stop::new();
     let consumer_task = tokio::spawn(consume(
         queue.clone(),
         worker,
         stop.clone(),
-        Arc::clone(&handled),
-        handled_tx,
+        handled.clone(),
     ));
     let publisher_task = tokio::spawn(publish_all(queue.clone(), producer, confirmed_tx));
 
@@ -124,6 +109,8 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
         *handled_rx.borrow()
     );
     bounce.stop().await;
+    // A consumer that was waiting for a delivery when its connection died.
+    let idle_end = tokio::time::timeout(Duration::from_secs(30), idle_task).await;
     bounce.start().await;
 
     let (confirmed, publisher_connections) = publisher_task.await.expect("publisher task");
@@ -132,7 +119,13 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
         started.elapsed(),
         confirmed.len()
     );
-    wait_until_consumed(&handled, &mut handled_rx, &confirmed).await;
+    if let Err(missing) = handled.wait_for_all(&confirmed, CATCH_UP).await {
+        panic!(
+            "{} confirmed messages not consumed within {CATCH_UP:?}, first: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
+    }
     stop.stop();
     let ends = tokio::time::timeout(Duration::from_secs(30), consumer_task)
         .await
@@ -140,17 +133,24 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
         .expect("consumer task");
     eprintln!("{:?}: consumer loops ended: {ends:?}", started.elapsed());
 
-    let handled = handled.lock().expect("handled").clone();
+    let handled = handled.runs();
     let spans = capture.records();
     delete_queue(&queue).await;
+    delete_queue(&idle_queue).await;
 
     assert!(confirmed.len() >= MESSAGES * 9 / 10, "{}", confirmed.len());
     assert_eq!(
-        missing(&confirmed, &handled),
+        ledger::missing(&confirmed, &handled),
         Vec::<usize>::new(),
         "confirmed messages lost"
     );
-    check_traces(&queue, &confirmed, &handled, &spans);
+    ledger::check_runs(
+        &confirmed,
+        &handled,
+        &spans,
+        MAX_MESSAGES,
+        (&format!("process {queue}"), "publish amq.default"),
+    );
     assert!(publisher_connections >= 2, "the publisher reconnected");
     // The loop running when the node went down ended with an error the user can act
     // on (reconnect), not silently; the last was stopped by the test.
@@ -162,6 +162,13 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
         ends.len() >= 2 && matches!(ends.last(), Some(LoopEnd::Stopped)),
         "the consumer reconnected, then was stopped: {ends:?}"
     );
+    match idle_end {
+        Err(_) => panic!("a consumer waiting for a delivery hangs when its connection dies"),
+        Ok(joined) => match joined.expect("idle consumer task") {
+            LoopEnd::Source(e) => eprintln!("the idle loop ended: {e}"),
+            other => panic!("the idle loop whose connection died ended with {other:?}"),
+        },
+    }
     eprintln!("{:?}: checked", started.elapsed());
     drop(bounce);
 }
@@ -246,7 +253,7 @@ async fn publish_all(
     queue: String,
     producer: Telemetry,
     confirmed_tx: watch::Sender<usize>,
-) -> (HashMap<usize, Confirmed>, u32) {
+) -> (HashMap<usize, Acked>, u32) {
     let (mut connection, mut channel) = publisher(&producer).await;
     let mut connections = 1;
     let mut confirmed = HashMap::new();
@@ -289,13 +296,7 @@ async fn publish_all(
         for ((index, span), answer) in sent.into_iter().zip(join_all(confirms).await) {
             match answer {
                 Ok(confirmation) if confirmation.is_ack() => {
-                    confirmed.insert(
-                        index,
-                        Confirmed {
-                            trace_id: span.trace_id().to_string(),
-                            span_id: span.span_id().to_string(),
-                        },
-                    );
+                    confirmed.insert(index, Acked::new(&span, None));
                     confirmed_tx.send_modify(|n| *n += 1);
                 }
                 _ => failed += 1,
@@ -310,13 +311,7 @@ async fn publish_all(
 /// The consumer, with the README's recipe: a new connection, channel and consumer each
 /// time the loop ends with `ConsumeError::Source` (the channel or connection failed),
 /// `ConsumeError::Settle` (an ack could not be sent) or cleanly without being stopped.
-async fn consume(
-    queue: String,
-    worker: Telemetry,
-    stop: Stop,
-    handled: Arc<Mutex<Vec<Handled>>>,
-    handled_tx: watch::Sender<usize>,
-) -> Vec<LoopEnd> {
+async fn consume(queue: String, worker: Telemetry, stop: Stop, handled: Handlings) -> Vec<LoopEnd> {
     let mut ends = Vec::new();
     while !stop.is_stopped() {
         let (connection, consumer) = retrying("consumer", || async {
@@ -337,19 +332,7 @@ async fn consume(
         let mut traced = TracedConsumer::new(consumer, worker.clone()).stop_on(&stop);
         let ended = traced
             .run(|delivery: Delivery| {
-                let span = opentelemetry::Context::current()
-                    .span()
-                    .span_context()
-                    .clone();
-                let run = Handled {
-                    index: std::str::from_utf8(&delivery.data)
-                        .ok()
-                        .and_then(|body| body.parse().ok()),
-                    trace_id: span.trace_id().to_string(),
-                    span_id: span.span_id().to_string(),
-                };
-                handled.lock().expect("handled").push(run);
-                handled_tx.send_modify(|n| *n += 1);
+                handled.record(&delivery.data, None);
                 async { Ok::<(), String>(()) }
             })
             .await;
@@ -365,6 +348,31 @@ async fn consume(
     ends
 }
 
+/// A consumer of an empty queue, waiting for a delivery when the node goes down: how its
+/// loop ends.
+async fn consume_idle(queue: String, telemetry: Telemetry) -> LoopEnd {
+    let connection = retrying("idle", || connect("idle")).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            ShortString::default(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("basic_consume");
+    let ended = TracedConsumer::new(consumer, telemetry)
+        .run(|_delivery: Delivery| async { Err::<(), String>("the queue is empty".to_owned()) })
+        .await;
+    match ended {
+        Ok(_) => LoopEnd::Clean,
+        Err(e @ ConsumeError::Source(_)) => LoopEnd::Source(describe(&e)),
+        Err(e @ ConsumeError::Settle { .. }) => LoopEnd::Settle(describe(&e)),
+        Err(e) => panic!("the idle consumer got a message: {e:?}"),
+    }
+}
+
 /// The error and the lapin error behind it (what a user would match on).
 fn describe(e: &ConsumeError<String>) -> String {
     let lapin_error = e
@@ -372,96 +380,4 @@ fn describe(e: &ConsumeError<String>) -> String {
         .and_then(|c| c.downcast_ref::<lapin::Error>())
         .unwrap_or_else(|| panic!("the client's error is a lapin::Error: {e:?}"));
     format!("{e} (lapin: {lapin_error:?})")
-}
-
-/// Wait until every confirmed message has been handled at least once.
-async fn wait_until_consumed(
-    handled: &Mutex<Vec<Handled>>,
-    handled_rx: &mut watch::Receiver<usize>,
-    confirmed: &HashMap<usize, Confirmed>,
-) {
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    let mut remaining: HashSet<usize> = confirmed.keys().copied().collect();
-    let mut seen = 0;
-    loop {
-        {
-            let handled = handled.lock().expect("handled");
-            for run in &handled[seen..] {
-                if let Some(index) = run.index {
-                    remaining.remove(&index);
-                }
-            }
-            seen = handled.len();
-        }
-        if remaining.is_empty() {
-            return;
-        }
-        if tokio::time::timeout_at(deadline, handled_rx.changed())
-            .await
-            .is_err()
-        {
-            let mut missing: Vec<usize> = remaining.into_iter().collect();
-            missing.sort_unstable();
-            panic!(
-                "{} confirmed messages not consumed within {CATCH_UP:?}, first: {:?}",
-                missing.len(),
-                &missing[..missing.len().min(20)]
-            );
-        }
-    }
-}
-
-fn missing(confirmed: &HashMap<usize, Confirmed>, handled: &[Handled]) -> Vec<usize> {
-    let seen: HashSet<usize> = handled.iter().filter_map(|h| h.index).collect();
-    let mut missing: Vec<usize> = confirmed
-        .keys()
-        .filter(|i| !seen.contains(i))
-        .copied()
-        .collect();
-    missing.sort_unstable();
-    missing
-}
-
-/// Every process span is a child of its message's send span, in its trace; a confirmed
-/// message's send span ended OK.
-fn check_traces(
-    queue: &str,
-    confirmed: &HashMap<usize, Confirmed>,
-    handled: &[Handled],
-    spans: &[SpanRecord],
-) {
-    let by_id: HashMap<&str, &SpanRecord> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
-    let process = format!("process {queue}");
-    let processed = spans
-        .iter()
-        .filter(|s| s.operation_name.as_deref() == Some(process.as_str()))
-        .count();
-    assert_eq!(processed, handled.len(), "one process span per handler run");
-    for run in handled {
-        let index = run
-            .index
-            .unwrap_or_else(|| panic!("a message of this test: {run:?}"));
-        let span = by_id
-            .get(run.span_id.as_str())
-            .unwrap_or_else(|| panic!("the process span of {run:?} was recorded"));
-        assert_eq!(span.operation_name.as_deref(), Some(process.as_str()));
-        assert_eq!(span.trace_id, run.trace_id);
-        let parent = span
-            .parent_span_id
-            .as_deref()
-            .and_then(|id| by_id.get(id))
-            .unwrap_or_else(|| panic!("the process span's parent was recorded: {span:#?}"));
-        assert_eq!(
-            parent.operation_name.as_deref(),
-            Some("publish amq.default"),
-            "{parent:#?}"
-        );
-        assert_eq!(parent.trace_id, span.trace_id, "{span:#?}");
-        let Some(sent) = confirmed.get(&index) else {
-            continue;
-        };
-        assert_eq!(parent.span_id, sent.span_id, "{span:#?}");
-        assert_eq!(parent.trace_id, sent.trace_id);
-        assert_eq!(parent.status, Status::Ok, "{parent:#?}");
-    }
 }
