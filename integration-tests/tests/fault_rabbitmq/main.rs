@@ -217,7 +217,7 @@ async fn declare_durable_queue(queue: &str) {
         )
         .await
         .expect("queue_declare");
-    let _ = connection.close(200, "declared".into()).await;
+    close(connection, "declared").await;
 }
 
 async fn delete_queue(queue: &str) {
@@ -227,7 +227,7 @@ async fn delete_queue(queue: &str) {
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = connection.close(200, "done".into()).await;
+    close(connection, "done").await;
 }
 
 /// A traced publisher on a new connection, publisher confirms on.
@@ -246,8 +246,9 @@ async fn publisher(producer: &Telemetry) -> (Connection, TracedChannel) {
 /// Publish messages, persistent, [`WINDOW`] at a time, awaiting the confirms of each
 /// window, until at least [`MESSAGES`] are out and the publisher has been through the
 /// outage (so the bounce always falls mid-stream, however fast the publisher). A publish
-/// that fails or is not acked is not confirmed; when the connection is gone, open a new
-/// connection and channel and go on. Returns the confirmed messages and how many
+/// that fails or is not acked is not confirmed; after a window with a publish or confirm
+/// error (lapin may still call a reset connection connected), drop the connection, open a
+/// new one and a channel, and go on. Returns the confirmed messages and how many
 /// connections it took.
 async fn publish_all(
     queue: String,
@@ -259,14 +260,17 @@ async fn publish_all(
     let mut confirmed = HashMap::new();
     let mut failed = 0usize;
     let mut next = 0;
+    let mut broken = false;
     while next < MESSAGES || connections < 2 {
         assert!(
             next < MAX_MESSAGES,
             "the node did not go down while {MAX_MESSAGES} messages were published"
         );
-        if !connection.status().connected() {
+        if broken {
+            // Dropped, not closed: a close on a dead connection may never complete.
             (connection, channel) = publisher(&producer).await;
             connections += 1;
+            broken = false;
         }
         let mut pending = Vec::new();
         for index in next..next + WINDOW {
@@ -285,7 +289,10 @@ async fn publish_all(
                 .await
             {
                 Ok(confirm) => pending.push((index, confirm.span_context(), confirm)),
-                Err(_) => failed += 1,
+                Err(_) => {
+                    failed += 1;
+                    broken = true;
+                }
             }
         }
         next += WINDOW;
@@ -299,12 +306,17 @@ async fn publish_all(
                     confirmed.insert(index, Acked::new(&span, None));
                     confirmed_tx.send_modify(|n| *n += 1);
                 }
-                _ => failed += 1,
+                // A nack: the broker is there, but did not take the message.
+                Ok(_) => failed += 1,
+                Err(_) => {
+                    failed += 1;
+                    broken = true;
+                }
             }
         }
     }
     eprintln!("{next} published, {failed} not confirmed");
-    let _ = connection.close(200, "published".into()).await;
+    close(connection, "published").await;
     (confirmed, connections)
 }
 
@@ -336,14 +348,19 @@ async fn consume(queue: String, worker: Telemetry, stop: Stop, handled: Handling
                 async { Ok::<(), String>(()) }
             })
             .await;
-        ends.push(match ended {
+        let end = match ended {
             Ok(_) if stop.is_stopped() => LoopEnd::Stopped,
             Ok(_) => LoopEnd::Clean,
             Err(e @ ConsumeError::Source(_)) => LoopEnd::Source(describe(&e)),
             Err(e @ ConsumeError::Settle { .. }) => LoopEnd::Settle(describe(&e)),
             Err(e) => panic!("the handler never fails: {e:?}"),
-        });
-        let _ = connection.close(200, "consumer done".into()).await;
+        };
+        eprintln!("consumer: loop ended: {end:?}");
+        // A connection that failed is dropped, not closed: the close may never complete.
+        if matches!(end, LoopEnd::Stopped | LoopEnd::Clean) {
+            close(connection, "consumer done").await;
+        }
+        ends.push(end);
     }
     ends
 }
@@ -373,11 +390,30 @@ async fn consume_idle(queue: String, telemetry: Telemetry) -> LoopEnd {
     }
 }
 
-/// The error and the lapin error behind it (what a user would match on).
+/// The error and the client's error behind it (what a user would match on: a
+/// `lapin::Error`, or tracehop's word that the channel closed before an ack).
 fn describe(e: &ConsumeError<String>) -> String {
-    let lapin_error = e
+    let client = e
         .client_error()
-        .and_then(|c| c.downcast_ref::<lapin::Error>())
-        .unwrap_or_else(|| panic!("the client's error is a lapin::Error: {e:?}"));
-    format!("{e} (lapin: {lapin_error:?})")
+        .unwrap_or_else(|| panic!("a source or settle error carries the client's: {e:?}"));
+    match client.downcast_ref::<lapin::Error>() {
+        Some(lapin_error) => format!("{e} (lapin: {lapin_error:?})"),
+        None => format!("{e} (client: {client})"),
+    }
+}
+
+/// Close `connection` if it is still open, waiting at most 5 s: lapin's `close` on a
+/// connection the broker has reset can wait for a `close-ok` that never comes (its status
+/// may still say connected).
+async fn close(connection: Connection, reason: &str) {
+    if !connection.status().connected() {
+        return;
+    }
+    let closing = connection.close(200, reason.into());
+    if tokio::time::timeout(Duration::from_secs(5), closing)
+        .await
+        .is_err()
+    {
+        eprintln!("closing a connection ({reason}) took more than 5 s; dropped");
+    }
 }
