@@ -20,7 +20,7 @@ use tracehop_integration_tests::WAIT;
 
 use super::{connect, options, wait_state, watched_options};
 
-/// How long a loop whose client has given up may take to end.
+/// How long a loop may take to end once its client has given up, or once it is stopped.
 const END_WITHIN: Duration = Duration::from_secs(20);
 
 type Loop = JoinHandle<Result<Summary, ConsumeError<String>>>;
@@ -39,7 +39,7 @@ async fn giving_up_client(url: &str, name: &str) -> async_nats::Client {
 async fn ended(task: Loop, what: &str) -> Result<Summary, ConsumeError<String>> {
     match tokio::time::timeout(END_WITHIN, task).await {
         Ok(joined) => joined.expect("the loop's task"),
-        Err(_) => panic!("{what}: the loop still runs {END_WITHIN:?} after its client gave up"),
+        Err(_) => panic!("{what}: the loop has not ended within {END_WITHIN:?}: it hangs"),
     }
 }
 
