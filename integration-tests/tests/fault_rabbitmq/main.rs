@@ -12,6 +12,7 @@
 mod broker;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -39,8 +40,30 @@ const MAX_MESSAGES: usize = 200_000;
 const WINDOW: usize = 64;
 /// How long a client keeps trying to connect while the node is down.
 const RECONNECT_WAIT: Duration = Duration::from_secs(90);
+/// How long one attempt to connect (and set up a channel) may take.
+const ATTEMPT_WAIT: Duration = Duration::from_secs(10);
 /// How long the test waits for the consumer to catch up once publishing is done.
 const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// What the consumer task is doing, step by step, and the state lapin gives its current
+/// connection and channel, for a test that waited in vain.
+#[derive(Default)]
+struct Watch {
+    notes: Vec<String>,
+    statuses: Option<(lapin::ConnectionStatus, lapin::ChannelStatus)>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("notes", &self.notes)
+            .field("connection", &self.statuses.as_ref().map(|s| &s.0))
+            .field("channel", &self.statuses.as_ref().map(|s| &s.1))
+            .finish()
+    }
+}
+
+type Journal = Arc<Mutex<Watch>>;
 
 /// How one run of the consumer's loop ended.
 #[derive(Debug)]
@@ -54,7 +77,13 @@ enum LoopEnd {
     Source(String),
     /// `ConsumeError::Settle`: an ack could not be sent (the message comes back).
     Settle(String),
+    /// Had not returned [`HANG_AFTER`] after lapin put its connection in an error state:
+    /// the test gave up on it (what a user can only do with a watchdog like this one).
+    Hung(String),
 }
+
+/// How long a loop may go on after its connection failed before the test calls it hung.
+const HANG_AFTER: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "bounces the shared RabbitMQ node: `cargo xtask test` runs it alone, after the rest"]
@@ -64,7 +93,6 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
     let bounce = Bounce::new(started);
     let capture = Capture::new();
     let producer = capture.service("producer");
-    let worker = capture.service("worker");
     let queue = unique("bounce");
     declare_durable_queue(&queue).await;
     let idle_queue = unique("bounce-idle");
@@ -75,11 +103,13 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
     let handled = Handlings::default();
     let mut handled_rx = handled.watch();
     let stop = Stop::new();
+    let journal = Journal::default();
     let consumer_task = tokio::spawn(consume(
         queue.clone(),
-        worker,
+        capture.clone(),
         stop.clone(),
         handled.clone(),
+        Arc::clone(&journal),
     ));
     let publisher_task = tokio::spawn(publish_all(queue.clone(), producer, confirmed_tx));
 
@@ -121,9 +151,13 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
     );
     if let Err(missing) = handled.wait_for_all(&confirmed, CATCH_UP).await {
         panic!(
-            "{} confirmed messages not consumed within {CATCH_UP:?}, first: {:?}",
+            "{} confirmed messages not consumed within {CATCH_UP:?}, first: {:?}; \
+             the queue: {}; {}; the consumer: {:#?}",
             missing.len(),
-            &missing[..missing.len().min(20)]
+            &missing[..missing.len().min(20)],
+            queue_state(&queue).await,
+            spans_of_runs(&handled.runs(), &capture.records()),
+            journal.lock().expect("consumer journal"),
         );
     }
     stop.stop();
@@ -156,6 +190,11 @@ async fn broker_bounce_loses_no_confirmed_message_and_the_consumer_ends_with_an_
     // on (reconnect), not silently; the last was stopped by the test.
     match ends.first() {
         Some(LoopEnd::Source(e) | LoopEnd::Settle(e)) => eprintln!("first loop ended: {e}"),
+        Some(LoopEnd::Hung(e)) => panic!(
+            "the consume loop whose connection died hung (a library bug): {e}; a run whose \
+             process span is still open is a delivery the loop was settling: the ack never \
+             resolved"
+        ),
         other => panic!("the loop whose connection died ended with {other:?}: {ends:?}"),
     }
     assert!(
@@ -181,14 +220,18 @@ where
 {
     let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
     loop {
-        match attempt().await {
-            Ok(done) => return done,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                eprintln!("{role}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("{role}: not connected within {RECONNECT_WAIT:?}: {e}"),
-        }
+        // A node that is starting may take the connection and not answer.
+        let failed = match tokio::time::timeout(ATTEMPT_WAIT, attempt()).await {
+            Ok(Ok(done)) => return done,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {ATTEMPT_WAIT:?}"),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{role}: not connected within {RECONNECT_WAIT:?}: {failed}"
+        );
+        eprintln!("{role}: {failed}; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -323,39 +366,43 @@ async fn publish_all(
 /// The consumer, with the README's recipe: a new connection, channel and consumer each
 /// time the loop ends with `ConsumeError::Source` (the channel or connection failed),
 /// `ConsumeError::Settle` (an ack could not be sent) or cleanly without being stopped.
-async fn consume(queue: String, worker: Telemetry, stop: Stop, handled: Handlings) -> Vec<LoopEnd> {
+async fn consume(
+    queue: String,
+    capture: Capture,
+    stop: Stop,
+    handled: Handlings,
+    journal: Journal,
+) -> Vec<LoopEnd> {
+    let worker = capture.service("worker");
+    let note = |what: String| journal.lock().expect("consumer journal").notes.push(what);
     let mut ends = Vec::new();
     while !stop.is_stopped() {
-        let (connection, consumer) = retrying("consumer", || async {
-            let connection = connect("consumer").await?;
-            let channel = connection.create_channel().await?;
-            channel.basic_qos(100, BasicQosOptions::default()).await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    ShortString::default(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Ok((connection, consumer))
-        })
-        .await;
+        note(format!("connecting ({} loops ended)", ends.len()));
+        let (connection, channel, consumer) =
+            retrying("consumer", || subscribe("consumer", &queue)).await;
+        journal.lock().expect("consumer journal").statuses =
+            Some((connection.status().clone(), channel.status().clone()));
+        note("consuming".to_owned());
         let mut traced = TracedConsumer::new(consumer, worker.clone()).stop_on(&stop);
-        let ended = traced
-            .run(|delivery: Delivery| {
-                handled.record(&delivery.data, None);
-                async { Ok::<(), String>(()) }
-            })
-            .await;
-        let end = match ended {
-            Ok(_) if stop.is_stopped() => LoopEnd::Stopped,
-            Ok(_) => LoopEnd::Clean,
-            Err(e @ ConsumeError::Source(_)) => LoopEnd::Source(describe(&e)),
-            Err(e @ ConsumeError::Settle { .. }) => LoopEnd::Settle(describe(&e)),
-            Err(e) => panic!("the handler never fails: {e:?}"),
+        let run = traced.run(|delivery: Delivery| {
+            handled.record(&delivery.data, None);
+            async { Ok::<(), String>(()) }
+        });
+        let end = tokio::select! {
+            ended = run => match ended {
+                Ok(_) if stop.is_stopped() => LoopEnd::Stopped,
+                other => loop_end(other),
+            },
+            failed_for = failed_connection(connection.status()) => LoopEnd::Hung(format!(
+                "the loop had not returned {failed_for:?} after lapin said its connection \
+                 failed ({:?}, {:?}); {}",
+                connection.status(),
+                channel.status(),
+                spans_of_runs(&handled.runs(), &capture.records()),
+            )),
         };
         eprintln!("consumer: loop ended: {end:?}");
+        note(format!("loop ended: {end:?}"));
         // A connection that failed is dropped, not closed: the close may never complete.
         if matches!(end, LoopEnd::Stopped | LoopEnd::Clean) {
             close(connection, "consumer done").await;
@@ -368,25 +415,96 @@ async fn consume(queue: String, worker: Telemetry, stop: Stop, handled: Handling
 /// A consumer of an empty queue, waiting for a delivery when the node goes down: how its
 /// loop ends.
 async fn consume_idle(queue: String, telemetry: Telemetry) -> LoopEnd {
-    let connection = retrying("idle", || connect("idle")).await;
-    let channel = connection.create_channel().await.expect("channel");
+    let (_connection, _channel, consumer) = retrying("idle", || subscribe("idle", &queue)).await;
+    let ended = TracedConsumer::new(consumer, telemetry)
+        .run(|_delivery: Delivery| async { Err::<(), String>("the queue is empty".to_owned()) })
+        .await;
+    loop_end(ended)
+}
+
+/// Whether the process spans of the handler runs have ended (a span ends once its
+/// delivery is settled): where a loop that stopped moving is stuck.
+fn spans_of_runs(runs: &[ledger::Handled], spans: &[tracehop::SpanRecord]) -> String {
+    let ended: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let open: Vec<_> = runs
+        .iter()
+        .filter(|run| !ended.contains(run.span_id.as_str()))
+        .collect();
+    format!(
+        "{} handler runs, {} of them with their process span still open: {open:?}",
+        runs.len(),
+        open.len()
+    )
+}
+
+/// The queue's ready messages and consumers, as the broker counts them.
+async fn queue_state(queue: &str) -> String {
+    let inspect = || async {
+        let connection = connect("admin").await?;
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?;
+        close(connection, "inspected").await;
+        Ok::<_, lapin::Error>(format!(
+            "{} ready, {} consumers",
+            declared.message_count(),
+            declared.consumer_count()
+        ))
+    };
+    match tokio::time::timeout(ATTEMPT_WAIT, inspect()).await {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => format!("not known: {e}"),
+        Err(_) => "not known: no answer".to_owned(),
+    }
+}
+
+/// A new connection, a channel with a prefetch of 100, and a consumer of `queue` on it.
+async fn subscribe(
+    role: &str,
+    queue: &str,
+) -> lapin::Result<(Connection, lapin::Channel, lapin::Consumer)> {
+    let connection = connect(role).await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(100, BasicQosOptions::default()).await?;
     let consumer = channel
         .basic_consume(
-            queue.as_str().into(),
+            queue.into(),
             ShortString::default(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .expect("basic_consume");
-    let ended = TracedConsumer::new(consumer, telemetry)
-        .run(|_delivery: Delivery| async { Err::<(), String>("the queue is empty".to_owned()) })
-        .await;
+        .await?;
+    Ok((connection, channel, consumer))
+}
+
+/// Returns once `status` has not been connected for [`HANG_AFTER`] (how long it was).
+async fn failed_connection(status: &lapin::ConnectionStatus) -> Duration {
+    let mut since = None;
+    loop {
+        if status.connected() {
+            since = None;
+        } else {
+            let failed_at = *since.get_or_insert_with(tokio::time::Instant::now);
+            if failed_at.elapsed() >= HANG_AFTER {
+                return failed_at.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How a loop the test did not stop ended.
+fn loop_end(ended: Result<tracehop::Summary, ConsumeError<String>>) -> LoopEnd {
     match ended {
         Ok(_) => LoopEnd::Clean,
         Err(e @ ConsumeError::Source(_)) => LoopEnd::Source(describe(&e)),
         Err(e @ ConsumeError::Settle { .. }) => LoopEnd::Settle(describe(&e)),
-        Err(e) => panic!("the idle consumer got a message: {e:?}"),
+        Err(e) => panic!("the handler never fails on a message of this test: {e:?}"),
     }
 }
 
