@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+pub mod ledger;
+#[cfg(feature = "nats")]
+pub mod nats_server;
 pub mod repeated_headers;
 
 /// How long a test waits for spans from consumers running in other tasks.

@@ -1,6 +1,7 @@
 //! `cargo xtask test` — make sure the brokers the integration tests talk to are answering
 //! (NATS with JetStream, RabbitMQ, and tansu as the Kafka-protocol broker), starting or
-//! installing them if needed, then run the whole test suite.
+//! installing them if needed, then run the whole test suite, and after it, alone, the
+//! fault tests that bounce a shared broker ([`ALONE`]).
 //!
 //! `cargo xtask services` does only the first part (and installs Debian's `chromium`
 //! for the HTML view tests when no browser is there). Addresses are the loopback defaults
@@ -17,6 +18,12 @@ use std::time::{Duration, Instant};
 
 /// The test command: every crate, every feature.
 const TEST_ARGS: &[&str] = &["test", "--workspace", "--all-features"];
+
+/// Test targets that stop and start a SHARED broker (a RabbitMQ bounce: a second node
+/// cannot be started here). Their tests are `#[ignore]`d, so the workspace run skips
+/// them; they run afterwards, one target at a time, with nothing else running, whether
+/// or not the workspace run passed (each leaves its broker running).
+const ALONE: &[&str] = &["fault_rabbitmq"];
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -42,18 +49,33 @@ fn main() -> ExitCode {
 }
 
 fn run_tests() -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("xtask: cargo {} --no-fail-fast", TEST_ARGS.join(" "));
-    let status = Command::new(&cargo)
-        .args(TEST_ARGS)
-        .arg("--no-fail-fast")
-        .status()
-        .map_err(|e| format!("running cargo test: {e}"))?;
-    if status.success() {
+    let mut failed = Vec::new();
+    if !cargo_test(&["--no-fail-fast"])? {
+        failed.push("the workspace tests".to_owned());
+    }
+    for target in ALONE {
+        if !cargo_test(&["--test", target, "--", "--ignored"])? {
+            failed.push(format!("{target} (run alone)"));
+        }
+    }
+    if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("cargo test failed ({status})"))
+        Err(format!("cargo test failed: {}", failed.join(", ")))
     }
+}
+
+/// `cargo test --workspace --all-features` with `args` (the same features each time, so
+/// nothing is rebuilt); whether it passed.
+fn cargo_test(args: &[&str]) -> Result<bool, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("xtask: cargo {} {}", TEST_ARGS.join(" "), args.join(" "));
+    let status = Command::new(&cargo)
+        .args(TEST_ARGS)
+        .args(args)
+        .status()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    Ok(status.success())
 }
 
 fn services() -> Result<(), String> {
