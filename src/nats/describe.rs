@@ -239,3 +239,74 @@ impl<M: NatsMessage> Held<M> {
         }
     }
 }
+
+/// How often a consumer waiting for its next message checks its connection.
+const CHECK_CONNECTION: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What waiting for the next message of a NATS stream came to.
+pub(super) enum Waited<T> {
+    /// The stream's next item (`None`: it ended).
+    Item(Option<T>),
+    /// The connection went down while waiting (reported once per outage).
+    Outage(async_nats::connection::State),
+}
+
+/// Which outage of a connection was reported: set when one is, cleared once connected.
+#[derive(Debug, Default)]
+pub(super) struct Outages(std::sync::atomic::AtomicBool);
+
+impl Outages {
+    /// Wait for `next`, and if it does not come at once, check `client`'s connection every
+    /// second: a connection that went down is reported (once) instead of waited through
+    /// in silence. Messages that are flowing cost no timer.
+    pub(super) async fn watch<T>(
+        &self,
+        client: &Client,
+        next: impl std::future::Future<Output = Option<T>>,
+    ) -> Waited<T> {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::task::Poll;
+        let mut next = std::pin::pin!(next);
+        let ready = std::future::poll_fn(|cx| match next.as_mut().poll(cx) {
+            Poll::Ready(item) => Poll::Ready(Some(item)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await;
+        if let Some(item) = ready {
+            return Waited::Item(item);
+        }
+        loop {
+            tokio::select! {
+                item = &mut next => return Waited::Item(item),
+                () = tokio::time::sleep(CHECK_CONNECTION) => {
+                    let state = client.connection_state();
+                    if state == async_nats::connection::State::Connected {
+                        self.0.store(false, Relaxed);
+                    } else if !self.0.swap(true, Relaxed) {
+                        return Waited::Outage(state);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The error of a consumer whose connection went down while it waited.
+pub(super) fn outage(
+    state: async_nats::connection::State,
+) -> crate::messaging::consume::SourceError {
+    crate::messaging::consume::SourceError::transient(format!(
+        "the connection to the NATS server is down ({state:?}); waiting for it to come back"
+    ))
+}
+
+/// The error of a stream that ended because its client closed the connection for good
+/// (it gave up reconnecting, or was closed).
+pub(super) fn closed(client: &Client) -> Option<crate::messaging::consume::SourceError> {
+    let state = client.connection_state();
+    (state != async_nats::connection::State::Connected).then(|| {
+        crate::messaging::consume::SourceError::fatal(format!(
+            "the subscription ended with the connection to the NATS server ({state:?}): the client gave up reconnecting or was closed"
+        ))
+    })
+}

@@ -13,10 +13,10 @@ use futures_util::{Stream, StreamExt as _};
 use opentelemetry::Context;
 
 use super::attributes as attr;
-use super::describe::{incoming, Held};
+use super::describe::{closed, incoming, outage, Held, Outages, Waited};
 use super::TracedJetStream;
 use crate::messaging::attributes::system::NATS;
-use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError};
+use crate::messaging::consume::{BoxError, Settle, SettleError, Settlement, Source, SourceError};
 use crate::propagation::ReadCarrier;
 use crate::{Consumer, Incoming, OnFailure};
 
@@ -82,6 +82,7 @@ impl OnFailure<JetStreamAction> {
 pub struct JetStreamMessages<St> {
     js: TracedJetStream,
     stream: Mutex<Pin<Box<St>>>,
+    outages: Outages,
 }
 
 impl<St> fmt::Debug for JetStreamMessages<St> {
@@ -100,6 +101,7 @@ impl<St> JetStreamMessages<St> {
         let source = JetStreamMessages {
             js,
             stream: Mutex::new(Box::pin(messages)),
+            outages: Outages::default(),
         };
         Consumer::from_source(source, telemetry).parent_policy(policy)
     }
@@ -113,10 +115,25 @@ impl<St> JetStreamMessages<St> {
     }
 }
 
+/// An error of the message stream: after some the stream cannot go on (the consumer was
+/// deleted, is a push consumer, or the server rejected the pull's limits); the rest are
+/// logged and counted.
+fn stream_error(e: impl Into<BoxError>) -> SourceError {
+    use async_nats::jetstream::consumer::pull::{MessagesError, MessagesErrorKind as Kind};
+    let error: BoxError = e.into();
+    let fatal = error.downcast_ref::<MessagesError>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded
+        )
+    });
+    SourceError { fatal, error }
+}
+
 impl<St, SE> Source for JetStreamMessages<St>
 where
     St: Stream<Item = Result<jetstream::Message, SE>> + Send,
-    SE: fmt::Display,
+    SE: Into<BoxError> + Send,
 {
     type Message = jetstream::Message;
     type Action = JetStreamAction;
@@ -132,9 +149,13 @@ where
                 .unwrap_or_else(PoisonError::into_inner)
                 .poll_next_unpin(cx)
         });
-        let message = match next.await? {
-            Ok(message) => message,
-            Err(e) => return Some(Err(SourceError::transient(e.to_string()))),
+        let message = match self.outages.watch(&self.js.client, next).await {
+            Waited::Item(Some(Ok(message))) => message,
+            Waited::Item(Some(Err(e))) => return Some(Err(stream_error(e))),
+            Waited::Outage(state) => return Some(Err(outage(state))),
+            // Ended: a fetched batch is done, or the client closed the connection for
+            // good, which must not look like a clean end.
+            Waited::Item(None) => return closed(&self.js.client).map(Err),
         };
         let info = message.info().ok();
         let delivered = info

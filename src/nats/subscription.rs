@@ -11,7 +11,7 @@ use futures_util::StreamExt as _;
 use opentelemetry::{Context, StringValue};
 
 use super::client::TracedClient;
-use super::describe::{incoming, Held};
+use super::describe::{closed, incoming, outage, Held, Outages, Waited};
 use crate::messaging::attributes::system::NATS;
 use crate::messaging::consume::{Settle, SettleError, Settlement, Source, SourceError};
 use crate::propagation::ReadCarrier;
@@ -59,6 +59,7 @@ pub struct Subscription {
     taken: AtomicU64,
     /// Set once a stop has sent the drain: how long to wait for the rest.
     drain_deadline: Option<tokio::time::Instant>,
+    outages: Outages,
 }
 
 impl fmt::Debug for Subscription {
@@ -87,6 +88,7 @@ impl Subscription {
             queue_group: queue_group.map(|g| StringValue::from(Arc::<str>::from(g))),
             taken: AtomicU64::new(0),
             drain_deadline: None,
+            outages: Outages::default(),
         };
         Consumer::from_source(source, telemetry).parent_policy(policy)
     }
@@ -108,7 +110,7 @@ impl Subscription {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn next_message(&self) -> Option<Message> {
+    async fn next_message(&self) -> Waited<Message> {
         let next = std::future::poll_fn(|cx| {
             self.subscriber
                 .lock()
@@ -118,8 +120,10 @@ impl Subscription {
         match self.drain_deadline {
             // Whatever has arrived is still taken after the deadline (the timeout polls
             // the stream first); only waiting for more is bounded.
-            Some(deadline) => tokio::time::timeout_at(deadline, next).await.ok()?,
-            None => next.await,
+            Some(deadline) => {
+                Waited::Item(tokio::time::timeout_at(deadline, next).await.ok().flatten())
+            }
+            None => self.outages.watch(&self.client.client, next).await,
         }
     }
 }
@@ -130,7 +134,16 @@ impl Source for Subscription {
     type Delivery<'a> = NatsDelivery<'a>;
 
     async fn next(&self) -> Option<Result<NatsDelivery<'_>, SourceError>> {
-        let message = self.next_message().await?;
+        let message = match self.next_message().await {
+            Waited::Item(Some(message)) => message,
+            Waited::Outage(state) => return Some(Err(outage(state))),
+            // Ended: unsubscribed or drained, or the client closed the connection for
+            // good, which must not look like a clean end.
+            Waited::Item(None) if self.drain_deadline.is_none() => {
+                return closed(&self.client.client).map(Err)
+            }
+            Waited::Item(None) => return None,
+        };
         self.taken.fetch_add(1, Ordering::Relaxed);
         Some(Ok(NatsDelivery {
             source: self,
