@@ -14,6 +14,7 @@ use opentelemetry::{Context, StringValue};
 
 use super::{carrier, REDELIVERED};
 use crate::messaging::attributes as attr;
+use crate::messaging::consume::watch::watched;
 use crate::messaging::consume::{
     delivery_attempt, Settle, SettleError, Settlement, Source, SourceError, NO_HEADERS,
 };
@@ -76,7 +77,10 @@ impl TracedConsumer {
         let source = Deliveries {
             queue_value: StringValue::from(Arc::<str>::from(queue.as_str())),
             queue,
-            consumer: Mutex::new(consumer),
+            consumer: Mutex::new(Receiving {
+                consumer,
+                last: None,
+            }),
         };
         Consumer::from_source(source, telemetry)
     }
@@ -87,6 +91,7 @@ impl TracedConsumer {
             .consumer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .consumer
             .tag()
     }
 
@@ -99,11 +104,23 @@ impl TracedConsumer {
 /// The source behind a [`TracedConsumer`]: a lapin consumer and its queue.
 #[derive(Debug)]
 pub struct Deliveries {
-    consumer: Mutex<lapin::Consumer>,
+    consumer: Mutex<Receiving>,
     queue: String,
     /// `queue` as the process spans' `messaging.destination.name`, shared by all of them.
     queue_value: StringValue,
 }
+
+/// The lapin consumer, and the acker of its latest delivery: whether that one is
+/// poisoned says whether the channel failed (the consumer itself does not say).
+#[derive(Debug)]
+struct Receiving {
+    consumer: lapin::Consumer,
+    last: Option<Acker>,
+}
+
+/// How often a consumer waiting for a delivery, or for lapin to confirm a settlement,
+/// checks whether its channel failed under it.
+const CHECK_CHANNEL: Duration = Duration::from_secs(1);
 
 impl Source for Deliveries {
     type Message = Delivery;
@@ -112,13 +129,27 @@ impl Source for Deliveries {
 
     async fn next(&self) -> Option<Result<AmqpDelivery<'_>, SourceError>> {
         let next = std::future::poll_fn(|cx| {
-            self.consumer
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .poll_next_unpin(cx)
+            let mut receiving = self.consumer.lock().unwrap_or_else(PoisonError::into_inner);
+            let polled = receiving.consumer.poll_next_unpin(cx);
+            if let std::task::Poll::Ready(Some(Ok(delivery))) = &polled {
+                receiving.last = Some(delivery.acker.clone());
+            }
+            polled
         });
-        match next.await? {
-            Ok(delivery) => Some(Ok(AmqpDelivery {
+        // lapin can miss ending the stream of a channel whose connection failed (about
+        // one connection reset in fourteen): waiting is re-polled every second, and ends
+        // once the latest delivery's acker says the channel failed.
+        let failed = || {
+            let receiving = self.consumer.lock().unwrap_or_else(PoisonError::into_inner);
+            receiving
+                .last
+                .as_ref()
+                .is_some_and(Acker::poisoned)
+                .then_some(())
+        };
+        match watched(next, CHECK_CHANNEL, failed).await {
+            Ok(None) => None,
+            Ok(Some(Ok(delivery))) => Some(Ok(AmqpDelivery {
                 source: self,
                 acker: delivery.acker.clone(),
                 delivery_tag: delivery.delivery_tag,
@@ -126,7 +157,10 @@ impl Source for Deliveries {
                 delivery: Some(Box::new(delivery)),
             })),
             // lapin follows an error with the end of the stream: the channel is gone.
-            Err(e) => Some(Err(SourceError::fatal(e))),
+            Ok(Some(Err(e))) => Some(Err(SourceError::fatal(e))),
+            Err(()) => Some(Err(SourceError::fatal(
+                "the consumer's channel failed (its deliveries' ackers are poisoned) and lapin did not end its stream",
+            ))),
         }
     }
 
@@ -205,28 +239,35 @@ impl Settle for AmqpDelivery<'_> {
         let acker = &self.acker;
         let (label, done) = match settlement {
             Settlement::Nothing => return Ok("none"),
-            Settlement::Done => ("ack", acker.ack(BasicAckOptions::default()).await),
+            Settlement::Done => (
+                "ack",
+                settled(acker, acker.ack(BasicAckOptions::default())).await,
+            ),
             Settlement::Redeliver => (
                 "nack_requeue",
-                acker
-                    .nack(BasicNackOptions {
+                settled(
+                    acker,
+                    acker.nack(BasicNackOptions {
                         requeue: true,
                         ..BasicNackOptions::default()
-                    })
-                    .await,
+                    }),
+                )
+                .await,
             ),
             Settlement::Action(AmqpAction::Nack) => (
                 "nack",
-                acker
-                    .nack(BasicNackOptions {
+                settled(
+                    acker,
+                    acker.nack(BasicNackOptions {
                         requeue: false,
                         ..BasicNackOptions::default()
-                    })
-                    .await,
+                    }),
+                )
+                .await,
             ),
             Settlement::Action(AmqpAction::Reject) => (
                 "reject",
-                acker.reject(BasicRejectOptions { requeue: false }).await,
+                settled(acker, acker.reject(BasicRejectOptions { requeue: false })).await,
             ),
         };
         match done {
@@ -240,6 +281,19 @@ impl Settle for AmqpDelivery<'_> {
             Err(e) => Err(SettleError::fatal(label, e)),
         }
     }
+}
+
+/// The outcome of a settlement `call` of `acker`, or `Ok(false)` once the acker is
+/// poisoned while lapin has not answered (a call in flight when the connection failed
+/// may never resolve): the delivery counts as not settled, the broker delivers it again.
+async fn settled(
+    acker: &Acker,
+    call: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> lapin::Result<bool> {
+    let poisoned = || acker.poisoned().then_some(());
+    watched(call, CHECK_CHANNEL, poisoned)
+        .await
+        .unwrap_or(Ok(false))
 }
 
 /// Why a delivery could not be settled after its channel closed.

@@ -12,6 +12,7 @@ use opentelemetry::StringValue;
 use super::attributes as attr;
 use super::carrier::merge;
 use crate::messaging::attributes::system::NATS;
+use crate::messaging::consume::watch::watched;
 use crate::messaging::Describe;
 use crate::{Incoming, Outgoing, SendSpan, Telemetry};
 
@@ -265,28 +266,18 @@ impl Outages {
         next: impl std::future::Future<Output = Option<T>>,
     ) -> Waited<T> {
         use std::sync::atomic::Ordering::Relaxed;
-        use std::task::Poll;
-        let mut next = std::pin::pin!(next);
-        let ready = std::future::poll_fn(|cx| match next.as_mut().poll(cx) {
-            Poll::Ready(item) => Poll::Ready(Some(item)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        if let Some(item) = ready {
-            return Waited::Item(item);
-        }
-        loop {
-            tokio::select! {
-                item = &mut next => return Waited::Item(item),
-                () = tokio::time::sleep(CHECK_CONNECTION) => {
-                    let state = client.connection_state();
-                    if state == async_nats::connection::State::Connected {
-                        self.0.store(false, Relaxed);
-                    } else if !self.0.swap(true, Relaxed) {
-                        return Waited::Outage(state);
-                    }
-                }
+        let check = || {
+            let state = client.connection_state();
+            if state == async_nats::connection::State::Connected {
+                self.0.store(false, Relaxed);
+                None
+            } else {
+                (!self.0.swap(true, Relaxed)).then_some(state)
             }
+        };
+        match watched(next, CHECK_CONNECTION, check).await {
+            Ok(item) => Waited::Item(item),
+            Err(state) => Waited::Outage(state),
         }
     }
 }

@@ -42,6 +42,7 @@ mod policy;
 mod source;
 mod stop;
 mod summary;
+pub(crate) mod watch;
 
 use std::fmt;
 use std::future::Future;
