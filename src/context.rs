@@ -38,6 +38,9 @@ use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, Key, KeyValue, StringValue};
 
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+
 use crate::Telemetry;
 
 impl Telemetry {
@@ -138,4 +141,58 @@ where
 /// The value of baggage entry `key` in the current context, if there is one.
 pub fn baggage(key: &str) -> Option<String> {
     Context::map_current(|cx| cx.baggage().get(key).map(|v| v.as_str().to_owned()))
+}
+
+/// A span processor that copies chosen baggage members onto every span started in their
+/// context, as attributes named by the baggage key: with `run.id` in baggage, the send
+/// spans, the consumers' process spans and every span inside a handler say which run they
+/// belong to, in the journal and in any backend. Members that are not there are skipped.
+/// (What OpenTelemetry's contrib `BaggageSpanProcessor` does in Java, JavaScript and
+/// Python.) Add it with [`TelemetryBuilder::record_baggage`](crate::TelemetryBuilder::record_baggage).
+///
+/// Only recorded spans pay for it; a process span under
+/// [`ParentPolicy::Link`](crate::ParentPolicy) starts without the producer's baggage, so
+/// records none of it.
+#[derive(Debug, Clone)]
+pub struct BaggageAttributes {
+    keys: std::sync::Arc<[Key]>,
+}
+
+impl BaggageAttributes {
+    /// Record the baggage members named `keys`.
+    pub fn new<K: Into<Key>>(keys: impl IntoIterator<Item = K>) -> BaggageAttributes {
+        BaggageAttributes {
+            keys: keys.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The baggage keys recorded.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+}
+
+impl SpanProcessor for BaggageAttributes {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
+        use opentelemetry::trace::Span as _;
+        let baggage = cx.baggage();
+        if baggage.len() == 0 {
+            return;
+        }
+        for key in self.keys.iter() {
+            if let Some(value) = baggage.get(key.as_str()) {
+                span.set_attribute(KeyValue::new(key.clone(), value.clone()));
+            }
+        }
+    }
+
+    fn on_end(&self, _span: SpanData) {}
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+        Ok(())
+    }
 }

@@ -231,6 +231,22 @@ impl TelemetryBuilder {
         self
     }
 
+    /// Record the baggage members named `keys` as attributes of every span started in
+    /// their context (a [`BaggageAttributes`](crate::context::BaggageAttributes)
+    /// processor): `record_baggage(["run.id"])` puts the run on each hop's spans, so the
+    /// journal, `tracehop tree` and any backend show which run a span belongs to. Does not
+    /// count as an exporter (the default journal still applies).
+    pub fn record_baggage<K: Into<opentelemetry::Key>>(
+        mut self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Self {
+        let processor = crate::context::BaggageAttributes::new(keys);
+        if !processor.keys().is_empty() {
+            self.provider = self.provider.with_span_processor(processor);
+        }
+        self
+    }
+
     /// Choose which traces are recorded (all, by default). Unsampled messages still carry
     /// context, so downstream services keep the same trace id.
     pub fn sampler(mut self, sampler: Sampler) -> Self {

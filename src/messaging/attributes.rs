@@ -41,7 +41,7 @@ pub const CONTEXT_LINKED: &str = "tracehop.context.linked";
 /// What the consumer did with a delivery once its handler had run, on its process span:
 /// the broker's own word for it (`ack`, `commit`, `nack_requeue`, `nack`, `reject`, `nak`,
 /// `term`, `seek`, `forward`, `handler` when the handler had already settled it, `none`
-/// when nothing was settled).
+/// when nothing was settled, `retry` on a failed run the policy runs again in place).
 pub const SETTLEMENT: &str = "tracehop.settlement";
 /// Why the settlement of a delivery failed (the client's error), next to
 /// [`SETTLEMENT`].

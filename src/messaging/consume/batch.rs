@@ -12,6 +12,7 @@ use opentelemetry::Context;
 use super::handler::{record, run_guarded};
 use super::summary::HandlerFailure;
 use super::{Consumer, Decision, Failure, Settle, Settlement, Source, Summary};
+use crate::messaging::attributes as attr;
 use crate::messaging::BatchSpan;
 use crate::propagation::Extracted;
 use crate::{ConsumeError, ProcessSpan};
@@ -299,7 +300,10 @@ impl<S: Source> Consumer<S> {
                 panicked: failure.panicked(),
             });
             if let Decision::Retry { after } = decision {
-                batch.inner.spans.iter().for_each(ProcessSpan::end_shared);
+                for span in &batch.inner.spans {
+                    span.set_attribute(attr::SETTLEMENT, super::RETRY_IN_PLACE);
+                    span.end_shared();
+                }
                 batch_span.end(failed.len());
                 summary.retries += 1;
                 if !after.is_zero() {

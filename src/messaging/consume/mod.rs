@@ -42,6 +42,7 @@ mod policy;
 mod source;
 mod stop;
 mod summary;
+#[cfg(any(feature = "nats", feature = "amqp"))]
 pub(crate) mod watch;
 
 use std::fmt;
@@ -353,6 +354,8 @@ impl<S: Source> Consumer<S> {
                 panicked: failure.panicked(),
             });
             if let Decision::Retry { after } = decision {
+                // Nothing settled: the message runs again in place.
+                span.set_attribute(attr::SETTLEMENT, RETRY_IN_PLACE);
                 span.end();
                 summary.retries += 1;
                 if !after.is_zero() {
@@ -431,6 +434,7 @@ impl<S: Source> Consumer<S> {
 /// Which delivery of its message a delivery is, counting from 1: the attempt its producer
 /// wrote in `tracehop-attempt` (a forwarded retry), else 1, plus the broker's
 /// `redeliveries` of it.
+#[cfg(any(feature = "kafka", feature = "nats", feature = "amqp"))]
 pub(crate) fn delivery_attempt(
     headers: &dyn crate::propagation::ReadCarrier,
     redeliveries: u32,
@@ -439,6 +443,10 @@ pub(crate) fn delivery_attempt(
         .unwrap_or(1)
         .saturating_add(redeliveries)
 }
+
+/// `tracehop.settlement` of a run whose failure the policy answered with a run in place
+/// ([`Decision::Retry`]): nothing was settled.
+const RETRY_IN_PLACE: &str = "retry";
 
 /// Record what settling came to on `span`: `tracehop.settlement`, and on failure
 /// `tracehop.settlement.error`, a warning and a count. Returns the error if it is fatal.

@@ -297,7 +297,7 @@ fn banner(
         for e in by_trace.errors(&id) {
             let _ = write!(
                 out,
-                "<li class=\"failed\"><b>[error]</b> {} {} (span <code>{}</code>): {}</li>",
+                "<li class=\"failed\"><b>[failed span]</b> {} {} (span <code>{}</code>): {}</li>",
                 esc(e.service_name.as_deref().unwrap_or("<no service>")),
                 esc(e.operation_name.as_deref().unwrap_or("<no operation>")),
                 esc(&e.span_id),

@@ -379,7 +379,7 @@ pub fn write_findings(
         writeln!(
             out,
             "{} trace {}: {} failed: {}",
-            p.red("[error]"),
+            p.red("[failed span]"),
             e.trace_id,
             span,
             e.error.as_deref().unwrap_or("error")
