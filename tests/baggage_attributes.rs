@@ -66,19 +66,32 @@ async fn every_span_of_a_run_records_its_run_id_across_the_hop() {
         let span = named(&spans, name);
         assert_eq!(span.attribute_str("run.id"), Some("run-42"), "{span:#?}");
         assert_eq!(span.attribute("user.secret"), None, "only the chosen keys");
-        assert_eq!(span.attribute("tenant"), None, "a chosen key that is not there");
+        assert_eq!(
+            span.attribute("tenant"),
+            None,
+            "a chosen key that is not there"
+        );
     }
     let send = named(&spans, "send tasks");
     let process = named(&spans, "process tasks");
     assert_eq!(process.trace_id, send.trace_id);
-    assert_eq!(process.parent_span_id.as_deref(), Some(send.span_id.as_str()));
-    assert_eq!(named(&spans, "plan").parent_span_id, Some(process.span_id.clone()));
+    assert_eq!(
+        process.parent_span_id.as_deref(),
+        Some(send.span_id.as_str())
+    );
+    assert_eq!(
+        named(&spans, "plan").parent_span_id,
+        Some(process.span_id.clone())
+    );
 }
 
 #[tokio::test]
 async fn a_linked_consumer_records_none_of_an_untrusted_producers_baggage() {
     let spans = hop(ParentPolicy::Link).await;
-    assert_eq!(named(&spans, "send tasks").attribute_str("run.id"), Some("run-42"));
+    assert_eq!(
+        named(&spans, "send tasks").attribute_str("run.id"),
+        Some("run-42")
+    );
     for name in ["process tasks", "plan"] {
         assert_eq!(named(&spans, name).attribute("run.id"), None, "{name}");
     }
@@ -97,7 +110,11 @@ async fn spans_without_baggage_get_no_attribute_and_the_default_journal_still_ap
         .build()
         .expect("telemetry");
     plain.in_span("no_baggage", async {}).await;
-    with_baggage([("run.id", "run-7")], plain.in_span("with_baggage", async {})).await;
+    with_baggage(
+        [("run.id", "run-7")],
+        plain.in_span("with_baggage", async {}),
+    )
+    .await;
     plain.shutdown().expect("shutdown");
     let lines = std::fs::read_to_string(&path).expect("journal");
     let records: Vec<SpanRecord> = lines

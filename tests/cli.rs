@@ -54,7 +54,8 @@ fn check_exits_0_for_whole_traces() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("[failed span] trace 4bf92f3577b34da6a3ce929d0e0e4736: worker process jobs"),
+        stdout
+            .contains("[failed span] trace 4bf92f3577b34da6a3ce929d0e0e4736: worker process jobs"),
         "{stdout}"
     );
     assert!(!stdout.contains('\x1b'), "no colour when not on a terminal");
