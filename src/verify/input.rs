@@ -11,7 +11,7 @@ use std::sync::{mpsc, Mutex};
 use serde_json::Value;
 
 use super::otlp_json;
-use super::parse::{journal_line, LineOutcome};
+use super::parse::{journal_line, scanned_line, LineOutcome};
 use super::store::{Detail, Spans};
 use crate::journal::{self, Malformed};
 use crate::Result;
@@ -46,6 +46,11 @@ impl Input {
     }
 
     fn line(&mut self, source: &str, line: usize, bytes: &[u8]) {
+        // Most lines are spans the fast reader reads; it leaves anything else (OTLP JSON
+        // among them) to what follows.
+        if scan_lines() && scanned_line(bytes, &mut self.spans) {
+            return;
+        }
         if contains_otlp(bytes) {
             if let Ok(doc) = serde_json::from_slice::<Value>(bytes) {
                 if otlp_json::is_otlp(&doc) {
@@ -185,6 +190,21 @@ impl Input {
         self.malformed[before..].sort_by_key(|m| m.line);
         read
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests turn the fast reader off on their thread, to compare it with serde.
+    pub(crate) static SERDE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether lines go to the fast reader first.
+fn scan_lines() -> bool {
+    #[cfg(test)]
+    if SERDE_ONLY.with(std::cell::Cell::get) {
+        return false;
+    }
+    true
 }
 
 const BLOCK: usize = 1 << 22;

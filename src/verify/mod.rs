@@ -41,6 +41,7 @@ mod otlp_json;
 mod parse;
 pub mod render;
 mod rules;
+mod scan;
 mod stats;
 mod store;
 mod summary;

@@ -15,7 +15,7 @@ use crate::messaging::attributes as attr;
 
 /// A string borrowed from the input when it has no escapes.
 #[derive(Debug)]
-struct Str<'a>(Cow<'a, str>);
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -93,7 +93,7 @@ trait Attributes<'a> {
 impl<'a> Attributes<'a> for &'a RawValue {
     fn known(self) -> Result<(Known<'a>, Option<&'a str>), String> {
         match serde_json::from_str::<Option<KnownAttributes<'_>>>(self.get()) {
-            Ok(k) => Ok((k.map(|k| k.0).unwrap_or_default(), raw(Some(self)))),
+            Ok(k) => Ok((k.map(|k| k.0).unwrap_or_default(), raw(self.get()))),
             Err(e) => Err(format!("not a span: attributes: {e}")),
         }
     }
@@ -105,9 +105,13 @@ impl<'a> Attributes<'a> for KnownAttributes<'a> {
     }
 }
 
-fn raw(r: Option<&RawValue>) -> Option<&str> {
-    r.map(RawValue::get)
-        .filter(|r| !matches!(*r, "null" | "{}" | "[]"))
+/// Raw JSON text kept for the output, unless it holds nothing.
+pub(crate) fn raw(r: &str) -> Option<&str> {
+    (!matches!(r, "null" | "{}" | "[]")).then_some(r)
+}
+
+fn raw_text(r: Option<&RawValue>) -> Option<&str> {
+    r.map(RawValue::get).and_then(raw)
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +133,7 @@ struct EventOnly<'a> {
 
 /// An attribute value verification may read.
 #[derive(Debug)]
-enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Str(Cow<'a, str>),
     F64(f64),
     I64(i64),
@@ -213,6 +217,52 @@ impl<'a> Scalar<'a> {
     }
 }
 
+/// Whether verification reads the attribute `key`.
+pub(crate) fn wanted(key: &str) -> bool {
+    matches!(
+        key,
+        attr::QUEUE_TIME_MS
+            | attr::DELIVERY_ATTEMPT
+            | attr::MESSAGING_BATCH_MESSAGE_COUNT
+            | attr::MESSAGING_DESTINATION_NAME
+            | "messaging.destination"
+            | attr::MESSAGING_SYSTEM
+            | attr::MESSAGING_OPERATION_TYPE
+            | "messaging.operation"
+            | attr::ERROR_TYPE
+            | attr::CONTEXT_MISSING
+            | attr::CONTEXT_LINKED
+            | attr::CONTEXT_REJECTED
+    )
+}
+
+/// Take in the value of an attribute [`wanted`] says verification reads.
+pub(crate) fn take<'a>(k: &mut Known<'a>, key: &str, value: Scalar<'a>) {
+    match key {
+        attr::QUEUE_TIME_MS => k.queue_ms = value.f64(),
+        attr::DELIVERY_ATTEMPT => k.attempt = value.i64(),
+        attr::MESSAGING_BATCH_MESSAGE_COUNT => k.batch = value.i64(),
+        attr::MESSAGING_DESTINATION_NAME => k.destination = value.text(),
+        "messaging.destination" => {
+            if k.destination.is_none() {
+                k.destination = value.text();
+            }
+        }
+        attr::MESSAGING_SYSTEM => k.system = value.text(),
+        attr::MESSAGING_OPERATION_TYPE => k.operation_type = value.text(),
+        "messaging.operation" => {
+            if k.operation_type.is_none() {
+                k.operation_type = value.text();
+            }
+        }
+        attr::ERROR_TYPE => k.error_type = value.text(),
+        attr::CONTEXT_MISSING => k.context_missing = value.truthy(),
+        attr::CONTEXT_LINKED => k.context_linked = value.truthy(),
+        attr::CONTEXT_REJECTED => k.rejected = Some(value.display()),
+        _ => {}
+    }
+}
+
 /// The attributes verification reads, from a journal's attributes object.
 #[derive(Debug)]
 struct KnownAttributes<'a>(Known<'a>);
@@ -228,48 +278,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for KnownAttributes<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut k = Known::default();
                 while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
-                    let wanted = matches!(
-                        &*key,
-                        attr::QUEUE_TIME_MS
-                            | attr::DELIVERY_ATTEMPT
-                            | attr::MESSAGING_BATCH_MESSAGE_COUNT
-                            | attr::MESSAGING_DESTINATION_NAME
-                            | "messaging.destination"
-                            | attr::MESSAGING_SYSTEM
-                            | attr::MESSAGING_OPERATION_TYPE
-                            | "messaging.operation"
-                            | attr::ERROR_TYPE
-                            | attr::CONTEXT_MISSING
-                            | attr::CONTEXT_LINKED
-                            | attr::CONTEXT_REJECTED
-                    );
-                    if !wanted {
+                    if !wanted(&key) {
                         map.next_value::<IgnoredAny>()?;
                         continue;
                     }
                     let value: Scalar<'de> = map.next_value()?;
-                    match &*key {
-                        attr::QUEUE_TIME_MS => k.queue_ms = value.f64(),
-                        attr::DELIVERY_ATTEMPT => k.attempt = value.i64(),
-                        attr::MESSAGING_BATCH_MESSAGE_COUNT => k.batch = value.i64(),
-                        attr::MESSAGING_DESTINATION_NAME => k.destination = value.text(),
-                        "messaging.destination" => {
-                            if k.destination.is_none() {
-                                k.destination = value.text();
-                            }
-                        }
-                        attr::MESSAGING_SYSTEM => k.system = value.text(),
-                        attr::MESSAGING_OPERATION_TYPE => k.operation_type = value.text(),
-                        "messaging.operation" => {
-                            if k.operation_type.is_none() {
-                                k.operation_type = value.text();
-                            }
-                        }
-                        attr::ERROR_TYPE => k.error_type = value.text(),
-                        attr::CONTEXT_MISSING => k.context_missing = value.truthy(),
-                        attr::CONTEXT_LINKED => k.context_linked = value.truthy(),
-                        _ => k.rejected = Some(value.display()),
-                    }
+                    take(&mut k, &key, value);
                 }
                 Ok(KnownAttributes(k))
             }
@@ -290,14 +304,10 @@ pub(crate) enum LineOutcome {
     Malformed(String),
 }
 
-fn id(s: Option<Str<'_>>) -> Option<Cow<'_, str>> {
-    s.map(|s| s.0).filter(|s| !s.is_empty() && s != "-")
-}
-
-fn time(s: &Option<Str<'_>>, field: &str) -> Result<Option<SystemTime>, String> {
+fn time(s: Option<&str>, field: &str) -> Result<Option<SystemTime>, String> {
     match s {
         None => Ok(None),
-        Some(Str(text)) => fast_rfc3339(text)
+        Some(text) => fast_rfc3339(text)
             .or_else(|| crate::time::parse_rfc3339(text))
             .map(Some)
             .ok_or_else(|| format!("not a span: {field}: not an RFC 3339 time: {text}")),
@@ -373,77 +383,125 @@ fn fast_rfc3339(s: &str) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
 }
 
-/// Add the span a parsed line (of either struct) describes: `Ok(false)` for an event that
-/// is not a finished span.
-macro_rules! fields {
-    ($line:expr, $spans:expr) => {{
-        let line = $line;
-        (|| -> Result<bool, String> {
-            if line
-                .event
-                .as_ref()
-                .is_some_and(|Str(e)| e != "span_finished")
-            {
-                return Ok(false);
-            }
-            let trace_id = line
-                .trace_id
-                .ok_or("not a span: missing field `trace_id`")?
-                .0;
-            let span_id = line.span_id.ok_or("not a span: missing field `span_id`")?.0;
-            let end = time(&line.timestamp, "timestamp")?;
-            let start_time = time(&line.start_time, "start_time")?;
-            let duration = match (line.duration_ns, line.latency_ms) {
-                (Some(ns), _) => Some(Duration::from_nanos(ns)),
-                (None, Some(ms)) if ms.is_finite() && ms >= 0.0 => {
-                    Some(Duration::from_secs_f64(ms / 1000.0))
-                }
-                _ => None,
-            };
-            let start = start_time.or_else(|| end?.checked_sub(duration.unwrap_or_default()));
-            let end = end.or_else(|| Some(start? + duration?));
-            let (known, raw_attributes) = match line.attributes {
-                Some(a) => a.known()?,
-                None => (Known::default(), None),
-            };
-            let links: Vec<LinkLine<'_>> = match line.links {
-                Some(raw) if raw.get() != "[]" => {
-                    serde_json::from_str::<Option<Vec<LinkLine<'_>>>>(raw.get())
-                        .map_err(|e| format!("not a span: links: {e}"))?
-                        .unwrap_or_default()
-                }
-                _ => Vec::new(),
-            };
-            let parent = id(line.parent_span_id);
-            let service = line.service_name.map(|s| s.0);
-            let operation = line.operation_name.map(|s| s.0);
-            let error = line.error.map(|s| s.0);
-            $spans.push(Fields {
-                trace_id: &trace_id,
-                span_id: &span_id,
-                parent_span_id: parent.as_deref(),
-                service: service.as_deref(),
-                operation: operation.as_deref(),
-                kind: line.span_kind,
-                start,
-                end,
-                duration,
-                status: line.status,
-                error: error.as_deref(),
-                known,
-                links: links
-                    .iter()
-                    .map(|l| (&*l.trace_id.0, &*l.span_id.0, raw(l.attributes)))
-                    .collect(),
-                raw_attributes,
-                raw_events: raw(line.events),
-            });
-            Ok(true)
-        })()
+/// A journal line as far as verification reads it, from either reader: the serde structs
+/// ([`Line`], [`LeanLine`]) or the scanner ([`super::scan`]).
+#[derive(Debug, Default)]
+pub(crate) struct RawLine<'a> {
+    pub(crate) timestamp: Option<Cow<'a, str>>,
+    pub(crate) trace_id: Option<Cow<'a, str>>,
+    pub(crate) span_id: Option<Cow<'a, str>>,
+    pub(crate) parent_span_id: Option<Cow<'a, str>>,
+    pub(crate) service_name: Option<Cow<'a, str>>,
+    pub(crate) operation_name: Option<Cow<'a, str>>,
+    pub(crate) span_kind: Option<Kind>,
+    pub(crate) start_time: Option<Cow<'a, str>>,
+    pub(crate) latency_ms: Option<f64>,
+    pub(crate) duration_ns: Option<u64>,
+    pub(crate) status: Status,
+    pub(crate) error: Option<Cow<'a, str>>,
+    pub(crate) event: Option<Cow<'a, str>>,
+    /// The attributes verification reads and the object as read ([`Detail::Full`]), or
+    /// why they could not be read.
+    pub(crate) attributes: Option<Result<(Known<'a>, Option<&'a str>), String>>,
+    /// The links array as read.
+    pub(crate) links: Option<&'a str>,
+    /// The events array as read.
+    pub(crate) events: Option<&'a str>,
+}
+
+macro_rules! raw_line {
+    ($line:expr) => {{
+        let l = $line;
+        RawLine {
+            timestamp: l.timestamp.map(|s| s.0),
+            trace_id: l.trace_id.map(|s| s.0),
+            span_id: l.span_id.map(|s| s.0),
+            parent_span_id: l.parent_span_id.map(|s| s.0),
+            service_name: l.service_name.map(|s| s.0),
+            operation_name: l.operation_name.map(|s| s.0),
+            span_kind: l.span_kind,
+            start_time: l.start_time.map(|s| s.0),
+            latency_ms: l.latency_ms,
+            duration_ns: l.duration_ns,
+            status: l.status,
+            error: l.error.map(|s| s.0),
+            event: l.event.map(|s| s.0),
+            attributes: l.attributes.map(Attributes::known),
+            links: l.links.map(RawValue::get),
+            events: l.events.map(RawValue::get),
+        }
     }};
 }
 
-/// Read one journal line into `spans`.
+/// Add the span a read line describes: `Ok(false)` for an event that is not a finished
+/// span. Nothing is added on an error.
+pub(crate) fn add(line: RawLine<'_>, spans: &mut Spans) -> Result<bool, String> {
+    if line.event.as_ref().is_some_and(|e| e != "span_finished") {
+        return Ok(false);
+    }
+    let trace_id = line
+        .trace_id
+        .ok_or("not a span: missing field `trace_id`")?;
+    let span_id = line.span_id.ok_or("not a span: missing field `span_id`")?;
+    let end = time(line.timestamp.as_deref(), "timestamp")?;
+    let start_time = time(line.start_time.as_deref(), "start_time")?;
+    let duration = match (line.duration_ns, line.latency_ms) {
+        (Some(ns), _) => Some(Duration::from_nanos(ns)),
+        (None, Some(ms)) if ms.is_finite() && ms >= 0.0 => {
+            Some(Duration::from_secs_f64(ms / 1000.0))
+        }
+        _ => None,
+    };
+    let start = start_time.or_else(|| end?.checked_sub(duration.unwrap_or_default()));
+    let end = end.or_else(|| Some(start? + duration?));
+    let (known, raw_attributes) = match line.attributes {
+        Some(a) => a?,
+        None => (Known::default(), None),
+    };
+    let links: Vec<LinkLine<'_>> = match line.links {
+        Some(raw) if raw != "[]" => serde_json::from_str::<Option<Vec<LinkLine<'_>>>>(raw)
+            .map_err(|e| format!("not a span: links: {e}"))?
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let parent = line.parent_span_id.filter(|s| !s.is_empty() && s != "-");
+    spans.push(Fields {
+        trace_id: &trace_id,
+        span_id: &span_id,
+        parent_span_id: parent.as_deref(),
+        service: line.service_name.as_deref(),
+        operation: line.operation_name.as_deref(),
+        kind: line.span_kind,
+        start,
+        end,
+        duration,
+        status: line.status,
+        error: line.error.as_deref(),
+        known,
+        links: links
+            .iter()
+            .map(|l| (&*l.trace_id.0, &*l.span_id.0, raw_text(l.attributes)))
+            .collect(),
+        raw_attributes,
+        raw_events: line.events.and_then(raw),
+    });
+    Ok(true)
+}
+
+/// Read one journal line into `spans` with the fast reader ([`super::scan`]) if it reads
+/// it: whether it added a span. When it does not, [`journal_line`] reads the line (with the
+/// same result the fast reader would have had).
+pub(crate) fn scanned_line(line: &[u8], spans: &mut Spans) -> bool {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return false;
+    };
+    match super::scan::line(text.trim(), spans.detail) {
+        Some(raw) => matches!(add(raw, spans), Ok(true)),
+        None => false,
+    }
+}
+
+/// Read one journal line into `spans` with serde.
 pub(crate) fn journal_line(line: &[u8], spans: &mut Spans) -> LineOutcome {
     let Ok(text) = std::str::from_utf8(line) else {
         return LineOutcome::Malformed("not UTF-8".to_owned());
@@ -453,8 +511,8 @@ pub(crate) fn journal_line(line: &[u8], spans: &mut Spans) -> LineOutcome {
         return LineOutcome::Blank;
     }
     let result = match spans.detail {
-        Detail::Full => serde_json::from_str::<Line<'_>>(text).map(|l| fields!(l, spans)),
-        _ => serde_json::from_str::<LeanLine<'_>>(text).map(|l| fields!(l, spans)),
+        Detail::Full => serde_json::from_str::<Line<'_>>(text).map(|l| add(raw_line!(l), spans)),
+        _ => serde_json::from_str::<LeanLine<'_>>(text).map(|l| add(raw_line!(l), spans)),
     };
     match result {
         Ok(Ok(true)) => LineOutcome::Span,
