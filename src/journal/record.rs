@@ -63,8 +63,9 @@ impl SpanRecord {
     pub fn duration(&self) -> Option<Duration> {
         match (self.duration_ns, self.latency_ms) {
             (Some(ns), _) => Some(Duration::from_nanos(ns)),
+            // Too long for a `Duration` (centuries of milliseconds): not known.
             (None, Some(ms)) if ms.is_finite() && ms >= 0.0 => {
-                Some(Duration::from_secs_f64(ms / 1000.0))
+                Duration::try_from_secs_f64(ms / 1000.0).ok()
             }
             _ => None,
         }

@@ -316,33 +316,47 @@ fn time(s: Option<&str>, field: &str) -> Result<Option<SystemTime>, String> {
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` from 1970 on (what tracehop writes), without the
 /// general parser; `None` for anything else (which the general parser then reads).
-fn fast_rfc3339(s: &str) -> Option<SystemTime> {
+pub(crate) fn fast_rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[b.len() - 1] != b'Z'
+    // At most nine digits of fraction.
+    if !(20..=30).contains(&b.len()) || b[b.len() - 1] != b'Z' {
+        return None;
+    }
+    let head: &[u8; 19] = b[..19].try_into().ok()?;
+    if head[4] != b'-'
+        || head[7] != b'-'
+        || head[10] != b'T'
+        || head[13] != b':'
+        || head[16] != b':'
     {
         return None;
     }
-    let num = |from: usize, to: usize| -> Option<u64> {
-        b[from..to].iter().try_fold(0u64, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
-        })
+    let mut bad = 0u8;
+    let mut digit = |c: u8| {
+        let d = c.wrapping_sub(b'0');
+        bad |= u8::from(d > 9);
+        u64::from(d)
     };
-    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    let fraction = &b[19..b.len() - 1];
-    let nanos = match fraction {
+    let year = digit(head[0]) * 1000 + digit(head[1]) * 100 + digit(head[2]) * 10 + digit(head[3]);
+    let month = digit(head[5]) * 10 + digit(head[6]);
+    let day = digit(head[8]) * 10 + digit(head[9]);
+    let hour = digit(head[11]) * 10 + digit(head[12]);
+    let minute = digit(head[14]) * 10 + digit(head[15]);
+    let second = digit(head[17]) * 10 + digit(head[18]);
+    let nanos = match &b[19..b.len() - 1] {
         [] => 0,
-        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
-            num(20, 20 + digits.len())? * 10u64.pow(9 - digits.len() as u32)
+        [b'.', digits @ ..] if !digits.is_empty() => {
+            let mut n = 0;
+            for &c in digits {
+                n = n * 10 + digit(c);
+            }
+            n * 10u64.pow(9 - digits.len() as u32)
         }
         _ => return None,
     };
+    if bad != 0 {
+        return None;
+    }
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let days_in_month = [
         31,
@@ -435,6 +449,7 @@ macro_rules! raw_line {
 
 /// Add the span a read line describes: `Ok(false)` for an event that is not a finished
 /// span. Nothing is added on an error.
+#[inline]
 pub(crate) fn add(line: RawLine<'_>, spans: &mut Spans) -> Result<bool, String> {
     if line.event.as_ref().is_some_and(|e| e != "span_finished") {
         return Ok(false);
@@ -447,8 +462,9 @@ pub(crate) fn add(line: RawLine<'_>, spans: &mut Spans) -> Result<bool, String> 
     let start_time = time(line.start_time.as_deref(), "start_time")?;
     let duration = match (line.duration_ns, line.latency_ms) {
         (Some(ns), _) => Some(Duration::from_nanos(ns)),
+        // Too long for a `Duration` (centuries of milliseconds): not known.
         (None, Some(ms)) if ms.is_finite() && ms >= 0.0 => {
-            Some(Duration::from_secs_f64(ms / 1000.0))
+            Duration::try_from_secs_f64(ms / 1000.0).ok()
         }
         _ => None,
     };
@@ -492,10 +508,15 @@ pub(crate) fn add(line: RawLine<'_>, spans: &mut Spans) -> Result<bool, String> 
 /// it: whether it added a span. When it does not, [`journal_line`] reads the line (with the
 /// same result the fast reader would have had).
 pub(crate) fn scanned_line(line: &[u8], spans: &mut Spans) -> bool {
+    // When what is left starts and ends with a brace, `str::trim` leaves the same.
+    let line = line.trim_ascii();
+    if line.first() != Some(&b'{') || line.last() != Some(&b'}') {
+        return false;
+    }
     let Ok(text) = std::str::from_utf8(line) else {
         return false;
     };
-    match super::scan::line(text.trim(), spans.detail) {
+    match super::scan::line(text, spans.detail, &mut spans.memo) {
         Some(raw) => matches!(add(raw, spans), Ok(true)),
         None => false,
     }

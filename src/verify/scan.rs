@@ -9,110 +9,128 @@
 //! line with serde, so the result is the same either way; only the time differs. Strings
 //! with escapes and numbers that are not plain digits are handed to `serde_json` itself.
 
-use std::borrow::Cow;
+mod cursor;
+
+use cursor::Cursor;
 
 use super::fields::Known;
-use super::parse::{raw, take, wanted, RawLine, Scalar, Str};
+use super::parse::{raw, take, wanted, RawLine};
 use super::store::Detail;
-use crate::journal::{Kind, Status};
 
-/// Nesting deeper than this inside a skipped value is left to serde.
-const MAX_DEPTH: usize = 64;
+/// The fields the reader knows, in the order of [`FIELDS`].
+const TIMESTAMP: u8 = 0;
+const TRACE_ID: u8 = 1;
+const SPAN_ID: u8 = 2;
+const PARENT_SPAN_ID: u8 = 3;
+const SERVICE_NAME: u8 = 4;
+const OPERATION_NAME: u8 = 5;
+const SPAN_KIND: u8 = 6;
+const START_TIME: u8 = 7;
+const LATENCY_MS: u8 = 8;
+const DURATION_NS: u8 = 9;
+const STATUS: u8 = 10;
+const ERROR: u8 = 11;
+const EVENT: u8 = 12;
+const ATTRIBUTES: u8 = 13;
+const LINKS: u8 = 14;
+const EVENTS: u8 = 15;
+/// A key of an OTLP JSON document.
+const RESOURCE_SPANS: u8 = 16;
+/// Any other key.
+const OTHER: u8 = 17;
+
+/// Each known field's key as it appears in a line, quoted and followed by its colon.
+const FIELDS: [&[u8]; 17] = [
+    b"\"timestamp\":",
+    b"\"trace_id\":",
+    b"\"span_id\":",
+    b"\"parent_span_id\":",
+    b"\"service_name\":",
+    b"\"operation_name\":",
+    b"\"span_kind\":",
+    b"\"start_time\":",
+    b"\"latency_ms\":",
+    b"\"duration_ns\":",
+    b"\"status\":",
+    b"\"error\":",
+    b"\"event\":",
+    b"\"attributes\":",
+    b"\"links\":",
+    b"\"events\":",
+    b"\"resourceSpans\":",
+];
+
+/// Lines are remembered for so many keys.
+const MEMO_KEYS: usize = 32;
+
+/// What the reader remembers of the lines it read (per reading thread): the fields of
+/// the last line in key order, so that the next line's keys, in the same order, are
+/// recognised by one comparison each; and the attribute key lists last seen.
+#[derive(Clone, Default)]
+pub(crate) struct Memo {
+    order: Vec<u8>,
+    shapes: Shapes,
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A cache: what it holds changes no result.
+        f.write_str("Memo")
+    }
+}
 
 /// `text` (one trimmed line) as the serde structs would read it, or `None` when it is
 /// left to them.
-pub(crate) fn line(text: &str, detail: Detail) -> Option<RawLine<'_>> {
-    let mut c = Cursor {
-        text,
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+pub(crate) fn line<'a>(text: &'a str, detail: Detail, memo: &mut Memo) -> Option<RawLine<'a>> {
+    let mut c = Cursor::new(text);
     let mut line = RawLine::default();
     let mut seen = 0u32;
-    let mut latency: Option<&str> = None;
     c.eat(b'{')?;
     if c.peek()? == b'}' {
         c.at += 1;
     } else {
+        let mut position = 0;
         loop {
-            let key = c.key()?;
-            c.eat(b':')?;
+            let field = field(&mut c, memo.order.get(position).copied())?;
+            if let Some(slot) = memo.order.get_mut(position) {
+                *slot = field;
+            } else if position < MEMO_KEYS {
+                memo.order.push(field);
+            }
+            position += 1;
             c.ws();
-            let bit = match key {
-                "timestamp" => {
-                    line.timestamp = c.opt_str()?;
-                    1
-                }
-                "trace_id" => {
-                    line.trace_id = c.opt_str()?;
-                    1 << 1
-                }
-                "span_id" => {
-                    line.span_id = c.opt_str()?;
-                    1 << 2
-                }
-                "parent_span_id" => {
-                    line.parent_span_id = c.opt_str()?;
-                    1 << 3
-                }
-                "service_name" => {
-                    line.service_name = c.opt_str()?;
-                    1 << 4
-                }
-                "operation_name" => {
-                    line.operation_name = c.opt_str()?;
-                    1 << 5
-                }
-                "span_kind" => {
-                    line.span_kind = c.kind()?;
-                    1 << 6
-                }
-                "start_time" => {
-                    line.start_time = c.opt_str()?;
-                    1 << 7
-                }
-                "latency_ms" => {
-                    latency = c.latency()?;
-                    1 << 8
-                }
-                "duration_ns" => {
-                    line.duration_ns = c.duration()?;
-                    1 << 9
-                }
-                "status" => {
-                    line.status = c.status()?;
-                    1 << 10
-                }
-                "error" => {
-                    line.error = c.opt_str()?;
-                    1 << 11
-                }
-                "event" => {
+            let bit = 1u32 << field;
+            match field {
+                TIMESTAMP => line.timestamp = c.opt_str()?,
+                TRACE_ID => line.trace_id = c.opt_str()?,
+                SPAN_ID => line.span_id = c.opt_str()?,
+                PARENT_SPAN_ID => line.parent_span_id = c.opt_str()?,
+                SERVICE_NAME => line.service_name = c.opt_str()?,
+                OPERATION_NAME => line.operation_name = c.opt_str()?,
+                SPAN_KIND => line.span_kind = c.kind()?,
+                START_TIME => line.start_time = c.opt_str()?,
+                LATENCY_MS => line.latency_ms = c.latency()?,
+                DURATION_NS => line.duration_ns = c.duration()?,
+                STATUS => line.status = c.status()?,
+                ERROR => line.error = c.opt_str()?,
+                EVENT => {
                     line.event = c.opt_str()?;
                     if line.event.as_ref().is_some_and(|e| e != "span_finished") {
                         return None;
                     }
-                    1 << 12
                 }
-                "attributes" => {
-                    line.attributes = c.attributes(detail)?.map(Ok);
-                    1 << 13
+                ATTRIBUTES => {
+                    line.attributes = attributes(&mut c, detail, &mut memo.shapes)?.map(Ok);
                 }
-                "links" => {
-                    line.links = c.opt_raw()?;
-                    1 << 14
-                }
-                "events" => {
-                    line.events = c.opt_raw()?;
-                    1 << 15
-                }
+                LINKS => line.links = c.opt_raw()?,
+                EVENTS => line.events = c.opt_raw()?,
                 // An OTLP JSON document: read as one.
-                "resourceSpans" => return None,
+                RESOURCE_SPANS => return None,
                 _ => {
-                    c.value(0)?;
-                    0
+                    c.value()?;
                 }
-            };
+            }
+            let bit = if field == OTHER { 0 } else { bit };
             // serde rejects a field given twice.
             if seen & bit != 0 {
                 return None;
@@ -129,375 +147,189 @@ pub(crate) fn line(text: &str, detail: Detail) -> Option<RawLine<'_>> {
         }
     }
     c.ws();
-    if c.at != c.bytes.len() {
+    if !c.done() {
         return None;
-    }
-    // The duration in milliseconds is read only when there is no exact one.
-    if line.duration_ns.is_none() {
-        if let Some(ms) = latency {
-            line.latency_ms = Some(serde_json::from_str::<f64>(ms).ok()?);
-        }
     }
     Some(line)
 }
 
-struct Cursor<'a> {
-    text: &'a str,
-    bytes: &'a [u8],
-    at: usize,
-}
-
-/// `LO * b` has `b` in every byte of a word.
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-impl<'a> Cursor<'a> {
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
-            self.at += 1;
+/// The key next (after `{` or `,`) and its colon: the field it names. The field at this
+/// place in the last line is tried first, with one comparison.
+fn field(c: &mut Cursor<'_>, expected: Option<u8>) -> Option<u8> {
+    if let Some(pattern) = expected.and_then(|f| FIELDS.get(usize::from(f))) {
+        if c.at_pattern(pattern) {
+            c.at += pattern.len();
+            return expected;
         }
     }
+    let key = c.key()?;
+    c.eat(b':')?;
+    Some(match key {
+        "timestamp" => TIMESTAMP,
+        "trace_id" => TRACE_ID,
+        "span_id" => SPAN_ID,
+        "parent_span_id" => PARENT_SPAN_ID,
+        "service_name" => SERVICE_NAME,
+        "operation_name" => OPERATION_NAME,
+        "span_kind" => SPAN_KIND,
+        "start_time" => START_TIME,
+        "latency_ms" => LATENCY_MS,
+        "duration_ns" => DURATION_NS,
+        "status" => STATUS,
+        "error" => ERROR,
+        "event" => EVENT,
+        "attributes" => ATTRIBUTES,
+        "links" => LINKS,
+        "events" => EVENTS,
+        "resourceSpans" => RESOURCE_SPANS,
+        _ => OTHER,
+    })
+}
 
-    /// The next byte after whitespace, not taken.
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.bytes.get(self.at).copied()
+/// Attribute key lists remembered.
+const SHAPES: usize = 8;
+
+/// The attribute key lists last seen, each found by its first key: a service writes a
+/// few (its send spans', its process spans'), so after the first key the others are
+/// recognised by one comparison each, with whether verification reads them.
+#[derive(Clone, Default)]
+struct Shapes {
+    shapes: Vec<Shape>,
+    /// The slot the next new list replaces.
+    next: usize,
+    /// Where the keys of the object being read are (without quotes).
+    keys: Vec<(usize, usize)>,
+}
+
+#[derive(Clone)]
+struct Shape {
+    /// Each key quoted and followed by its colon, in order.
+    keys: Vec<Box<[u8]>>,
+    wanted: Vec<bool>,
+}
+
+impl Shapes {
+    fn find(&self, first: &str) -> Option<usize> {
+        self.shapes.iter().position(|s| {
+            s.keys[0].len() == first.len() + 3 && s.keys[0][1..=first.len()] == *first.as_bytes()
+        })
     }
 
-    fn eat(&mut self, byte: u8) -> Option<()> {
-        (self.peek()? == byte).then(|| self.at += 1)
+    /// Remember the list just read (the keys of `text` at `self.keys`), in place of
+    /// `replace` (the list with the same first key) if there is one.
+    fn remember(&mut self, text: &str, replace: Option<usize>) {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        let mut wants = Vec::with_capacity(self.keys.len());
+        for &(from, to) in &self.keys {
+            let Some(key) = text.get(from..to) else {
+                return;
+            };
+            let mut pattern = Vec::with_capacity(key.len() + 3);
+            pattern.push(b'"');
+            pattern.extend_from_slice(key.as_bytes());
+            pattern.extend_from_slice(b"\":");
+            keys.push(pattern.into_boxed_slice());
+            wants.push(wanted(key));
+        }
+        let shape = Shape {
+            keys,
+            wanted: wants,
+        };
+        match replace {
+            Some(at) => self.shapes[at] = shape,
+            None if self.shapes.len() < SHAPES => self.shapes.push(shape),
+            None => {
+                self.shapes[self.next] = shape;
+                self.next = (self.next + 1) % SHAPES;
+            }
+        }
     }
+}
 
-    fn slice(&self, from: usize, to: usize) -> Option<&'a str> {
-        self.text.get(from..to)
+/// `attributes`: `null`, or an object: the attributes verification reads, and the object
+/// as read when every detail is kept.
+#[allow(clippy::type_complexity)]
+fn attributes<'a>(
+    c: &mut Cursor<'a>,
+    detail: Detail,
+    shapes: &mut Shapes,
+) -> Option<Option<(Known<'a>, Option<&'a str>)>> {
+    let start = c.at;
+    match c.byte()? {
+        b'n' => return c.null().map(|()| None),
+        b'{' => c.at += 1,
+        _ => return None,
     }
-
-    /// A key without escapes (a key with one is left to serde).
-    fn key(&mut self) -> Option<&'a str> {
-        self.ws();
-        self.plain_str()
-    }
-
-    /// Past the string whose opening quote was taken, to after its closing quote:
-    /// whether it had an escape. Control characters and bad escapes are refused as serde
-    /// refuses them; `\u` escapes are checked as serde checks strings it skips (four hex
-    /// digits, a lone surrogate allowed): the strings this reader keeps and that have an
-    /// escape are read by serde_json, which checks the rest.
-    fn string(&mut self) -> Option<bool> {
-        let mut escaped = false;
+    let mut known = Known::default();
+    shapes.keys.clear();
+    // The remembered list this object follows so far.
+    let mut shape = None;
+    let mut follows = true;
+    if c.peek()? == b'}' {
+        c.at += 1;
+    } else {
         loop {
-            self.skip_plain();
-            match *self.bytes.get(self.at)? {
-                b'"' => {
-                    self.at += 1;
-                    return Some(escaped);
+            let n = shapes.keys.len();
+            let predicted = shape.and_then(|s: usize| {
+                let s = &shapes.shapes[s];
+                let pattern = s.keys.get(n)?;
+                c.at_pattern(pattern).then(|| (pattern.len(), s.wanted[n]))
+            });
+            let (key, wants) = match predicted {
+                Some((len, wants)) => {
+                    let key = (c.at + 1, c.at + len - 2);
+                    c.at += len;
+                    (key, wants)
                 }
-                b'\\' => {
-                    escaped = true;
-                    match *self.bytes.get(self.at + 1)? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
-                        b'u' => {
-                            let hex = self.bytes.get(self.at + 2..self.at + 6)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return None;
-                            }
-                            self.at += 6;
-                        }
-                        _ => return None,
+                None => {
+                    c.ws();
+                    let from = c.at + 1;
+                    let key = c.key()?;
+                    let to = c.at - 1;
+                    c.eat(b':')?;
+                    if n == 0 {
+                        shape = shapes.find(key);
+                    } else {
+                        follows = false;
+                        shape = None;
                     }
+                    ((from, to), wanted(key))
                 }
-                // A control character.
+            };
+            shapes.keys.push(key);
+            c.ws();
+            if wants {
+                let name = c.slice(key.0, key.1)?;
+                let value = c.scalar()?;
+                take(&mut known, name, value);
+            } else {
+                c.value()?;
+            }
+            match c.peek()? {
+                b',' => c.at += 1,
+                b'}' => {
+                    c.at += 1;
+                    break;
+                }
                 _ => return None,
             }
         }
     }
-
-    /// Past bytes that need nothing (not `"`, `\` or a control character), eight at a
-    /// time.
-    fn skip_plain(&mut self) {
-        while let Some(word) = self.bytes.get(self.at..self.at + 8) {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            let x = u64::from_le_bytes(eight);
-            let quote = x ^ (LO * u64::from(b'"'));
-            let backslash = x ^ (LO * u64::from(b'\\'));
-            let found = (quote.wrapping_sub(LO) & !quote)
-                | (backslash.wrapping_sub(LO) & !backslash)
-                | (x.wrapping_sub(LO * 0x20) & !x);
-            if found & HI != 0 {
-                break;
-            }
-            self.at += 8;
-        }
-        while let Some(&b) = self.bytes.get(self.at) {
-            if b == b'"' || b == b'\\' || b < 0x20 {
-                return;
-            }
-            self.at += 1;
-        }
+    let n = shapes.keys.len();
+    let first = match shapes.keys.first() {
+        Some(&(from, to)) => c.slice(from, to)?,
+        None => "",
+    };
+    let remembered = shapes.find(first);
+    let same = follows && remembered.is_some_and(|s| shapes.shapes[s].keys.len() == n);
+    if n > 0 && !same {
+        shapes.remember(c.text(), remembered);
     }
-
-    /// A string value: borrowed when it has no escapes, else unescaped by serde_json.
-    fn str_value(&mut self) -> Option<Cow<'a, str>> {
-        let open = self.at;
-        self.at += 1;
-        if self.string()? {
-            let quoted = self.slice(open, self.at)?;
-            Some(serde_json::from_str::<Str<'_>>(quoted).ok()?.0)
-        } else {
-            self.slice(open + 1, self.at - 1).map(Cow::Borrowed)
-        }
-    }
-
-    fn null(&mut self) -> Option<()> {
-        self.literal(b"null")
-    }
-
-    /// A string or `null`.
-    fn opt_str(&mut self) -> Option<Option<Cow<'a, str>>> {
-        match *self.bytes.get(self.at)? {
-            b'"' => self.str_value().map(Some),
-            b'n' => self.null().map(|()| None),
-            _ => None,
-        }
-    }
-
-    /// A string without escapes (one with escapes is left to serde).
-    fn plain_str(&mut self) -> Option<&'a str> {
-        if *self.bytes.get(self.at)? != b'"' {
-            return None;
-        }
-        self.at += 1;
-        let start = self.at;
-        if self.string()? {
-            return None;
-        }
-        self.slice(start, self.at - 1)
-    }
-
-    fn kind(&mut self) -> Option<Option<Kind>> {
-        if self.bytes.get(self.at) == Some(&b'n') {
-            return self.null().map(|()| None);
-        }
-        Some(Some(match self.plain_str()? {
-            "internal" => Kind::Internal,
-            "server" => Kind::Server,
-            "client" => Kind::Client,
-            "producer" => Kind::Producer,
-            "consumer" => Kind::Consumer,
-            _ => return None,
-        }))
-    }
-
-    fn status(&mut self) -> Option<Status> {
-        Some(match self.plain_str()? {
-            "ok" => Status::Ok,
-            "error" => Status::Error,
-            // Any other name is `unset` (`#[serde(other)]`).
-            _ => Status::Unset,
-        })
-    }
-
-    /// A number, checked as JSON spells one: its text.
-    fn number(&mut self) -> Option<&'a str> {
-        let start = self.at;
-        let digits = |c: &mut Cursor<'_>| {
-            let from = c.at;
-            while c.bytes.get(c.at).is_some_and(u8::is_ascii_digit) {
-                c.at += 1;
-            }
-            c.at > from
-        };
-        if self.bytes.get(self.at) == Some(&b'-') {
-            self.at += 1;
-        }
-        match *self.bytes.get(self.at)? {
-            b'0' => {
-                self.at += 1;
-                if self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
-                    return None;
-                }
-            }
-            b'1'..=b'9' => {
-                digits(self);
-            }
-            _ => return None,
-        }
-        if self.bytes.get(self.at) == Some(&b'.') {
-            self.at += 1;
-            if !digits(self) {
-                return None;
-            }
-        }
-        if let Some(b'e' | b'E') = self.bytes.get(self.at) {
-            self.at += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(self.at) {
-                self.at += 1;
-            }
-            if !digits(self) {
-                return None;
-            }
-        }
-        self.slice(start, self.at)
-    }
-
-    /// `latency_ms`: `null`, or a number's text, read later only if there is no
-    /// `duration_ns`. A number serde_json might find out of range is read now.
-    fn latency(&mut self) -> Option<Option<&'a str>> {
-        if self.bytes.get(self.at) == Some(&b'n') {
-            return self.null().map(|()| None);
-        }
-        let text = self.number()?;
-        if text.len() > 64 || text.bytes().any(|b| b == b'e' || b == b'E') {
-            serde_json::from_str::<f64>(text).ok()?;
-        }
-        Some(Some(text))
-    }
-
-    /// `duration_ns`: `null` or digits that fit a `u64`.
-    fn duration(&mut self) -> Option<Option<u64>> {
-        if self.bytes.get(self.at) == Some(&b'n') {
-            return self.null().map(|()| None);
-        }
-        let text = self.number()?;
-        let mut n = 0u64;
-        for b in text.bytes() {
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        }
-        Some(Some(n))
-    }
-
-    /// An attribute value as serde reads it into a [`Scalar`]; arrays and objects are
-    /// left to serde.
-    fn scalar(&mut self) -> Option<Scalar<'a>> {
-        match *self.bytes.get(self.at)? {
-            b'"' => self.str_value().map(Scalar::Str),
-            b'[' | b'{' => None,
-            _ => {
-                let (from, to) = self.value(0)?;
-                serde_json::from_str::<Scalar<'_>>(self.slice(from, to)?).ok()
-            }
-        }
-    }
-
-    /// `attributes`: `null`, or an object: the attributes verification reads, and the
-    /// object as read when every detail is kept.
-    #[allow(clippy::type_complexity)]
-    fn attributes(&mut self, detail: Detail) -> Option<Option<(Known<'a>, Option<&'a str>)>> {
-        let start = self.at;
-        match *self.bytes.get(self.at)? {
-            b'n' => return self.null().map(|()| None),
-            b'{' => self.at += 1,
-            _ => return None,
-        }
-        let mut known = Known::default();
-        if self.peek()? == b'}' {
-            self.at += 1;
-        } else {
-            loop {
-                let key = self.key()?;
-                self.eat(b':')?;
-                self.ws();
-                if wanted(key) {
-                    let value = self.scalar()?;
-                    take(&mut known, key, value);
-                } else {
-                    self.value(0)?;
-                }
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b'}' => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
-        let text = match detail {
-            Detail::Full => raw(self.slice(start, self.at)?),
-            Detail::Lean => None,
-        };
-        Some(Some((known, text)))
-    }
-
-    /// `null`, or any value's text.
-    fn opt_raw(&mut self) -> Option<Option<&'a str>> {
-        if self.bytes.get(self.at) == Some(&b'n') {
-            return self.null().map(|()| None);
-        }
-        let (from, to) = self.value(0)?;
-        self.slice(from, to).map(Some)
-    }
-
-    /// Past any JSON value starting here (whitespace already skipped), checked as serde
-    /// checks a value it skips: where it starts and ends.
-    fn value(&mut self, depth: usize) -> Option<(usize, usize)> {
-        let start = self.at;
-        match *self.bytes.get(self.at)? {
-            b'"' => {
-                self.at += 1;
-                self.string()?;
-            }
-            b'n' => self.null()?,
-            b't' => self.literal(b"true")?,
-            b'f' => self.literal(b"false")?,
-            b'-' | b'0'..=b'9' => {
-                self.number()?;
-            }
-            b'[' if depth < MAX_DEPTH => {
-                self.at += 1;
-                if self.peek()? == b']' {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        self.value(depth + 1)?;
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b']' => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-            }
-            b'{' if depth < MAX_DEPTH => {
-                self.at += 1;
-                if self.peek()? == b'}' {
-                    self.at += 1;
-                } else {
-                    loop {
-                        self.eat(b'"')?;
-                        self.string()?;
-                        self.eat(b':')?;
-                        self.ws();
-                        self.value(depth + 1)?;
-                        match self.peek()? {
-                            b',' => self.at += 1,
-                            b'}' => {
-                                self.at += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-            }
-            _ => return None,
-        }
-        Some((start, self.at))
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        let end = self.at + word.len();
-        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
-    }
+    let text = match detail {
+        Detail::Full => raw(c.slice(start, c.at)?),
+        Detail::Lean => None,
+    };
+    Some(Some((known, text)))
 }
 
 #[cfg(test)]

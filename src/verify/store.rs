@@ -172,6 +172,10 @@ pub struct Spans {
     pub(crate) detail: Detail,
     /// The last name interned for each name field (length, index).
     last_names: [(usize, u32); 5],
+    /// What the fast line reader remembers between lines.
+    pub(crate) memo: super::scan::Memo,
+    /// The trace of the last span added, and its slot (lines of a trace come together).
+    last_trace: Option<(TraceKey, u32)>,
 }
 
 impl From<Vec<SpanRecord>> for Spans {
@@ -337,6 +341,17 @@ impl Spans {
     }
 
     fn trace_slot(&mut self, key: TraceKey) -> u32 {
+        if let Some((last, slot)) = self.last_trace {
+            if last == key {
+                return slot;
+            }
+        }
+        let slot = self.new_trace_slot(key);
+        self.last_trace = Some((key, slot));
+        slot
+    }
+
+    fn new_trace_slot(&mut self, key: TraceKey) -> u32 {
         let next = u32::try_from(self.trace_keys.len()).unwrap_or(NONE - 1);
         let slot = *self.trace_slots.entry(key).or_insert(next);
         if slot == next {
@@ -369,6 +384,7 @@ impl Spans {
     }
 
     /// Add one span from the fields a reader found.
+    #[inline]
     pub(crate) fn push(&mut self, f: Fields<'_>) {
         let trace = TraceKey::parse(f.trace_id, &mut self.ids);
         let trace = self.trace_slot(trace);

@@ -45,6 +45,25 @@ fn both(line: &str) -> bool {
     lean
 }
 
+/// Read `lines` one after the other into one [`Spans`] as the reader does (the fast
+/// reader first, serde for what it leaves) and with serde alone: the same spans. Returns
+/// how many lines the fast reader read.
+fn in_sequence(lines: &[&str], detail: Detail) -> usize {
+    let mut by_serde = Spans::new(detail);
+    let mut fast = Spans::new(detail);
+    let mut read = 0;
+    for line in lines {
+        journal_line(line.as_bytes(), &mut by_serde);
+        if scanned_line(line.as_bytes(), &mut fast) {
+            read += 1;
+        } else {
+            journal_line(line.as_bytes(), &mut fast);
+        }
+    }
+    assert_eq!(format!("{fast:?}"), format!("{by_serde:?}"), "{lines:#?}");
+    read
+}
+
 fn read(line: &str) {
     assert!(both(line), "not read by the fast reader: {line}");
 }
@@ -158,6 +177,68 @@ fn the_journals_own_lines_are_read_whatever_the_key_order_or_spacing() {
     reversed.reverse();
     read(&line_of(&reversed));
     read(" {\t\"trace_id\" : \"t1\" ,\r\n \"span_id\" :\"s1\", \"attributes\" : { \"messaging.system\" : \"nats\" , \"x\" : [ 1 , { } ] } } ");
+}
+
+/// The reader remembers the last line's keys and the attribute lists it saw; lines that
+/// follow them, nearly follow them or do not are read as serde reads them.
+#[test]
+fn lines_that_follow_or_break_the_remembered_keys() {
+    let base = line_of(&fields());
+    let attrs = |pairs: &[(&str, &str)]| with("attributes", &object(pairs.iter().copied()));
+    let lines = [
+        base.clone(),
+        base.clone(),
+        sorted(&base),
+        base.clone(),
+        // A key inserted, one missing, one renamed with the same start.
+        with("extra", "1").replace("\"event\"", "\"x\":2,\"event\""),
+        without("span_kind"),
+        base.replace("\"status\"", "\"statusx\""),
+        base.replace("\"error\"", "\"e\""),
+        base.replace(",\"", ", \""),
+        base.clone(),
+        with_attribute("messaging.system", r#""nats""#),
+        attrs(&[
+            ("messaging.consumer.group.name", r#""g""#),
+            ("messaging.destination.name", r#""d""#),
+        ]),
+        attrs(&[
+            ("messaging.consumer.group.name", r#""g""#),
+            ("messaging.destination.namex", r#""d""#),
+            ("tracehop.queue_time_ms", "3"),
+        ]),
+        attrs(&[
+            ("messaging.consumer.group.name", r#""g""#),
+            ("messaging.destination.name", r#""d""#),
+            ("tracehop.queue_time_ms", "4"),
+            ("tracehop.delivery.attempt", "2"),
+        ]),
+        attrs(&[("messaging.consumer.group.name", r#""g""#)]),
+        attrs(&[
+            ("messaging.consumer.group.name", r#""g""#),
+            ("messaging.destination.name", r#""d""#),
+        ]),
+        attrs(&[
+            ("messaging.consumer.group.name", r#""g""#),
+            ("tracehop.delivery.attempt", r#""d""#),
+        ]),
+        with(
+            "attributes",
+            r#"{ "messaging.consumer.group.name" : "g" , "messaging.system":"x"}"#,
+        ),
+        with("attributes", "{}"),
+        base.clone(),
+    ];
+    let mut all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    // More attribute lists than it remembers, then the first again.
+    let many: Vec<String> = (0..12)
+        .map(|i| attrs(&[(&format!("k{i}"), "1"), ("messaging.system", r#""s""#)]))
+        .collect();
+    all.extend(many.iter().map(String::as_str));
+    all.extend(lines.iter().map(String::as_str));
+    for detail in [Detail::Lean, Detail::Full] {
+        assert_eq!(in_sequence(&all, detail), all.len());
+    }
 }
 
 #[test]
@@ -501,6 +582,11 @@ fn damaged_lines_are_read_as_serde_reads_them_or_left_to_it() {
             if both(&line) {
                 read += 1;
             }
+            // After the line it came from, so that the damage meets what the reader
+            // remembers of that line's keys.
+            for detail in [Detail::Lean, Detail::Full] {
+                in_sequence(&[seed, &line, seed], detail);
+            }
         }
     }
     // Both kinds occur: some damage leaves a readable span, most does not.
@@ -634,6 +720,121 @@ fn a_generated_journal_reads_the_same_with_and_without_the_fast_reader() {
                 render::json(&fast, &fast_report),
                 render::json(&slow, &slow_report)
             );
+        }
+    }
+}
+
+/// The journal's own times are read without the general parser, to the same instant;
+/// anything else is left to it.
+#[test]
+fn the_fast_time_reader_agrees_with_the_general_one() {
+    use crate::verify::parse::fast_rfc3339;
+    let mut secs = 0_u64;
+    while secs < 13_569_465_600 {
+        for nanos in [0, 1, 123_456_789, 500_000_000, 999_999_999] {
+            let t = UNIX_EPOCH + Duration::new(secs, nanos);
+            for text in [
+                humantime::format_rfc3339(t).to_string(),
+                humantime::format_rfc3339_millis(t).to_string(),
+                humantime::format_rfc3339_micros(t).to_string(),
+                humantime::format_rfc3339_nanos(t).to_string(),
+            ] {
+                let fast = fast_rfc3339(&text);
+                assert!(fast.is_some(), "{text}");
+                assert_eq!(fast, crate::time::parse_rfc3339(&text), "{text}");
+            }
+        }
+        secs += 977_777;
+    }
+    for text in [
+        "2026-02-29T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-12-00T00:00:00Z",
+        "2026-12-01T24:00:00Z",
+        "2026-12-01T21:60:00Z",
+        "2026-12-01T21:00:60Z",
+        "2026-12-01t21:00:00Z",
+        "2026-12-01T21:00:00.Z",
+        "2026-12-01T21:00:00.1234567890Z",
+        "2026-12-01T21:00:00,5Z",
+        "1969-12-31T23:59:59Z",
+        "2026-12-01T21:00:00+01:00",
+        "2026-1a-01T21:00:00Z",
+        "2026-12-01T21:00:0 Z",
+        "2026-12-01 21:00:00Z",
+    ] {
+        assert_eq!(fast_rfc3339(text), None, "{text}");
+    }
+    assert_eq!(
+        fast_rfc3339("2024-02-29T23:59:59.5Z"),
+        Some(UNIX_EPOCH + Duration::new(1_709_251_199, 500_000_000))
+    );
+}
+
+/// Numbers of every form, as attribute values and durations: the same values as
+/// serde_json reads (`tracehop.context.rejected` keeps the value's text, so every bit of
+/// a float shows).
+#[test]
+fn numbers_are_read_as_serde_json_reads_them() {
+    let mut numbers: Vec<String> = [
+        "0",
+        "-0",
+        "0.0",
+        "-0.0",
+        "1",
+        "-1",
+        "7.25",
+        "0.1",
+        "0.3",
+        "11.771",
+        "-3.5",
+        "9007199254740993",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1234567890123456789",
+        "12345678901234567890",
+        "0.1234567890123456789",
+        "0.00000000000000000000001",
+        "123456789.123456789",
+        "1e3",
+        "1E-3",
+        "2.5e+2",
+        "1e308",
+        "4.9e-324",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut rng = Rng(19);
+    for _ in 0..3000 {
+        let len = 1 + rng.below(24);
+        let mut n: String = (0..len)
+            .map(|_| char::from(b'0' + rng.below(10) as u8))
+            .collect();
+        if n.len() > 1 && n.starts_with('0') {
+            n.replace_range(..1, "1");
+        }
+        if rng.below(3) > 0 && n.len() > 1 {
+            let at = 1 + rng.below(n.len() - 1);
+            n.insert(at, '.');
+        }
+        if rng.below(2) == 0 {
+            n.insert(0, '-');
+        }
+        numbers.push(n);
+    }
+    for n in &numbers {
+        read(&with_attribute("tracehop.context.rejected", n));
+        read(&with_attribute("tracehop.queue_time_ms", n));
+        read(&with_attribute("tracehop.delivery.attempt", n));
+        read(&without("duration_ns").replace("0.242", n));
+        if !n.contains(['-', '.', 'e', 'E']) {
+            let fits = n.parse::<u64>().is_ok();
+            assert_eq!(both(&with("duration_ns", n)), fits, "{n}");
         }
     }
 }
