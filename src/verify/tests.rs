@@ -356,6 +356,50 @@ fn queue_time_is_summed_apart_from_service_time() {
 #[test]
 fn durations_and_ids_are_shortened_for_display() {
     assert_eq!(format_duration(Duration::from_millis(18)), "18ms");
+    // The u64 arithmetic writes what the u128 one writes, at every rounding edge.
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut values: Vec<u64> = Vec::new();
+    for edge in [
+        0_u64,
+        500,
+        1_000,
+        9_995,
+        10_000,
+        999_950,
+        1_000_000,
+        999_995_000,
+        1_000_000_000,
+    ] {
+        values.extend(edge.saturating_sub(20)..edge + 20);
+    }
+    for step in [1_000_u64, 10_000, 100_000, 10_000_000] {
+        for q in 0..300 {
+            values.extend([
+                q * step + step / 2,
+                q * step + step / 2 + 1,
+                q * step + step / 2 - 1,
+            ]);
+        }
+    }
+    for _ in 0..100_000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        values.push(rng >> (rng % 60));
+    }
+    values.extend([u64::MAX, u64::MAX - 1, 1 << 63]);
+    for ns in values {
+        let d = Duration::from_nanos(ns);
+        let (mut fast, mut wide) = (String::new(), String::new());
+        render::push_duration(&mut fast, d);
+        render::push_duration_wide(&mut wide, d);
+        assert_eq!(fast, wide, "{ns}");
+    }
+    assert_eq!(format_duration(Duration::MAX), {
+        let mut wide = String::new();
+        render::push_duration_wide(&mut wide, Duration::MAX);
+        wide
+    });
     assert_eq!(format_duration(Duration::from_micros(12_500)), "12.5ms");
     assert_eq!(format_duration(Duration::from_micros(420)), "0.42ms");
     assert_eq!(format_duration(Duration::from_millis(1300)), "1.3s");

@@ -71,8 +71,51 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// [`format_duration`] into `out`, in integer arithmetic (rounding half to even), without
-/// allocating: the text tree writes one per span.
+/// allocating: the text tree writes one per span (and one per critical-path step). In
+/// `u64` with constant divisors for anything under 584 years.
 pub(crate) fn push_duration(out: &mut String, d: Duration) {
+    let Ok(ns) = u64::try_from(d.as_nanos()) else {
+        return push_duration_wide(out, d);
+    };
+    #[inline(always)]
+    fn round(ns: u64, step: u64) -> u64 {
+        let (q, r) = (ns / step, ns % step);
+        if r * 2 > step || (r * 2 == step && q % 2 == 1) {
+            q + 1
+        } else {
+            q
+        }
+    }
+    // Hundredths of seconds, or tenths, hundredths, thousandths of milliseconds.
+    let (q, decimals, unit) = if ns >= 1_000_000_000 {
+        (round(ns, 10_000_000), 2, "s")
+    } else if ns >= 1_000_000 {
+        (round(ns, 100_000), 1, "ms")
+    } else if ns >= 10_000 {
+        (round(ns, 10_000), 2, "ms")
+    } else {
+        (round(ns, 1_000), 3, "ms")
+    };
+    let scale = [1, 10, 100, 1000][decimals];
+    let (whole, mut frac, mut digits) = (q / scale, q % scale, decimals);
+    while digits > 0 && frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    out.push_str(itoa::Buffer::new().format(whole));
+    if digits > 0 {
+        out.push('.');
+        let mut place = [1, 10, 100][digits - 1];
+        while place > 0 {
+            out.push(char::from(b'0' + (frac / place % 10) as u8));
+            place /= 10;
+        }
+    }
+    out.push_str(unit);
+}
+
+/// [`push_duration`] in `u128`, for any duration.
+pub(crate) fn push_duration_wide(out: &mut String, d: Duration) {
     use std::fmt::Write as _;
     let ns = d.as_nanos();
     // (nanoseconds per unit, decimals kept, unit)
