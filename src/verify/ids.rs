@@ -125,6 +125,10 @@ const HEX: [u8; 256] = {
 };
 
 fn hex64(bytes: &[u8]) -> Option<u64> {
+    if let Ok(sixteen) = <&[u8; 16]>::try_from(bytes) {
+        let (high, low) = sixteen.split_at(8);
+        return Some((u64::from(hex8(high)?) << 32) | u64::from(hex8(low)?));
+    }
     let mut v = 0u64;
     let mut bad = 0u8;
     for &b in bytes {
@@ -133,6 +137,33 @@ fn hex64(bytes: &[u8]) -> Option<u64> {
         v = (v << 4) | u64::from(d & 0x0f);
     }
     (bad & 0xf0 == 0).then_some(v)
+}
+
+/// Eight lowercase hex digits as the integer they spell, a word at a time: each byte
+/// must be `0`-`9` or `a`-`f`.
+fn hex8(bytes: &[u8]) -> Option<u32> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let x = u64::from_le_bytes(bytes.try_into().ok()?);
+    // Every byte below 0x80 (so that adding to a byte cannot carry into the next).
+    if x & HI != 0 {
+        return None;
+    }
+    // High bit set in a byte when it is >= the bound (bytes < 0x80, bounds <= 0x80).
+    let at_least = |bound: u8| (x + LO * u64::from(0x80 - bound)) & HI;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    if digit | letter != HI {
+        return None;
+    }
+    // '0'-'9' are 0x30-0x39, 'a'-'f' 0x61-0x66: the low nibble, plus 9 for letters.
+    let nibbles = (x & (LO * 0x0f)) + (letter >> 7) * 9;
+    // Little-endian: the first digit is the lowest byte; gather nibbles high first.
+    let mut v = 0u32;
+    for k in 0..8 {
+        v = (v << 4) | ((nibbles >> (8 * k)) & 0x0f) as u32;
+    }
+    Some(v)
 }
 
 /// `s` as an integer, when it is exactly `digits` lowercase hex digits (16 or 32).
@@ -306,5 +337,46 @@ impl PartialEq<&str> for Id<'_> {
 impl serde::Serialize for Id<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lower_hex;
+
+    fn naive(s: &[u8]) -> Option<u128> {
+        s.iter().try_fold(0u128, |v, &b| match b {
+            b'0'..=b'9' => Some(v << 4 | u128::from(b - b'0')),
+            b'a'..=b'f' => Some(v << 4 | u128::from(b - b'a' + 10)),
+            _ => None,
+        })
+    }
+
+    /// Every byte at every place of 16- and 32-digit ids: a word at a time reads what a
+    /// digit at a time reads.
+    #[test]
+    fn hex_ids_are_read_a_word_at_a_time_as_a_digit_at_a_time() {
+        for digits in [16, 32] {
+            let base: Vec<u8> = b"0123456789abcdeffedcba9876543210"[..digits].to_vec();
+            for at in 0..digits {
+                for b in 0..=255u8 {
+                    let mut id = base.clone();
+                    id[at] = b;
+                    let Ok(text) = std::str::from_utf8(&id) else {
+                        continue;
+                    };
+                    assert_eq!(lower_hex(text, digits), naive(&id), "{text:?}");
+                }
+            }
+            assert_eq!(lower_hex("0123456789abcdef", 32), None);
+        }
+        assert_eq!(
+            lower_hex("00f067aa0ba902b7", 16),
+            Some(0x00f0_67aa_0ba9_02b7)
+        );
+        assert_eq!(
+            lower_hex("4bf92f3577b34da6a3ce929d0e0e4736", 32),
+            Some(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)
+        );
     }
 }

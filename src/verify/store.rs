@@ -413,15 +413,18 @@ impl Spans {
             .map_or(NO_DURATION, |ms| (ms * 1e6).round() as u64);
         let small = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok()).unwrap_or(NONE);
         let full = self.detail == Detail::Full;
-        let links: Vec<Link> = f
-            .links
-            .iter()
-            .map(|&(t, s, a)| Link {
-                trace: TraceKey::parse(t, &mut self.ids),
-                span: SpanKey::parse(s, &mut self.ids),
-                attributes: a.filter(|_| full).map(Into::into),
-            })
-            .collect();
+        let links: Vec<Link> = if f.links.is_empty() {
+            Vec::new()
+        } else {
+            f.links
+                .iter()
+                .map(|&(t, s, a)| Link {
+                    trace: TraceKey::parse(t, &mut self.ids),
+                    span: SpanKey::parse(s, &mut self.ids),
+                    attributes: a.filter(|_| full).map(Into::into),
+                })
+                .collect()
+        };
         let extra = if f.error.is_some()
             || k.rejected.is_some()
             || !links.is_empty()

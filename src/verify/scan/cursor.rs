@@ -107,7 +107,7 @@ impl<'a> Cursor<'a> {
     /// refuses them; `\u` escapes are checked as serde checks strings it skips (four hex
     /// digits, a lone surrogate allowed): the strings this reader keeps and that have an
     /// escape are read by serde_json, which checks the rest.
-    #[inline]
+    #[inline(always)]
     pub(super) fn string(&mut self) -> Option<bool> {
         let mut escaped = false;
         loop {
@@ -140,7 +140,7 @@ impl<'a> Cursor<'a> {
     /// Past bytes that need nothing (not `"`, `\` or a control character), eight at a
     /// time: of the bytes a word flags, the lowest is exact (the borrow that can flag a
     /// byte wrongly only runs upwards from a flagged one).
-    #[inline]
+    #[inline(always)]
     fn skip_plain(&mut self) {
         while let Some(word) = self.bytes.get(self.at..self.at + 8) {
             let mut eight = [0u8; 8];
