@@ -141,10 +141,12 @@ fn hex64(bytes: &[u8]) -> Option<u64> {
 
 /// Eight lowercase hex digits as the integer they spell, a word at a time: each byte
 /// must be `0`-`9` or `a`-`f`.
+#[inline]
 fn hex8(bytes: &[u8]) -> Option<u32> {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let x = u64::from_le_bytes(bytes.try_into().ok()?);
+    // The first digit in the highest byte.
+    let x = u64::from_be_bytes(bytes.try_into().ok()?);
     // Every byte below 0x80 (so that adding to a byte cannot carry into the next).
     if x & HI != 0 {
         return None;
@@ -158,11 +160,10 @@ fn hex8(bytes: &[u8]) -> Option<u32> {
     }
     // '0'-'9' are 0x30-0x39, 'a'-'f' 0x61-0x66: the low nibble, plus 9 for letters.
     let nibbles = (x & (LO * 0x0f)) + (letter >> 7) * 9;
-    // Little-endian: the first digit is the lowest byte; gather nibbles high first.
-    let mut v = 0u32;
-    for k in 0..8 {
-        v = (v << 4) | ((nibbles >> (8 * k)) & 0x0f) as u32;
-    }
+    // Pairs of digits into bytes, pairs of bytes into 16 bits, then into 32.
+    let bytes = ((nibbles >> 4) | nibbles) & 0x00ff_00ff_00ff_00ff;
+    let halves = ((bytes >> 8) | bytes) & 0x0000_ffff_0000_ffff;
+    let v = (((halves >> 16) | halves) & 0xffff_ffff) as u32;
     Some(v)
 }
 

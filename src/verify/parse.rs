@@ -217,48 +217,51 @@ impl<'a> Scalar<'a> {
     }
 }
 
-/// Whether verification reads the attribute `key`.
-pub(crate) fn wanted(key: &str) -> bool {
-    matches!(
-        key,
-        attr::QUEUE_TIME_MS
-            | attr::DELIVERY_ATTEMPT
-            | attr::MESSAGING_BATCH_MESSAGE_COUNT
-            | attr::MESSAGING_DESTINATION_NAME
-            | "messaging.destination"
-            | attr::MESSAGING_SYSTEM
-            | attr::MESSAGING_OPERATION_TYPE
-            | "messaging.operation"
-            | attr::ERROR_TYPE
-            | attr::CONTEXT_MISSING
-            | attr::CONTEXT_LINKED
-            | attr::CONTEXT_REJECTED
-    )
+/// The attributes verification reads, numbered.
+const WANTED: [&str; 12] = [
+    attr::QUEUE_TIME_MS,
+    attr::DELIVERY_ATTEMPT,
+    attr::MESSAGING_BATCH_MESSAGE_COUNT,
+    attr::MESSAGING_DESTINATION_NAME,
+    "messaging.destination",
+    attr::MESSAGING_SYSTEM,
+    attr::MESSAGING_OPERATION_TYPE,
+    "messaging.operation",
+    attr::ERROR_TYPE,
+    attr::CONTEXT_MISSING,
+    attr::CONTEXT_LINKED,
+    attr::CONTEXT_REJECTED,
+];
+
+/// Which attribute verification reads `key` is (an index into [`WANTED`]), if any.
+pub(crate) fn wanted(key: &str) -> Option<u8> {
+    WANTED.iter().position(|w| *w == key).map(|i| i as u8)
 }
 
-/// Take in the value of an attribute [`wanted`] says verification reads.
-pub(crate) fn take<'a>(k: &mut Known<'a>, key: &str, value: Scalar<'a>) {
-    match key {
-        attr::QUEUE_TIME_MS => k.queue_ms = value.f64(),
-        attr::DELIVERY_ATTEMPT => k.attempt = value.i64(),
-        attr::MESSAGING_BATCH_MESSAGE_COUNT => k.batch = value.i64(),
-        attr::MESSAGING_DESTINATION_NAME => k.destination = value.text(),
-        "messaging.destination" => {
+/// Take in the value of an attribute [`wanted`] said verification reads.
+pub(crate) fn take<'a>(k: &mut Known<'a>, which: u8, value: Scalar<'a>) {
+    match which {
+        0 => k.queue_ms = value.f64(),
+        1 => k.attempt = value.i64(),
+        2 => k.batch = value.i64(),
+        3 => k.destination = value.text(),
+        // Older semantic conventions, as OpenTelemetry Python's instrumentations write.
+        4 => {
             if k.destination.is_none() {
                 k.destination = value.text();
             }
         }
-        attr::MESSAGING_SYSTEM => k.system = value.text(),
-        attr::MESSAGING_OPERATION_TYPE => k.operation_type = value.text(),
-        "messaging.operation" => {
+        5 => k.system = value.text(),
+        6 => k.operation_type = value.text(),
+        7 => {
             if k.operation_type.is_none() {
                 k.operation_type = value.text();
             }
         }
-        attr::ERROR_TYPE => k.error_type = value.text(),
-        attr::CONTEXT_MISSING => k.context_missing = value.truthy(),
-        attr::CONTEXT_LINKED => k.context_linked = value.truthy(),
-        attr::CONTEXT_REJECTED => k.rejected = Some(value.display()),
+        8 => k.error_type = value.text(),
+        9 => k.context_missing = value.truthy(),
+        10 => k.context_linked = value.truthy(),
+        11 => k.rejected = Some(value.display()),
         _ => {}
     }
 }
@@ -278,12 +281,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for KnownAttributes<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut k = Known::default();
                 while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
-                    if !wanted(&key) {
+                    let Some(which) = wanted(&key) else {
                         map.next_value::<IgnoredAny>()?;
                         continue;
-                    }
+                    };
                     let value: Scalar<'de> = map.next_value()?;
-                    take(&mut k, &key, value);
+                    take(&mut k, which, value);
                 }
                 Ok(KnownAttributes(k))
             }

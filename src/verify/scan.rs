@@ -205,7 +205,8 @@ struct Shapes {
 struct Shape {
     /// Each key quoted and followed by its colon, in order.
     keys: Vec<Box<[u8]>>,
-    wanted: Vec<bool>,
+    /// Which attribute verification reads each key is, if any ([`wanted`]).
+    wanted: Vec<Option<u8>>,
 }
 
 impl Shapes {
@@ -298,12 +299,14 @@ fn attributes<'a>(
             };
             shapes.keys.push(key);
             c.ws();
-            if wants {
-                let name = c.slice(key.0, key.1)?;
-                let value = c.scalar()?;
-                take(&mut known, name, value);
-            } else {
-                c.value()?;
+            match wants {
+                Some(which) => {
+                    let value = c.scalar()?;
+                    take(&mut known, which, value);
+                }
+                None => {
+                    c.value()?;
+                }
             }
             match c.peek()? {
                 b',' => c.at += 1,
