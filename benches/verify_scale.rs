@@ -2,10 +2,10 @@
 //! measurement of wall time and peak memory (`/usr/bin/time -v`) of the release binary.
 //!
 //! ```sh
-//! cargo build --release --bin tracehop
-//! cargo bench --bench verify_scale -- --spans 1000000            # demo-shaped runs
-//! cargo bench --bench verify_scale -- --spans 200000 --shape chain
-//! cargo bench --bench verify_scale -- --spans 10000000 --only check
+//! cargo build --release --features cli --bin tracehop
+//! cargo bench --features cli --bench verify_scale -- --spans 1000000   # demo-shaped runs
+//! cargo bench --features cli --bench verify_scale -- --spans 200000 --shape chain
+//! cargo bench --features cli --bench verify_scale -- --spans 10000000 --only check
 //! ```
 //!
 //! The demo shape repeats a real run of the demo (`benches/data/demo_run.jsonl`: 17 spans
@@ -237,7 +237,7 @@ fn main() {
     let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tracehop");
     assert!(
         binary.exists(),
-        "build the release binary first: cargo build --release --bin tracehop"
+        "build the release binary first: cargo build --release --features cli --bin tracehop"
     );
     let files = journals(&args.shape, args.spans);
     let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();

@@ -271,16 +271,16 @@ impl Id<'_> {
     /// tree writes two per span).
     pub(crate) fn push_prefix(&self, out: &mut String, len: usize) {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = |v: u128, digits: usize| {
-            let digits = digits.min(len);
-            let total = if matches!(self.0, IdRepr::Hex64(_)) {
-                16
-            } else {
-                32
-            };
+        let mut hex = |v: u128, total: usize| {
+            let digits = total.min(len);
             let v = v >> ((total - digits) * 4);
-            for k in (0..digits).rev() {
-                out.push(DIGITS[((v >> (k * 4)) & 0xf) as usize] as char);
+            let mut buf = [0u8; 32];
+            for (k, slot) in buf[..digits].iter_mut().rev().enumerate() {
+                *slot = DIGITS[((v >> (k * 4)) & 0xf) as usize];
+            }
+            // Hex digits are ASCII.
+            if let Ok(text) = std::str::from_utf8(&buf[..digits]) {
+                out.push_str(text);
             }
         };
         match self.0 {

@@ -9,11 +9,18 @@ use super::timing::CriticalPath;
 impl Trace<'_> {
     /// Slowest span, time per service, queue time and critical path.
     pub fn summary(&self) -> Summary {
-        self.summary_with(&self.self_times(), &self.critical_path())
+        self.summary_with(&self.self_times(), &self.critical_path(), true)
     }
 
-    /// [`summary`](Self::summary) from self times and a critical path already computed.
-    pub(crate) fn summary_with(&self, self_times: &[Duration], path: &CriticalPath) -> Summary {
+    /// [`summary`](Self::summary) from self times and a critical path already computed;
+    /// without `path_ids`, [`Summary::critical_path`] is left empty (the text tree writes
+    /// the path from `path` itself).
+    pub(crate) fn summary_with(
+        &self,
+        self_times: &[Duration],
+        path: &CriticalPath,
+        path_ids: bool,
+    ) -> Summary {
         let mut slowest: Option<(usize, Duration)> = None;
         let mut queue_time = Duration::ZERO;
         let mut queued = 0;
@@ -57,7 +64,11 @@ impl Trace<'_> {
             queue_time,
             queued_messages: queued,
             longest_queue: longest_queue.map(|(i, d)| (id(i), d)),
-            critical_path: path.spans().into_iter().map(id).collect(),
+            critical_path: if path_ids {
+                path.spans().into_iter().map(id).collect()
+            } else {
+                Vec::new()
+            },
             critical_path_duration: path.duration(),
             critical_path_waiting: path.waiting(),
         }

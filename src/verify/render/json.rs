@@ -122,7 +122,7 @@ impl Serialize for TraceJson<'_> {
         let trace = self.trace;
         let self_times = trace.self_times();
         let path = trace.critical_path();
-        let summary = trace.summary_with(&self_times, &path);
+        let summary = trace.summary_with(&self_times, &path, true);
         let mut on_path = vec![false; trace.len()];
         for step in &path.steps {
             on_path[step.index] = true;

@@ -106,14 +106,20 @@ pub(crate) fn critical_path_text(
     }
 }
 
+/// Spaces for the deepest indentation.
+const INDENT: &str = match std::str::from_utf8(&[b' '; 2 * MAX_INDENT]) {
+    Ok(spaces) => spaces,
+    Err(_) => "",
+};
+
 pub(crate) fn span_line(out: &mut String, node: Node<'_>, len: usize, p: &Paint) {
     // Deep chains (a retry loop, a recursive agent) would make lines quadratic in size:
     // beyond MAX_INDENT levels, say the depth instead of indenting further.
     let depth = node.depth();
     if depth <= MAX_INDENT {
-        out.extend(std::iter::repeat_n(' ', 2 * depth));
+        out.push_str(&INDENT[..2 * depth]);
     } else {
-        out.extend(std::iter::repeat_n(' ', 2 * MAX_INDENT));
+        out.push_str(&INDENT[..2 * MAX_INDENT]);
         let _ = write!(out, "(depth {depth}) ");
     }
     let service = if blank(node.service()) {

@@ -223,7 +223,7 @@ fn trace_text(
 ) -> io::Result<()> {
     let self_times = trace.self_times();
     let path = trace.critical_path();
-    let summary = trace.summary_with(&self_times, &path);
+    let summary = trace.summary_with(&self_times, &path, false);
     let len = id_len(&trace);
     let trace_id = trace.trace_id().to_string();
     let _ = writeln!(
