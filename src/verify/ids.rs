@@ -227,6 +227,25 @@ impl TraceKey {
     }
 }
 
+/// `000102…ff`: each byte's two lowercase hex digits.
+const HEX_PAIRS: &str = {
+    const BYTES: [u8; 512] = {
+        let digits = b"0123456789abcdef";
+        let mut out = [0u8; 512];
+        let mut i = 0;
+        while i < 256 {
+            out[2 * i] = digits[i >> 4];
+            out[2 * i + 1] = digits[i & 0xf];
+            i += 1;
+        }
+        out
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(text) => text,
+        Err(_) => "",
+    }
+};
+
 /// A span or trace id as it was read, without keeping a string for hex ids.
 ///
 /// Displays as the original text (hex ids as lowercase hex); compares equal to that text.
@@ -270,17 +289,20 @@ impl Id<'_> {
     /// [`prefix`](Self::prefix) appended to `out`, hex digits written by hand (the text
     /// tree writes two per span).
     pub(crate) fn push_prefix(&self, out: &mut String, len: usize) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut hex = |v: u128, total: usize| {
             let digits = total.min(len);
             let v = v >> ((total - digits) * 4);
-            let mut buf = [0u8; 32];
-            for (k, slot) in buf[..digits].iter_mut().rev().enumerate() {
-                *slot = DIGITS[((v >> (k * 4)) & 0xf) as usize];
+            // Two digits at a time, from the table of every byte's.
+            let mut k = digits;
+            if k % 2 == 1 {
+                k -= 1;
+                let nibble = ((v >> (k * 4)) & 0xf) as usize;
+                out.push_str(&HEX_PAIRS[2 * nibble + 1..2 * nibble + 2]);
             }
-            // Hex digits are ASCII.
-            if let Ok(text) = std::str::from_utf8(&buf[..digits]) {
-                out.push_str(text);
+            while k > 0 {
+                k -= 2;
+                let byte = ((v >> (k * 4)) & 0xff) as usize;
+                out.push_str(&HEX_PAIRS[2 * byte..2 * byte + 2]);
             }
         };
         match self.0 {

@@ -23,11 +23,20 @@ pub(crate) fn operation_of<'a>(node: &Node<'a>) -> &'a str {
 }
 
 pub(crate) fn blank(name: Option<&str>) -> bool {
-    name.is_none_or(|s| s.trim().is_empty())
+    name.is_none_or(is_blank)
+}
+
+/// Only whitespace, or nothing; a name starting with a visible ASCII character is not
+/// (the tree asks for every span, and names nearly always start so).
+fn is_blank(s: &str) -> bool {
+    match s.as_bytes().first() {
+        Some(&b) if b > b' ' && b < 0x80 => false,
+        _ => s.trim().is_empty(),
+    }
 }
 
 fn name_or<'a>(name: Option<&'a str>, placeholder: &'a str) -> &'a str {
-    name.filter(|s| !s.trim().is_empty()).unwrap_or(placeholder)
+    name.filter(|s| !is_blank(s)).unwrap_or(placeholder)
 }
 
 /// A root that is a root on purpose: a batch span linking its messages, or a process span

@@ -102,28 +102,16 @@ pub(crate) fn push_duration(out: &mut String, d: Duration) {
         frac /= 10;
         digits -= 1;
     }
-    // Written into a buffer, then added at once.
-    let mut buf = [0u8; 32];
-    let mut digits_of = itoa::Buffer::new();
-    let whole = digits_of.format(whole).as_bytes();
-    let mut n = whole.len();
-    buf[..n].copy_from_slice(whole);
+    out.push_str(itoa::Buffer::new().format(whole));
     if digits > 0 {
-        buf[n] = b'.';
-        n += 1;
+        out.push('.');
         let mut place = [1, 10, 100][digits - 1];
         while place > 0 {
-            buf[n] = b'0' + (frac / place % 10) as u8;
-            n += 1;
+            out.push(char::from(b'0' + (frac / place % 10) as u8));
             place /= 10;
         }
     }
-    buf[n..n + unit.len()].copy_from_slice(unit.as_bytes());
-    n += unit.len();
-    // Digits, a point and a unit: ASCII.
-    if let Ok(text) = std::str::from_utf8(&buf[..n]) {
-        out.push_str(text);
-    }
+    out.push_str(unit);
 }
 
 /// [`push_duration`] in `u128`, for any duration.
