@@ -246,18 +246,10 @@ pub(crate) fn take<'a>(k: &mut Known<'a>, which: u8, value: Scalar<'a>) {
         2 => k.batch = value.i64(),
         3 => k.destination = value.text(),
         // Older semantic conventions, as OpenTelemetry Python's instrumentations write.
-        4 => {
-            if k.destination.is_none() {
-                k.destination = value.text();
-            }
-        }
+        4 if k.destination.is_none() => k.destination = value.text(),
         5 => k.system = value.text(),
         6 => k.operation_type = value.text(),
-        7 => {
-            if k.operation_type.is_none() {
-                k.operation_type = value.text();
-            }
-        }
+        7 if k.operation_type.is_none() => k.operation_type = value.text(),
         8 => k.error_type = value.text(),
         9 => k.context_missing = value.truthy(),
         10 => k.context_linked = value.truthy(),

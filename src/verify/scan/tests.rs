@@ -661,7 +661,7 @@ fn a_generated_journal_reads_the_same_with_and_without_the_fast_reader() {
                 span_kind: [None, Some(Kind::Producer), Some(Kind::Consumer)][i as usize % 3],
                 start_time: Some(began),
                 latency_ms: Some(crate::time::millis_f64(took)),
-                duration_ns: (rng.below(5) != 0).then(|| took.as_nanos() as u64),
+                duration_ns: (rng.below(5) != 0).then_some(took.as_nanos() as u64),
                 status: if failed { Status::Error } else { Status::Ok },
                 error: failed.then(|| format!("failed: {text}")),
                 attributes,
