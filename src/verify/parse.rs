@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -302,94 +302,11 @@ pub(crate) enum LineOutcome {
 fn time(s: Option<&str>, field: &str) -> Result<Option<SystemTime>, String> {
     match s {
         None => Ok(None),
-        Some(text) => fast_rfc3339(text)
+        Some(text) => crate::time::fast_rfc3339(text)
             .or_else(|| crate::time::parse_rfc3339(text))
             .map(Some)
             .ok_or_else(|| format!("not a span: {field}: not an RFC 3339 time: {text}")),
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` from 1970 on (what tracehop writes), without the
-/// general parser; `None` for anything else (which the general parser then reads).
-pub(crate) fn fast_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    // At most nine digits of fraction.
-    if !(20..=30).contains(&b.len()) || b[b.len() - 1] != b'Z' {
-        return None;
-    }
-    let head: &[u8; 19] = b[..19].try_into().ok()?;
-    if head[4] != b'-'
-        || head[7] != b'-'
-        || head[10] != b'T'
-        || head[13] != b':'
-        || head[16] != b':'
-    {
-        return None;
-    }
-    let mut bad = 0u8;
-    let mut digit = |c: u8| {
-        let d = c.wrapping_sub(b'0');
-        bad |= u8::from(d > 9);
-        u64::from(d)
-    };
-    let year = digit(head[0]) * 1000 + digit(head[1]) * 100 + digit(head[2]) * 10 + digit(head[3]);
-    let month = digit(head[5]) * 10 + digit(head[6]);
-    let day = digit(head[8]) * 10 + digit(head[9]);
-    let hour = digit(head[11]) * 10 + digit(head[12]);
-    let minute = digit(head[14]) * 10 + digit(head[15]);
-    let second = digit(head[17]) * 10 + digit(head[18]);
-    let nanos = match &b[19..b.len() - 1] {
-        [] => 0,
-        [b'.', digits @ ..] if !digits.is_empty() => {
-            let mut n = 0;
-            for &c in digits {
-                n = n * 10 + digit(c);
-            }
-            n * 10u64.pow(9 - digits.len() as u32)
-        }
-        _ => return None,
-    };
-    if bad != 0 {
-        return None;
-    }
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if year < 1970
-        || !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month[month as usize - 1]
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    // Days since the epoch (Howard Hinnant's days_from_civil).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
 }
 
 /// A journal line as far as verification reads it, from either reader: the serde structs

@@ -728,7 +728,7 @@ fn a_generated_journal_reads_the_same_with_and_without_the_fast_reader() {
 /// anything else is left to it.
 #[test]
 fn the_fast_time_reader_agrees_with_the_general_one() {
-    use crate::verify::parse::fast_rfc3339;
+    use crate::time::fast_rfc3339;
     let mut secs = 0_u64;
     while secs < 13_569_465_600 {
         for nanos in [0, 1, 123_456_789, 500_000_000, 999_999_999] {
