@@ -4,10 +4,18 @@
 //! It reads what the serde structs in [`super::parse`] read (keys in any order, unknown
 //! keys skipped) and gives up, returning `None`, on anything it is not sure it reads the
 //! same way: a key with an escape, a value of an unexpected type, a duplicate field, an
-//! event other than `span_finished`, numbers it would have to round, deep nesting, a
-//! `resourceSpans` key (OTLP JSON), anything that is not JSON. The caller then reads the
-//! line with serde, so the result is the same either way; only the time differs. Strings
-//! with escapes and numbers that are not plain digits are handed to `serde_json` itself.
+//! event other than `span_finished`, an array or object where an attribute verification
+//! reads should be, deep nesting, a `resourceSpans` key (OTLP JSON), anything that is not
+//! JSON. The caller then reads the line with serde, so the result is the same either way;
+//! only the time differs. Strings with escapes, and numbers with an exponent or more than
+//! 19 digits, are handed to `serde_json` itself; other numbers are computed as serde_json
+//! computes them.
+//!
+//! [`Memo`] is what it remembers between lines (kept in [`Spans`], one per reading thread):
+//! the last line's key order and the attribute key lists seen, so that a journal's lines,
+//! which repeat a few shapes, have their keys recognised by one comparison each.
+//!
+//! [`Spans`]: super::Spans
 
 mod cursor;
 
