@@ -15,6 +15,31 @@ static PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
+/// Each byte's value as a lowercase hex digit: `0`-`9` and `a`-`f` give 0 to 15, `A`-`F`
+/// give [`UPPER`], anything else [`NOT_HEX`] (both have a high-nibble bit set, so OR-ing
+/// the values of several digits and testing `& 0xf0` finds any byte that is not one).
+pub(crate) static VALUES: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = UPPER;
+        i += 1;
+    }
+    table
+};
+
+/// [`VALUES`] of an uppercase hex digit.
+pub(crate) const UPPER: u8 = 0x40;
+
+/// [`VALUES`] of a byte that is no hex digit.
+pub(crate) const NOT_HEX: u8 = 0x80;
+
 /// Lowercase hex of `bytes` into `out`, which is twice as long.
 pub(crate) fn put(out: &mut [u8], bytes: &[u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {

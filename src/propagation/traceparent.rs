@@ -9,6 +9,7 @@ use std::fmt;
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
 use super::ValueType;
+use crate::hex;
 
 /// The longest `traceparent` tracehop will look at. Version 00 is exactly 55 bytes; future
 /// versions may append fields, but nothing legitimate comes near this.
@@ -161,25 +162,6 @@ fn trim(raw: &[u8]) -> &[u8] {
     &raw[start..end]
 }
 
-/// A hex digit's value; [`UPPER`] for `A`-`F`, [`NOT_HEX`] for anything else.
-static HEX_VALUE: [u8; 256] = {
-    let mut table = [NOT_HEX; 256];
-    let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        table[b'A' as usize + i] = UPPER;
-        i += 1;
-    }
-    table
-};
-const UPPER: u8 = 0x40;
-const NOT_HEX: u8 = 0x80;
-
 /// The value of at most 16 lowercase hex digits.
 fn hex(field: &[u8]) -> Result<u64, Rejection> {
     match field.len() {
@@ -224,9 +206,9 @@ fn hex8(eight: &[u8]) -> Option<u32> {
 fn hex_digits(field: &[u8]) -> Result<u64, Rejection> {
     field
         .iter()
-        .try_fold(0u64, |value, &c| match HEX_VALUE[usize::from(c)] {
-            UPPER => Err(Rejection::Uppercase),
-            NOT_HEX => Err(Rejection::NotHex),
+        .try_fold(0u64, |value, &c| match hex::VALUES[usize::from(c)] {
+            hex::UPPER => Err(Rejection::Uppercase),
+            hex::NOT_HEX => Err(Rejection::NotHex),
             digit => Ok(value << 4 | u64::from(digit)),
         })
 }

@@ -108,22 +108,6 @@ pub(crate) enum TraceKey {
     Text(u32),
 }
 
-/// The value of each lowercase hex digit; 0xff for any other byte.
-const HEX: [u8; 256] = {
-    let mut table = [0xffu8; 256];
-    let mut i = 0;
-    while i < 10 {
-        table[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    table
-};
-
 fn hex64(bytes: &[u8]) -> Option<u64> {
     if let Ok(sixteen) = <&[u8; 16]>::try_from(bytes) {
         let (high, low) = sixteen.split_at(8);
@@ -132,7 +116,7 @@ fn hex64(bytes: &[u8]) -> Option<u64> {
     let mut v = 0u64;
     let mut bad = 0u8;
     for &b in bytes {
-        let d = HEX[b as usize];
+        let d = crate::hex::VALUES[usize::from(b)];
         bad |= d;
         v = (v << 4) | u64::from(d & 0x0f);
     }

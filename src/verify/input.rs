@@ -158,13 +158,7 @@ impl Input {
                 .collect();
             let read = send_blocks(&mut reader, first, &tx);
             drop(tx);
-            let parts: Vec<(Input, Blocks)> = handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect();
+            let parts: Vec<(Input, Blocks)> = crate::verify::join_all(handles);
             (read, parts)
         });
         let blocks: usize = parts.iter().map(|(_, b)| b.len()).sum();

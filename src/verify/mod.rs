@@ -60,5 +60,19 @@ pub use summary::{ServiceTime, Summary};
 pub use timing::{CriticalPath, PathStep};
 pub use tree::Traces;
 
+/// The results of scoped worker threads, in the order they were spawned; a worker's panic
+/// goes on in the caller, as if the work had run on its thread.
+pub(crate) fn join_all<'scope, T>(
+    handles: impl IntoIterator<Item = std::thread::ScopedJoinHandle<'scope, T>>,
+) -> Vec<T> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

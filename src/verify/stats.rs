@@ -202,13 +202,7 @@ impl Traces {
                     scope.spawn(move || self.stats_part(share, continuations, producer_of))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+            crate::verify::join_all(handles)
         });
         let mut pathways: FxMap<Key, Acc> = FxMap::default();
         let mut services: Vec<(usize, Vec<Duration>)> = Vec::new();

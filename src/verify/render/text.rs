@@ -123,13 +123,7 @@ pub fn write_text(
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+            crate::verify::join_all(handles)
         });
         for part in parts {
             out.write_all(part.as_bytes())?;
