@@ -207,6 +207,18 @@ impl Settle for AmqpDelivery<'_> {
         &self.source.queue
     }
 
+    fn system(&self) -> &'static str {
+        attr::system::RABBITMQ
+    }
+
+    fn enqueued_at(&self) -> Option<std::time::SystemTime> {
+        self.delivery
+            .as_ref()?
+            .properties
+            .timestamp()
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+    }
+
     fn headers(&self) -> &dyn ReadCarrier {
         match &self.delivery {
             Some(delivery) => &delivery.properties,

@@ -97,9 +97,14 @@ impl TracedChannel {
             name => name,
         };
         let mut headers = properties.headers().clone().unwrap_or_default();
+        let target = crate::messaging::Target {
+            system: attr::system::RABBITMQ,
+            destination,
+            headers: None,
+        };
         let span = self
             .telemetry
-            .send_span_lazy(None, &mut headers, false, || {
+            .send_span_lazy(None, &mut headers, false, target, || {
                 let msg = Outgoing::new(attr::system::RABBITMQ, destination)
                     .operation_name("publish")
                     .body_size(payload.len());

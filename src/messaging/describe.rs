@@ -106,6 +106,8 @@ pub struct Outgoing<'a> {
     pub(crate) operation_name: &'static str,
     pub(crate) attributes: Vec<KeyValue>,
     pub(crate) temporary: bool,
+    /// The template the destination is named by (a hook's), for the span name and metrics.
+    pub(crate) template: Option<String>,
 }
 
 /// Room for the attributes a send span gets: the adapter's (up to 6) and the core's 4,
@@ -125,7 +127,21 @@ impl<'a> Outgoing<'a> {
             operation_name: "send",
             attributes: Vec::with_capacity(OUTGOING_ATTRIBUTES),
             temporary: false,
+            template: None,
         }
+    }
+
+    /// Name the destination by `template` (`orders.*`): sets
+    /// `messaging.destination.template`, names the span after it and records metrics per
+    /// template rather than per concrete destination.
+    pub fn destination_template(mut self, template: impl Into<String>) -> Self {
+        let template = template.into();
+        self.attributes.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_TEMPLATE,
+            template.clone(),
+        ));
+        self.template = Some(template);
+        self
     }
 
     shared_builders!(
@@ -193,6 +209,10 @@ impl<'a> Incoming<'a> {
     /// wildcard subscriptions keep span names bounded.
     pub fn destination_template(mut self, template: impl Into<StringValue>) -> Self {
         let template = template.into();
+        if self.template.is_some() {
+            self.attributes
+                .retain(|kv| kv.key.as_str() != attr::MESSAGING_DESTINATION_TEMPLATE);
+        }
         self.template = Some(template.clone());
         self.attribute(attr::MESSAGING_DESTINATION_TEMPLATE, template)
     }

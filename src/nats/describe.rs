@@ -38,9 +38,16 @@ impl Publish<'_> {
         describe: impl FnOnce(Outgoing<'s>) -> Outgoing<'s>,
     ) -> (SendSpan, Option<HeaderMap>) {
         let mut context = HeaderMap::new();
+        let target = crate::messaging::Target {
+            system: NATS,
+            destination: subject,
+            headers: headers
+                .as_ref()
+                .map(|h| h as &dyn crate::propagation::ReadCarrier),
+        };
         let send = self
             .telemetry
-            .send_span_lazy(None, &mut context, self.stamped, || {
+            .send_span_lazy(None, &mut context, self.stamped, target, || {
                 let msg = Outgoing::new(NATS, subject)
                     .operation_name(self.operation)
                     .body_size(payload.len());
@@ -222,6 +229,11 @@ impl<M: NatsMessage> Held<M> {
             Some(message) => describe(message),
             None => Incoming::new(NATS, self.subject.as_str()),
         }
+    }
+
+    /// The message, until it is handed over.
+    pub(super) fn message(&self) -> Option<&M> {
+        self.message.as_deref()
     }
 
     pub(super) fn headers(&self) -> &dyn crate::propagation::ReadCarrier {

@@ -47,6 +47,8 @@ pub(crate) mod watch;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use opentelemetry::KeyValue;
 
@@ -64,6 +66,7 @@ pub use summary::{ConsumeError, Summary};
 use self::handler::{record, run_guarded};
 use self::summary::HandlerFailure;
 use super::attributes as attr;
+use crate::metrics::{ConsumeBound, ConsumeCache, Metrics};
 use crate::propagation::Extracted;
 use crate::{ParentPolicy, ProcessSpan, Telemetry};
 
@@ -86,6 +89,8 @@ pub struct Consumer<S: Source> {
     stop: Option<Stop>,
     propagate_panics: bool,
     manual: bool,
+    /// This consumer's bound instruments per destination, when metrics are on.
+    metrics: Option<(Arc<Metrics>, ConsumeCache)>,
 }
 
 impl<S: Source + fmt::Debug> fmt::Debug for Consumer<S> {
@@ -108,13 +113,18 @@ impl<S: Source> Consumer<S> {
     pub fn from_source(source: S, telemetry: Telemetry) -> Self {
         Consumer {
             source,
-            telemetry,
             on_failure: Box::new(OnFailure::<S::Action>::redeliver()),
             parent: ParentPolicy::Child,
             limit: None,
             stop: None,
             propagate_panics: false,
             manual: false,
+            metrics: telemetry
+                .inner()
+                .metrics
+                .clone()
+                .map(|m| (m, ConsumeCache::default())),
+            telemetry,
         }
     }
 
@@ -281,6 +291,7 @@ impl<S: Source> Consumer<S> {
             self.parent,
             extracted,
             batch,
+            Some(delivery.headers()),
             || {
                 delivery
                     .describe()
@@ -315,13 +326,36 @@ impl<S: Source> Consumer<S> {
             .inner()
             .propagation
             .extract(delivery.headers());
+        let traced = self.telemetry.traces(
+            delivery.system(),
+            delivery.destination(),
+            delivery.headers(),
+        );
+        let measure = self.metrics.as_ref().filter(|_| traced).map(|(metrics, cache)| {
+            let bound = self.bound(metrics, cache, &delivery);
+            bound.received(&extracted, delivery.enqueued_at());
+            bound
+        });
+        let measure = measure.as_deref();
         let first = Self::first_attempt(&delivery, &extracted);
         let keep = self.on_failure.may_retry_in_place();
         let mut runs: u32 = 0;
         loop {
             runs += 1;
             let attempt = first.saturating_add(runs - 1);
-            let span = self.open_span(&delivery, attempt, &extracted, None);
+            let run = measure.map(|m| {
+                m.run(attempt);
+                Run {
+                    bound: m,
+                    started: Instant::now(),
+                    error_type: None,
+                }
+            });
+            let span = if traced {
+                self.open_span(&delivery, attempt, &extracted, None)
+            } else {
+                ProcessSpan::untraced()
+            };
             let Some(message) = delivery.message(keep) else {
                 // A policy that said it never retries in place asked for a retry: the
                 // message was handed over, so give it back to the broker instead.
@@ -331,7 +365,7 @@ impl<S: Source> Consumer<S> {
                 );
                 summary.failed += 1;
                 return self
-                    .settle(&mut delivery, span, Settlement::Redeliver, attempt, summary)
+                    .settle(&mut delivery, span, Settlement::Redeliver, attempt, summary, run)
                     .await;
             };
             let result = run_guarded(span.context(), || handler(message)).await;
@@ -340,11 +374,12 @@ impl<S: Source> Consumer<S> {
                 Ok(_) => {
                     summary.succeeded += 1;
                     return self
-                        .settle(&mut delivery, span, Settlement::Done, attempt, summary)
+                        .settle(&mut delivery, span, Settlement::Done, attempt, summary, run)
                         .await;
                 }
                 Err(failure) => failure,
             };
+            let run = run.map(|r| r.failed(failure.error_type()));
             let decision = self.on_failure.decide(&Failure {
                 destination: delivery.destination(),
                 attempt,
@@ -357,6 +392,9 @@ impl<S: Source> Consumer<S> {
                 // Nothing settled: the message runs again in place.
                 span.set_attribute(attr::SETTLEMENT, RETRY_IN_PLACE);
                 span.end();
+                if let Some(run) = run {
+                    run.bound.processed(run.started.elapsed(), run.error_type.as_deref());
+                }
                 summary.retries += 1;
                 if !after.is_zero() {
                     tokio::time::sleep(after).await;
@@ -366,7 +404,7 @@ impl<S: Source> Consumer<S> {
             summary.failed += 1;
             summary.panicked += u64::from(failure.panicked());
             let (settlement, stop) = self.settlement(&decision, failure.panicked());
-            self.settle(&mut delivery, span, settlement, attempt, summary)
+            self.settle(&mut delivery, span, settlement, attempt, summary, run)
                 .await?;
             if !stop {
                 return Ok(());
@@ -412,21 +450,73 @@ impl<S: Source> Consumer<S> {
         settlement: Settlement<'_, S::Action>,
         attempt: u32,
         summary: &mut Summary,
+        run: Option<Run<'_>>,
     ) -> Result<(), ConsumeError<E>> {
         let settlement = if self.manual {
             Settlement::Nothing
         } else {
             settlement
         };
+        let settling = run.as_ref().map(|_| Instant::now());
         let settled = delivery.settle(settlement, span.context(), attempt).await;
+        if let (Some(run), Some(settling)) = (&run, settling) {
+            let forwarded = matches!(settlement, Settlement::Action(_));
+            let took = settling.elapsed();
+            match &settled {
+                Ok(label) => run.bound.settled(label, took, forwarded, None),
+                Err(e) => run.bound.settled(e.settlement, took, forwarded, Some("settle_error")),
+            }
+        }
         let fatal = record_settlement(&span, settled, summary, || delivery.position());
         span.end();
+        if let Some(run) = run {
+            run.bound.processed(run.started.elapsed(), run.error_type.as_deref());
+        }
         match fatal {
             Some(e) => Err(ConsumeError::settle(e, delivery.position())),
             None => {
                 summary.messages += 1;
                 Ok(())
             }
+        }
+    }
+}
+
+/// One run's metrics: the delivery's bound instruments, when the run started, and the
+/// `error.type` of its failure.
+struct Run<'a> {
+    bound: &'a ConsumeBound,
+    started: Instant,
+    error_type: Option<String>,
+}
+
+impl Run<'_> {
+    fn failed(self, error_type: String) -> Self {
+        Run {
+            error_type: Some(error_type),
+            ..self
+        }
+    }
+}
+
+impl<S: Source> Consumer<S> {
+    /// The bound instruments of `delivery`'s destination (or template).
+    fn bound(
+        &self,
+        metrics: &Arc<Metrics>,
+        cache: &ConsumeCache,
+        delivery: &S::Delivery<'_>,
+    ) -> Arc<ConsumeBound> {
+        let hooks = &self.telemetry.inner().hooks;
+        let template = hooks
+            .template
+            .as_ref()
+            .and_then(|t| t(delivery.system(), delivery.destination()));
+        match template {
+            None => cache.get(metrics, delivery.metric_key(), || delivery.describe()),
+            Some(template) => cache.get(metrics, &template, || {
+                delivery.describe().destination_template(template.clone())
+            }),
         }
     }
 }
