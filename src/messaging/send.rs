@@ -122,7 +122,10 @@ impl SendSpan {
             let key = template.as_deref().unwrap_or(target.destination);
             let bound = match metrics.cached_send(target.system, key) {
                 Some(bound) => bound,
-                None => metrics.bind_send(described.insert(describe_now(&mut describe, &template))),
+                None => metrics.bind_send(
+                    key,
+                    described.insert(describe_now(&mut describe, &template)),
+                ),
             };
             SendMetric {
                 bound,

@@ -64,10 +64,10 @@ impl Metrics {
     }
 
     /// Bind the send instruments of the message `msg` describes, and cache them.
-    pub(crate) fn bind_send(self: &Arc<Self>, msg: &Outgoing<'_>) -> Arc<SendBound> {
+    pub(crate) fn bind_send(self: &Arc<Self>, key: &str, msg: &Outgoing<'_>) -> Arc<SendBound> {
         let mut attributes = metric_attributes(
             msg.system,
-            msg.destination,
+            msg.name_value.as_ref().map_or(msg.destination, |v| v.as_str()),
             msg.template.as_deref(),
             msg.operation_name,
             &msg.attributes,
@@ -94,7 +94,7 @@ impl Metrics {
         };
         let map = &mut sends[index].1;
         if map.len() < MAX_CACHED {
-            map.insert(msg.destination.into(), bound.clone());
+            map.insert(key.into(), bound.clone());
         }
         bound
     }
@@ -117,7 +117,9 @@ impl ConsumeBound {
     fn bind(metrics: &Arc<Metrics>, msg: &Incoming<'_>) -> ConsumeBound {
         let attributes = metric_attributes(
             msg.system,
-            msg.destination,
+            msg.destination_value
+                .as_ref()
+                .map_or(msg.destination, |v| v.as_str()),
             msg.template.as_ref().map(|t| t.as_str()),
             msg.operation_name,
             &msg.attributes,

@@ -213,9 +213,9 @@ impl Settle for NatsDelivery<'_> {
         NATS
     }
 
-    fn metric_key(&self) -> &str {
+    fn metric_key(&self) -> std::borrow::Cow<'_, str> {
         // Deliveries are named by the subscription's subject (the template).
-        self.source.subject.as_str()
+        self.source.subject.as_str().into()
     }
 
     fn headers(&self) -> &dyn ReadCarrier {

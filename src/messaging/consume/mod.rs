@@ -513,7 +513,7 @@ impl<S: Source> Consumer<S> {
             .as_ref()
             .and_then(|t| t(delivery.system(), delivery.destination()));
         match template {
-            None => cache.get(metrics, delivery.metric_key(), || delivery.describe()),
+            None => cache.get(metrics, &delivery.metric_key(), || delivery.describe()),
             Some(template) => cache.get(metrics, &template, || {
                 delivery.describe().destination_template(template.clone())
             }),

@@ -94,8 +94,8 @@ pub trait Settle: Send {
     /// What the consumer's metrics are kept per: the destination, or the subscription's
     /// pattern when deliveries are named by a template (NATS wildcards). Deliveries with
     /// the same key must describe the same metric attributes.
-    fn metric_key(&self) -> &str {
-        self.destination()
+    fn metric_key(&self) -> std::borrow::Cow<'_, str> {
+        self.destination().into()
     }
 
     /// When the broker stored the message, if it says (for queue time when the producer
