@@ -107,6 +107,21 @@ async fn core_nats_metrics_count_sends_consumes_queue_time_and_broken_context() 
         .get("tracehop.context.rejected")
         .is_some_and(|why| why.contains("traceparent")));
     assert_eq!(consumer_m.sum(metric::REDELIVERIES, &[]), 0.0);
+
+    // Spans name the connection as the server knows it.
+    let records = spans.records();
+    let processes = named(&records, &format!("process {subject}"));
+    assert_eq!(processes.len(), 5);
+    let id = serde_json::json!(consumer.client().server_info().client_id.to_string());
+    for p in processes {
+        assert_eq!(p.attributes.get("messaging.client.id"), Some(&id), "{p:#?}");
+    }
+    let sends = named(&records, &format!("publish {subject}"));
+    let id = serde_json::json!(producer.client().server_info().client_id.to_string());
+    assert_eq!(sends.len(), 3);
+    assert!(sends
+        .iter()
+        .all(|s| s.attributes.get("messaging.client.id") == Some(&id)));
 }
 
 async fn jetstream_metered(spans: &SpanCollector, name: &str) -> (TracedJetStream, tracehop::testing::MetricsCapture) {
