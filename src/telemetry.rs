@@ -6,17 +6,17 @@ use std::sync::Arc;
 
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, SimpleSpanProcessor,
     SpanProcessor, TracerProviderBuilder,
 };
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
 
 use crate::export::{Health, SinkKind};
+use crate::journal::{CollectorExporter, Journal, JournalProcessor, JournalStats, SpanCollector};
 use crate::messaging::{HeaderCapture, Hooks};
 use crate::metrics::Metrics;
-use crate::journal::{CollectorExporter, Journal, JournalProcessor, JournalStats, SpanCollector};
 use crate::propagation::Propagation;
 use crate::{Error, Result};
 

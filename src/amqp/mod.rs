@@ -167,8 +167,16 @@ fn publish_name<'a>(exchange: &'a str, routing_key: &'a str) -> std::borrow::Cow
 /// `messaging.destination.name` of a delivery, as the RabbitMQ conventions give it:
 /// `{exchange}:{routing_key}:{queue}`, leaving out the empty parts (the default exchange)
 /// and the routing key when it is the queue's name.
-fn consume_name<'a>(exchange: &str, routing_key: &str, queue: &'a str) -> std::borrow::Cow<'a, str> {
-    let key = if routing_key == queue { "" } else { routing_key };
+fn consume_name<'a>(
+    exchange: &str,
+    routing_key: &str,
+    queue: &'a str,
+) -> std::borrow::Cow<'a, str> {
+    let key = if routing_key == queue {
+        ""
+    } else {
+        routing_key
+    };
     match (exchange, key) {
         ("", "") => queue.into(),
         ("", key) => format!("{key}:{queue}").into(),

@@ -110,7 +110,10 @@ impl Hooks {
     /// plain client sends it); a delivery it rejects is handed to the handler (outside
     /// any span) and settled exactly as any other. Called before anything is described,
     /// with the system, destination and, for deliveries, the headers.
-    pub fn filter(mut self, keep: impl Fn(&MessageRef<'_>) -> bool + Send + Sync + 'static) -> Self {
+    pub fn filter(
+        mut self,
+        keep: impl Fn(&MessageRef<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.filter = Some(Arc::new(keep));
         self
     }
@@ -213,7 +216,10 @@ impl HeaderCapture {
         });
         for ((_, key), values) in self.headers.iter().zip(found) {
             if !values.is_empty() {
-                out.push(KeyValue::new(key.clone(), Value::Array(Array::String(values))));
+                out.push(KeyValue::new(
+                    key.clone(),
+                    Value::Array(Array::String(values)),
+                ));
             }
         }
     }
@@ -227,5 +233,41 @@ impl HeaderCapture {
             text.truncate(end);
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use opentelemetry::{Array, KeyValue, Value};
+
+    use super::HeaderCapture;
+
+    #[test]
+    fn capture_keeps_named_headers_cut_at_a_character_boundary() {
+        let headers: HashMap<String, String> = [
+            ("X-Tenant".to_owned(), "ééé-acme".to_owned()),
+            ("traceparent".to_owned(), "00-abc".to_owned()),
+            ("other".to_owned(), "x".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let mut out = Vec::new();
+        HeaderCapture::new(["x-tenant", "absent"])
+            .max_value_bytes(5)
+            .capture(&headers, &mut out);
+        // 5 bytes would split the third `é`: cut to 4.
+        assert_eq!(
+            out,
+            [KeyValue::new(
+                "messaging.header.x-tenant",
+                Value::Array(Array::String(vec!["éé".into()]))
+            )]
+        );
+        let mut out = Vec::new();
+        HeaderCapture::new(["TRACEPARENT"]).capture(&headers, &mut out);
+        assert_eq!(out.len(), 1, "context headers when named: {out:?}");
+        assert_eq!(out[0].key.as_str(), "messaging.header.traceparent");
     }
 }

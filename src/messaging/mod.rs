@@ -45,9 +45,9 @@ pub use batch::BatchSpan;
 pub(crate) use describe::Describe;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
 pub use hooks::{HeaderCapture, Hooks, MessageRef, Operation};
-pub(crate) use process::{error_type_name, record_error_on};
 #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(unused_imports))]
 pub(crate) use process::snake_case;
+pub(crate) use process::{error_type_name, record_error_on};
 pub use process::{ProcessOutcome, ProcessSpan};
 #[cfg_attr(
     not(any(feature = "kafka", feature = "nats", feature = "amqp")),

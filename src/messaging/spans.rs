@@ -68,7 +68,14 @@ impl Telemetry {
             msg.attempt = extracted.attempt;
         }
         let policy = msg.policy;
-        ProcessSpan::start_with(self.inner(), policy, &extracted, None, Some(headers), || msg)
+        ProcessSpan::start_with(
+            self.inner(),
+            policy,
+            &extracted,
+            None,
+            Some(headers),
+            || msg,
+        )
     }
 
     /// Whether the filter hook (if any) keeps a delivery from `destination` traced.

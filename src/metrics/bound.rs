@@ -55,7 +55,11 @@ impl SendBound {
 
 impl Metrics {
     /// The bound send instruments of `destination` on `system`, if already bound.
-    pub(crate) fn cached_send(&self, system: &'static str, destination: &str) -> Option<Arc<SendBound>> {
+    pub(crate) fn cached_send(
+        &self,
+        system: &'static str,
+        destination: &str,
+    ) -> Option<Arc<SendBound>> {
         let sends = self.sends.read().unwrap_or_else(|e| e.into_inner());
         sends
             .iter()
@@ -67,7 +71,9 @@ impl Metrics {
     pub(crate) fn bind_send(self: &Arc<Self>, key: &str, msg: &Outgoing<'_>) -> Arc<SendBound> {
         let mut attributes = metric_attributes(
             msg.system,
-            msg.name_value.as_ref().map_or(msg.destination, |v| v.as_str()),
+            msg.name_value
+                .as_ref()
+                .map_or(msg.destination, |v| v.as_str()),
             msg.template.as_deref(),
             msg.operation_name,
             &msg.attributes,
@@ -242,12 +248,7 @@ impl ConsumeCache {
         key: &str,
         describe: impl FnOnce() -> Incoming<'a>,
     ) -> Arc<ConsumeBound> {
-        if let Some(bound) = self
-            .map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-        {
+        if let Some(bound) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
             return bound.clone();
         }
         let bound = Arc::new(ConsumeBound::bind(metrics, &describe()));

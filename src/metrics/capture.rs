@@ -95,7 +95,10 @@ impl MetricsCapture {
     pub fn points(&self) -> Vec<MetricPoint> {
         // A provider already shut down (with its handle) keeps the last collection.
         let _ = self.provider.force_flush();
-        self.points.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.points
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The points of metric `name` whose attributes include every `(key, value)` of

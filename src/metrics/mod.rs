@@ -186,7 +186,10 @@ pub(crate) fn metric_attributes(
             destination.to_owned(),
         )),
     }
-    out.push(KeyValue::new(attr::MESSAGING_OPERATION_NAME, operation_name));
+    out.push(KeyValue::new(
+        attr::MESSAGING_OPERATION_NAME,
+        operation_name,
+    ));
     for kv in described {
         let key = kv.key.as_str();
         if key == attr::MESSAGING_CONSUMER_GROUP_NAME || key == SERVER_ADDRESS {
@@ -197,7 +200,8 @@ pub(crate) fn metric_attributes(
 }
 
 /// `server.address`.
-pub(crate) const SERVER_ADDRESS: &str = opentelemetry_semantic_conventions::attribute::SERVER_ADDRESS;
+pub(crate) const SERVER_ADDRESS: &str =
+    opentelemetry_semantic_conventions::attribute::SERVER_ADDRESS;
 
 /// `attributes` plus one more.
 pub(crate) fn with(attributes: &[KeyValue], kv: KeyValue) -> Vec<KeyValue> {

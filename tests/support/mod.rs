@@ -40,4 +40,3 @@ pub fn fake_collector(n: usize) -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
     });
     (format!("http://{addr}"), rx)
 }
-

@@ -49,7 +49,8 @@ async fn rabbitmq_metrics_count_dead_letters_and_broken_context() {
         }
     });
 
-    let publisher = tracehop::amqp::TracedChannel::new(confirm_channel(&connection).await, producer);
+    let publisher =
+        tracehop::amqp::TracedChannel::new(confirm_channel(&connection).await, producer);
     publish(&publisher, &work, b"order 1", BasicProperties::default()).await;
     publish(&publisher, &work, b"poison", BasicProperties::default()).await;
     publish_raw(&admin, &work, b"no context", BasicProperties::default()).await;
@@ -72,7 +73,10 @@ async fn rabbitmq_metrics_count_dead_letters_and_broken_context() {
         .await
         .limit(1);
     finished(spawn_run(janitor, collect)).await;
-    assert_eq!(dead_letters.recv().await.expect("dead letter").data, b"poison");
+    assert_eq!(
+        dead_letters.recv().await.expect("dead letter").data,
+        b"poison"
+    );
 
     // Published through the default exchange: named by the routing key (the queue).
     let sent = [
@@ -80,18 +84,30 @@ async fn rabbitmq_metrics_count_dead_letters_and_broken_context() {
         ("messaging.destination.name", work.as_str()),
         ("messaging.operation.name", "publish"),
     ];
-    assert_eq!(producer_m.sum(metric::MESSAGING_CLIENT_SENT_MESSAGES, &sent), 2.0);
+    assert_eq!(
+        producer_m.sum(metric::MESSAGING_CLIENT_SENT_MESSAGES, &sent),
+        2.0
+    );
     assert_eq!(
         producer_m.histogram_count(metric::MESSAGING_CLIENT_OPERATION_DURATION, &sent),
         2
     );
     let dest = [("messaging.destination.name", work.as_str())];
-    assert_eq!(worker_m.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &dest), 4.0);
-    assert_eq!(worker_m.histogram_count(metric::MESSAGING_PROCESS_DURATION, &dest), 4);
+    assert_eq!(
+        worker_m.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &dest),
+        4.0
+    );
+    assert_eq!(
+        worker_m.histogram_count(metric::MESSAGING_PROCESS_DURATION, &dest),
+        4
+    );
     assert_eq!(
         worker_m.histogram_count(
             metric::MESSAGING_PROCESS_DURATION,
-            &[("messaging.destination.name", work.as_str()), ("error.type", "str")]
+            &[
+                ("messaging.destination.name", work.as_str()),
+                ("error.type", "str")
+            ]
         ),
         1
     );
@@ -99,7 +115,10 @@ async fn rabbitmq_metrics_count_dead_letters_and_broken_context() {
     assert_eq!(forwarded.len(), 1, "{forwarded:#?}");
     assert_eq!(forwarded[0].value, PointValue::Sum(1.0));
     assert_eq!(
-        forwarded[0].attributes.get("tracehop.settlement").map(String::as_str),
+        forwarded[0]
+            .attributes
+            .get("tracehop.settlement")
+            .map(String::as_str),
         Some("reject")
     );
     assert_eq!(worker_m.sum(metric::CONTEXT_MISSING, &dest), 1.0);

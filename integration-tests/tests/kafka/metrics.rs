@@ -25,7 +25,9 @@ async fn kafka_metrics_count_messages_errors_and_lag(broker: Broker) {
     for i in 0..5 {
         deliver(
             &producer,
-            FutureRecord::to(&topic).key("k").payload(&format!("order {i}")),
+            FutureRecord::to(&topic)
+                .key("k")
+                .payload(&format!("order {i}")),
         )
         .await;
     }
@@ -41,12 +43,14 @@ async fn kafka_metrics_count_messages_errors_and_lag(broker: Broker) {
     )
     .group_id(group.as_str())
     .client_id("worker");
-    rdkafka::consumer::Consumer::subscribe(consumer.inner(), &[topic.as_str()])
-        .expect("subscribe");
+    rdkafka::consumer::Consumer::subscribe(consumer.inner(), &[topic.as_str()]).expect("subscribe");
     // Three deliveries, four runs: orders 0, 1 (fails), 1 again (attempt 2), 2.
     let failed_once = std::sync::atomic::AtomicBool::new(false);
     let consumer = consumer
-        .on_failure(tracehop::OnFailure::retry_in_place(2, std::time::Duration::ZERO))
+        .on_failure(tracehop::OnFailure::retry_in_place(
+            2,
+            std::time::Duration::ZERO,
+        ))
         .limit(3);
     let ran = spawn_run(consumer, move |message| {
         use rdkafka::message::Message as _;
@@ -97,7 +101,10 @@ async fn kafka_metrics_count_messages_errors_and_lag(broker: Broker) {
         ("messaging.destination.name", topic.as_str()),
         ("messaging.operation.name", "send"),
     ];
-    assert_eq!(gateway_m.sum(metric::MESSAGING_CLIENT_SENT_MESSAGES, &sent), 5.0);
+    assert_eq!(
+        gateway_m.sum(metric::MESSAGING_CLIENT_SENT_MESSAGES, &sent),
+        5.0
+    );
     assert_eq!(
         gateway_m.histogram_count(metric::MESSAGING_CLIENT_OPERATION_DURATION, &sent),
         5
@@ -106,12 +113,21 @@ async fn kafka_metrics_count_messages_errors_and_lag(broker: Broker) {
         ("messaging.destination.name", topic.as_str()),
         ("messaging.consumer.group.name", group.as_str()),
     ];
-    assert_eq!(worker_m.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &dest), 3.0);
-    assert_eq!(worker_m.histogram_count(metric::MESSAGING_PROCESS_DURATION, &dest), 4);
+    assert_eq!(
+        worker_m.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &dest),
+        3.0
+    );
+    assert_eq!(
+        worker_m.histogram_count(metric::MESSAGING_PROCESS_DURATION, &dest),
+        4
+    );
     assert_eq!(
         worker_m.histogram_count(
             metric::MESSAGING_PROCESS_DURATION,
-            &[("messaging.destination.name", topic.as_str()), ("error.type", "str")]
+            &[
+                ("messaging.destination.name", topic.as_str()),
+                ("error.type", "str")
+            ]
         ),
         1
     );
@@ -182,7 +198,10 @@ async fn capture_headers_on_kafka_send_and_process_spans(broker: Broker) {
     // At most two values kept, in order.
     let tenants = serde_json::json!(["acme", "globex"]);
     for span in [send[0], process[0]] {
-        assert_eq!(span.attributes.get("messaging.header.x-tenant"), Some(&tenants));
+        assert_eq!(
+            span.attributes.get("messaging.header.x-tenant"),
+            Some(&tenants)
+        );
         assert!(!span.attributes.contains_key("messaging.header.x-other"));
         assert!(!span.attributes.contains_key("messaging.header.x-missing"));
         // Context headers are not captured unless named.

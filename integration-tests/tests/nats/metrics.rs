@@ -68,7 +68,10 @@ async fn core_nats_metrics_count_sends_consumes_queue_time_and_broken_context() 
         ("messaging.destination.name", subject.as_str()),
         ("messaging.operation.name", "publish"),
     ];
-    assert_eq!(producer_m.sum(metric::MESSAGING_CLIENT_SENT_MESSAGES, &sent), 3.0);
+    assert_eq!(
+        producer_m.sum(metric::MESSAGING_CLIENT_SENT_MESSAGES, &sent),
+        3.0
+    );
     let send_duration = producer_m.matching(
         metric::MESSAGING_CLIENT_OPERATION_DURATION,
         &[("messaging.operation.type", "send")],
@@ -76,7 +79,10 @@ async fn core_nats_metrics_count_sends_consumes_queue_time_and_broken_context() 
     assert_eq!(send_duration.len(), 1, "{send_duration:#?}");
     let point = &send_duration[0];
     assert_eq!(point.unit, "s");
-    assert_eq!(point.schema_url.as_deref(), Some(tracehop::metrics::SCHEMA_URL));
+    assert_eq!(
+        point.schema_url.as_deref(),
+        Some(tracehop::metrics::SCHEMA_URL)
+    );
     assert!(point.attributes.contains_key("server.address"), "{point:?}");
     match &point.value {
         PointValue::Histogram { count, bounds, .. } => {
@@ -124,7 +130,10 @@ async fn core_nats_metrics_count_sends_consumes_queue_time_and_broken_context() 
         .all(|s| s.attributes.get("messaging.client.id") == Some(&id)));
 }
 
-async fn jetstream_metered(spans: &SpanCollector, name: &str) -> (TracedJetStream, tracehop::testing::MetricsCapture) {
+async fn jetstream_metered(
+    spans: &SpanCollector,
+    name: &str,
+) -> (TracedJetStream, tracehop::testing::MetricsCapture) {
     let (telemetry, metrics) = metered(spans, name);
     let client = connect().await;
     (
@@ -196,12 +205,21 @@ async fn jetstream_metrics_count_errors_redeliveries_and_settlements() {
         1.0
     );
     let dest = [("messaging.destination.name", subject.as_str())];
-    assert_eq!(worker_m.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &dest), 3.0);
-    assert_eq!(worker_m.histogram_count(metric::MESSAGING_PROCESS_DURATION, &dest), 3);
+    assert_eq!(
+        worker_m.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &dest),
+        3.0
+    );
+    assert_eq!(
+        worker_m.histogram_count(metric::MESSAGING_PROCESS_DURATION, &dest),
+        3
+    );
     assert_eq!(
         worker_m.histogram_count(
             metric::MESSAGING_PROCESS_DURATION,
-            &[("messaging.destination.name", subject.as_str()), ("error.type", "string")]
+            &[
+                ("messaging.destination.name", subject.as_str()),
+                ("error.type", "string")
+            ]
         ),
         2
     );
@@ -242,7 +260,10 @@ async fn nats_metrics_and_spans_follow_the_destination_template_hook() {
     let producer = TracedClient::new(connect().await, producer_t);
     let prefix = format!("tmpl.{}", unique("users").replace('-', "_"));
     let plain = connect().await;
-    let mut wire = plain.subscribe(format!("{prefix}.*")).await.expect("subscribe");
+    let mut wire = plain
+        .subscribe(format!("{prefix}.*"))
+        .await
+        .expect("subscribe");
     round_trip(&plain).await.expect("round trip");
     for user in ["u1", "u2", "u3"] {
         producer
@@ -258,12 +279,18 @@ async fn nats_metrics_and_spans_follow_the_destination_template_hook() {
     }
     let template = format!("{prefix}.*");
     let points = producer_m.matching(metric::MESSAGING_CLIENT_SENT_MESSAGES, &[]);
-    assert_eq!(points.len(), 1, "one series for three subjects: {points:#?}");
+    assert_eq!(
+        points.len(),
+        1,
+        "one series for three subjects: {points:#?}"
+    );
     assert_eq!(
         points[0].attributes.get("messaging.destination.template"),
         Some(&template)
     );
-    assert!(!points[0].attributes.contains_key("messaging.destination.name"));
+    assert!(!points[0]
+        .attributes
+        .contains_key("messaging.destination.name"));
     assert_eq!(points[0].value, PointValue::Sum(3.0));
     let records = spans.records();
     let sends = named(&records, &format!("publish {template}"));
@@ -316,9 +343,9 @@ async fn capture_headers_on_nats_publish_and_process_spans() {
     // traceparent was named: both spans record it (cut to 8 bytes).
     assert_eq!(
         process.attributes.get("messaging.header.traceparent"),
-        Some(&serde_json::json!(["00-"
-            .to_owned()
-            + &sent.trace_id().to_string()[..5]]))
+        Some(&serde_json::json!([
+            "00-".to_owned() + &sent.trace_id().to_string()[..5]
+        ]))
     );
     assert_eq!(
         send.attributes.get("messaging.header.traceparent"),
@@ -364,7 +391,11 @@ async fn filter_hook_leaves_health_checks_untraced_but_delivered() {
         sub.run(|message| {
             got.push((
                 message.subject.to_string(),
-                message.headers.as_ref().and_then(|h| h.get(TRACEPARENT)).is_some(),
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(TRACEPARENT))
+                    .is_some(),
             ));
             async { Ok::<(), String>(()) }
         }),
@@ -378,13 +409,18 @@ async fn filter_hook_leaves_health_checks_untraced_but_delivered() {
     assert_eq!(got, [(health.clone(), false), (work.clone(), true)]);
     let records = spans.records();
     assert!(
-        records
-            .iter()
-            .all(|s| !s.attributes.values().any(|v| v.as_str() == Some(health.as_str()))),
+        records.iter().all(|s| !s
+            .attributes
+            .values()
+            .any(|v| v.as_str() == Some(health.as_str()))),
         "a span for the health check: {records:#?}"
     );
     assert_eq!(named(&records, &format!("publish {work}")).len(), 1);
-    assert_eq!(named(&records, &format!("process {base}.>")).len(), 1, "{records:#?}");
+    assert_eq!(
+        named(&records, &format!("process {base}.>")).len(),
+        1,
+        "{records:#?}"
+    );
     assert_eq!(
         metrics.sum(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES, &[]),
         1.0,

@@ -38,6 +38,7 @@ macro_rules! receive {
 
 mod batch;
 mod handler;
+mod record;
 mod policy;
 mod source;
 mod stop;
@@ -50,7 +51,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use opentelemetry::KeyValue;
 
 pub use batch::{Batch, BatchOptions};
 pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
@@ -64,9 +64,10 @@ pub use stop::Stop;
 pub use summary::{ConsumeError, Summary};
 
 use self::handler::{record, run_guarded};
+use self::record::{record_settlement, Run, RETRY_IN_PLACE};
 use self::summary::HandlerFailure;
 use super::attributes as attr;
-use crate::metrics::{ConsumeBound, ConsumeCache, Metrics};
+use crate::metrics::{ConsumeCache, Metrics};
 use crate::propagation::Extracted;
 use crate::{ParentPolicy, ProcessSpan, Telemetry};
 
@@ -326,16 +327,22 @@ impl<S: Source> Consumer<S> {
             .inner()
             .propagation
             .extract(delivery.headers());
-        let traced = self.telemetry.traces(
-            delivery.system(),
-            delivery.destination(),
-            delivery.headers(),
-        );
-        let measure = self.metrics.as_ref().filter(|_| traced).map(|(metrics, cache)| {
-            let bound = self.bound(metrics, cache, &delivery);
-            bound.received(&extracted, delivery.enqueued_at());
-            bound
-        });
+        // Asked only when a filter is set (a source's `system` may describe the delivery).
+        let traced = self.telemetry.inner().hooks.filter.is_none()
+            || self.telemetry.traces(
+                delivery.system(),
+                delivery.destination(),
+                delivery.headers(),
+            );
+        let measure = self
+            .metrics
+            .as_ref()
+            .filter(|_| traced)
+            .map(|(metrics, cache)| {
+                let bound = self.bound(metrics, cache, &delivery);
+                bound.received(&extracted, delivery.enqueued_at());
+                bound
+            });
         let measure = measure.as_deref();
         let first = Self::first_attempt(&delivery, &extracted);
         let keep = self.on_failure.may_retry_in_place();
@@ -365,7 +372,14 @@ impl<S: Source> Consumer<S> {
                 );
                 summary.failed += 1;
                 return self
-                    .settle(&mut delivery, span, Settlement::Redeliver, attempt, summary, run)
+                    .settle(
+                        &mut delivery,
+                        span,
+                        Settlement::Redeliver,
+                        attempt,
+                        summary,
+                        run,
+                    )
                     .await;
             };
             let result = run_guarded(span.context(), || handler(message)).await;
@@ -393,7 +407,8 @@ impl<S: Source> Consumer<S> {
                 span.set_attribute(attr::SETTLEMENT, RETRY_IN_PLACE);
                 span.end();
                 if let Some(run) = run {
-                    run.bound.processed(run.started.elapsed(), run.error_type.as_deref());
+                    run.bound
+                        .processed(run.started.elapsed(), run.error_type.as_deref());
                 }
                 summary.retries += 1;
                 if !after.is_zero() {
@@ -461,16 +476,13 @@ impl<S: Source> Consumer<S> {
         let settled = delivery.settle(settlement, span.context(), attempt).await;
         if let (Some(run), Some(settling)) = (&run, settling) {
             let forwarded = matches!(settlement, Settlement::Action(_));
-            let took = settling.elapsed();
-            match &settled {
-                Ok(label) => run.bound.settled(label, took, forwarded, None),
-                Err(e) => run.bound.settled(e.settlement, took, forwarded, Some("settle_error")),
-            }
+            run.settled(&settled, settling.elapsed(), forwarded);
         }
         let fatal = record_settlement(&span, settled, summary, || delivery.position());
         span.end();
         if let Some(run) = run {
-            run.bound.processed(run.started.elapsed(), run.error_type.as_deref());
+            run.bound
+                .processed(run.started.elapsed(), run.error_type.as_deref());
         }
         match fatal {
             Some(e) => Err(ConsumeError::settle(e, delivery.position())),
@@ -478,45 +490,6 @@ impl<S: Source> Consumer<S> {
                 summary.messages += 1;
                 Ok(())
             }
-        }
-    }
-}
-
-/// One run's metrics: the delivery's bound instruments, when the run started, and the
-/// `error.type` of its failure.
-struct Run<'a> {
-    bound: &'a ConsumeBound,
-    started: Instant,
-    error_type: Option<String>,
-}
-
-impl Run<'_> {
-    fn failed(self, error_type: String) -> Self {
-        Run {
-            error_type: Some(error_type),
-            ..self
-        }
-    }
-}
-
-impl<S: Source> Consumer<S> {
-    /// The bound instruments of `delivery`'s destination (or template).
-    fn bound(
-        &self,
-        metrics: &Arc<Metrics>,
-        cache: &ConsumeCache,
-        delivery: &S::Delivery<'_>,
-    ) -> Arc<ConsumeBound> {
-        let hooks = &self.telemetry.inner().hooks;
-        let template = hooks
-            .template
-            .as_ref()
-            .and_then(|t| t(delivery.system(), delivery.destination()));
-        match template {
-            None => cache.get(metrics, &delivery.metric_key(), || delivery.describe()),
-            Some(template) => cache.get(metrics, &template, || {
-                delivery.describe().destination_template(template.clone())
-            }),
         }
     }
 }
@@ -532,33 +505,4 @@ pub(crate) fn delivery_attempt(
     crate::propagation::attempt(headers)
         .unwrap_or(1)
         .saturating_add(redeliveries)
-}
-
-/// `tracehop.settlement` of a run whose failure the policy answered with a run in place
-/// ([`Decision::Retry`]): nothing was settled.
-const RETRY_IN_PLACE: &str = "retry";
-
-/// Record what settling came to on `span`: `tracehop.settlement`, and on failure
-/// `tracehop.settlement.error`, a warning and a count. Returns the error if it is fatal.
-fn record_settlement(
-    span: &ProcessSpan,
-    settled: Result<&'static str, SettleError>,
-    summary: &mut Summary,
-    position: impl FnOnce() -> String,
-) -> Option<SettleError> {
-    match settled {
-        Ok(label) => {
-            span.set_attribute(attr::SETTLEMENT, label);
-            None
-        }
-        Err(e) => {
-            span.set_attributes([
-                KeyValue::new(attr::SETTLEMENT, e.settlement),
-                KeyValue::new(attr::SETTLEMENT_ERROR, e.error.to_string()),
-            ]);
-            tracing::warn!(error = %e, position = %position(), "settling a message failed");
-            summary.settle_errors += 1;
-            e.fatal.then_some(e)
-        }
-    }
 }
