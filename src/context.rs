@@ -176,7 +176,7 @@ impl SpanProcessor for BaggageAttributes {
     fn on_start(&self, span: &mut Span, cx: &Context) {
         use opentelemetry::trace::Span as _;
         let baggage = cx.baggage();
-        if baggage.len() == 0 {
+        if baggage.is_empty() {
             return;
         }
         for key in self.keys.iter() {
