@@ -38,8 +38,8 @@ macro_rules! receive {
 
 mod batch;
 mod handler;
-mod record;
 mod policy;
+mod record;
 mod source;
 mod stop;
 mod summary;
@@ -50,7 +50,6 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
-
 
 pub use batch::{Batch, BatchOptions};
 pub use policy::{Decision, Failure, FailurePolicy, OnFailure};

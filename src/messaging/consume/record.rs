@@ -9,8 +9,8 @@ use opentelemetry::KeyValue;
 
 use super::{Consumer, Settle, SettleError, Source, Summary};
 use crate::messaging::attributes as attr;
-use crate::ProcessSpan;
 use crate::metrics::{ConsumeBound, ConsumeCache, Metrics};
+use crate::ProcessSpan;
 
 /// One run's metrics: the delivery's bound instruments, when the run started, and the
 /// `error.type` of its failure.
