@@ -78,6 +78,7 @@ mod export;
 mod hex;
 pub mod journal;
 pub mod messaging;
+pub mod metrics;
 pub mod propagation;
 mod telemetry;
 pub(crate) mod time;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider, SimpleSpanProcessor,
     SpanProcessor, TracerProviderBuilder,
@@ -14,11 +15,10 @@ use opentelemetry_sdk::Resource;
 
 use crate::export::{Health, SinkKind};
 use crate::journal::{CollectorExporter, Journal, JournalProcessor, JournalStats, SpanCollector};
+use crate::messaging::{HeaderCapture, Hooks};
+use crate::metrics::Metrics;
 use crate::propagation::Propagation;
 use crate::{Error, Result};
-
-/// The instrumentation scope name of tracehop's spans.
-const SCOPE: &str = "tracehop";
 
 /// A service's handle on tracing: its name, where its spans go, and how context is
 /// propagated. Cheap to clone; every clone is the same service.
@@ -46,6 +46,12 @@ pub(crate) struct Inner {
     pub(crate) propagation: Propagation,
     /// The counts of each journal and exporter this handle built.
     sinks: Vec<Health>,
+    /// The messaging metrics, when this handle has a meter provider (off by default).
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    /// The user's filter, enrich and destination-template hooks.
+    pub(crate) hooks: Hooks,
+    /// The headers recorded as span attributes, if any.
+    pub(crate) capture: Option<HeaderCapture>,
 }
 
 impl fmt::Debug for Telemetry {
@@ -66,6 +72,9 @@ impl Telemetry {
             resource: Vec::new(),
             propagation: Propagation::default(),
             sinks: Vec::new(),
+            meter_provider: None,
+            hooks: Hooks::default(),
+            capture: None,
             has_processor: false,
             failed: None,
             // The SDK's default, unless its environment variable chose another.
@@ -85,11 +94,14 @@ impl Telemetry {
         Telemetry {
             inner: Arc::new(Inner {
                 service_name: service_name.into(),
-                tracer: provider.tracer(SCOPE),
+                tracer: provider.tracer_with_scope(crate::metrics::scope()),
                 sampler: None,
                 provider: provider.clone(),
                 propagation,
                 sinks: Vec::new(),
+                metrics: None,
+                hooks: Hooks::default(),
+                capture: None,
             }),
         }
     }
@@ -113,19 +125,32 @@ impl Telemetry {
         &self.inner.provider
     }
 
-    /// Export every finished span now.
-    pub fn flush(&self) -> Result<()> {
-        let sdk = self.inner.provider.force_flush();
-        self.sink_health()?;
-        sdk.map_err(|e| Error::Sdk(e.to_string()))
+    /// The meter provider of this handle's messaging metrics, if they are on.
+    pub fn meter_provider(&self) -> Option<&SdkMeterProvider> {
+        self.inner.metrics.as_ref().map(|m| &m.provider)
     }
 
-    /// Flush and shut down this service's exporters, with the errors of
-    /// [`flush`](Self::flush).
+    /// Export every finished span now, and the metrics' current values when they are on.
+    pub fn flush(&self) -> Result<()> {
+        let sdk = self.inner.provider.force_flush();
+        let metrics = match &self.inner.metrics {
+            Some(m) => m.provider.force_flush(),
+            None => Ok(()),
+        };
+        self.sink_health()?;
+        sdk.and(metrics).map_err(|e| Error::Sdk(e.to_string()))
+    }
+
+    /// Flush and shut down this service's exporters (and its meter provider, when metrics
+    /// are on), with the errors of [`flush`](Self::flush).
     pub fn shutdown(&self) -> Result<()> {
         let sdk = self.inner.provider.shutdown();
+        let metrics = match &self.inner.metrics {
+            Some(m) => m.provider.shutdown(),
+            None => Ok(()),
+        };
         self.sink_health()?;
-        sdk.map_err(|e| Error::Sdk(e.to_string()))
+        sdk.and(metrics).map_err(|e| Error::Sdk(e.to_string()))
     }
 
     /// What each journal of this handle has written, failed to write and dropped so far.
@@ -161,6 +186,9 @@ pub struct TelemetryBuilder {
     resource: Vec<KeyValue>,
     propagation: Propagation,
     sinks: Vec<Health>,
+    meter_provider: Option<SdkMeterProvider>,
+    hooks: Hooks,
+    capture: Option<HeaderCapture>,
     has_processor: bool,
     /// A journal whose writer thread could not be started: `build` reports it.
     failed: Option<Error>,
@@ -224,6 +252,59 @@ impl TelemetryBuilder {
         Ok(self.span_processor(processor))
     }
 
+    /// Record messaging metrics (see [`metrics`](crate::metrics)) through `provider`: a
+    /// meter provider you built, with your readers and exporters (an OTLP exporter, a
+    /// Prometheus reader, an in-memory one in tests). Nothing is installed globally. The
+    /// handle's [`flush`](Telemetry::flush) and [`shutdown`](Telemetry::shutdown) flush and
+    /// shut it down too. Without this (or [`otlp_metrics`](Self::otlp_metrics)), metrics
+    /// are off and cost nothing.
+    pub fn metrics(mut self, provider: SdkMeterProvider) -> Self {
+        self.meter_provider = Some(provider);
+        self
+    }
+
+    /// Record messaging metrics and export them over OTLP (HTTP/protobuf) every 60 s (or
+    /// `OTEL_METRIC_EXPORT_INTERVAL` ms), configured by the standard
+    /// `OTEL_EXPORTER_OTLP_*` environment variables, with this handle's resource.
+    #[cfg(feature = "otlp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+    pub fn otlp_metrics(mut self) -> Result<Self> {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| Error::Otlp(e.to_string()))?;
+        let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
+        self.meter_provider = Some(
+            SdkMeterProvider::builder()
+                .with_resource(self.resource())
+                .with_reader(reader)
+                .build(),
+        );
+        Ok(self)
+    }
+
+    /// Filter, enrich and destination-template hooks for every send and process span
+    /// (see [`Hooks`]).
+    pub fn hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Record the headers `capture` names as `messaging.header.<name>` attributes of send
+    /// and process spans (see [`HeaderCapture`]). Off by default.
+    pub fn capture_headers(mut self, capture: HeaderCapture) -> Self {
+        self.capture = (!capture.is_empty()).then_some(capture);
+        self
+    }
+
+    /// The resource this handle's spans (and OTLP metrics) carry.
+    fn resource(&self) -> Resource {
+        Resource::builder_empty()
+            .with_service_name(self.service_name.clone())
+            .with_attributes(self.resource.clone())
+            .build()
+    }
+
     /// Add any span processor (an exporter of your own, a filter).
     pub fn span_processor(mut self, processor: impl SpanProcessor + 'static) -> Self {
         self.provider = self.provider.with_span_processor(processor);
@@ -280,10 +361,7 @@ impl TelemetryBuilder {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let resource = Resource::builder_empty()
-            .with_service_name(self.service_name.clone())
-            .with_attributes(self.resource)
-            .build();
+        let resource = self.resource();
         let provider = self
             .provider
             .with_resource(resource)
@@ -292,12 +370,15 @@ impl TelemetryBuilder {
             .build();
         Ok(Telemetry {
             inner: Arc::new(Inner {
-                tracer: provider.tracer(SCOPE),
+                tracer: provider.tracer_with_scope(crate::metrics::scope()),
                 sampler: self.sampler,
                 service_name: self.service_name,
                 provider,
                 propagation: self.propagation,
                 sinks: self.sinks,
+                metrics: self.meter_provider.map(|p| Arc::new(Metrics::new(p))),
+                hooks: self.hooks,
+                capture: self.capture,
             }),
         })
     }

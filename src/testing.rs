@@ -32,6 +32,8 @@
 
 use std::time::Duration;
 
+pub use crate::metrics::capture::{MetricPoint, MetricsCapture, PointValue};
+
 use crate::journal::{SpanCollector, SpanRecord};
 use crate::verify::{self, CheckOptions, RenderOptions, Traces};
 use crate::Telemetry;

@@ -36,6 +36,10 @@ impl Traced {
             if mode == Mode::Unsampled {
                 builder = builder.sampler(Sampler::AlwaysOff);
             }
+            // Messaging metrics on (an in-memory reader), to count what they cost.
+            if std::env::var_os("TRACEHOP_BENCH_METRICS").is_some_and(|v| v == "1") {
+                builder = builder.metrics(tracehop::testing::MetricsCapture::new().provider());
+            }
             Ok(builder.build()?)
         };
         Ok(Traced {

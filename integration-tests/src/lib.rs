@@ -58,3 +58,23 @@ pub async fn finish<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
         Ok(Ok(out)) => out,
     }
 }
+
+/// A service whose spans go to `spans` and whose messaging metrics are read back from
+/// the returned in-memory capture.
+pub fn metered(
+    spans: &tracehop::SpanCollector,
+    name: &str,
+) -> (tracehop::Telemetry, tracehop::testing::MetricsCapture) {
+    let metrics = tracehop::testing::MetricsCapture::new();
+    let telemetry = tracehop::Telemetry::builder(name)
+        .collector(spans)
+        .metrics(metrics.provider())
+        .build()
+        .expect("telemetry");
+    (telemetry, metrics)
+}
+
+/// Metric names, for the metric tests.
+pub mod metric {
+    pub use tracehop::metrics::names::*;
+}

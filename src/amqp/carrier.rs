@@ -100,6 +100,10 @@ impl WriteCarrier for FieldTable {
             self.insert(key, AMQPValue::LongString(value.into()));
         }
     }
+
+    fn readable(&self) -> Option<&dyn ReadCarrier> {
+        Some(self)
+    }
 }
 
 /// A message's properties read as their `headers` table (no headers: no context).

@@ -199,12 +199,34 @@ impl Settle for AmqpDelivery<'_> {
             Some(delivery) => describe_unattempted(queue, delivery),
             None => Incoming::new(attr::system::RABBITMQ, queue),
         };
-        msg.destination_value = Some(self.source.queue_value.clone());
+        if msg.destination_value.is_none() {
+            msg.destination_value = Some(self.source.queue_value.clone());
+        }
         msg
     }
 
     fn destination(&self) -> &str {
         &self.source.queue
+    }
+
+    fn system(&self) -> &'static str {
+        attr::system::RABBITMQ
+    }
+
+    fn metric_key(&self) -> std::borrow::Cow<'_, str> {
+        let queue = self.source.queue.as_str();
+        match &self.delivery {
+            Some(d) => super::consume_name(d.exchange.as_str(), d.routing_key.as_str(), queue),
+            None => queue.into(),
+        }
+    }
+
+    fn enqueued_at(&self) -> Option<std::time::SystemTime> {
+        self.delivery
+            .as_ref()?
+            .properties
+            .timestamp()
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
     }
 
     fn headers(&self) -> &dyn ReadCarrier {
@@ -341,6 +363,13 @@ fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a>
         )
         .attribute(REDELIVERED, delivery.redelivered);
     msg = super::with_routing(msg, &delivery.routing_key, properties);
+    if let std::borrow::Cow::Owned(name) = super::consume_name(
+        delivery.exchange.as_str(),
+        delivery.routing_key.as_str(),
+        queue,
+    ) {
+        msg.destination_value = Some(name.into());
+    }
     if let Some(at) = properties
         .timestamp()
         .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))

@@ -66,14 +66,16 @@
 //! # Names and attributes
 //!
 //! They follow the RabbitMQ page of the OpenTelemetry messaging conventions:
-//! `messaging.system` is `rabbitmq`; on a send span `messaging.destination.name` is the
-//! exchange, and the span is named `publish <exchange>`. The default exchange (the empty
-//! name) is written `amq.default`, its name in RabbitMQ, rather than an empty string, so
-//! the span name says something. The routing key is kept out of the name (it is often
-//! per-message, as with RPC replies) and goes in
-//! `messaging.rabbitmq.destination.routing_key`. A process span is named
-//! `process <queue>`, with the queue as `messaging.destination.name` (that is where the
-//! consumer took the message from), the routing key, and
+//! `messaging.system` is `rabbitmq`; on a send span `messaging.destination.name` is
+//! `{exchange}:{routing_key}` (only the one that is not empty when the other is: a publish
+//! through the default exchange is named by its routing key; `amq.default` when both are
+//! empty), and the span is named `publish <exchange>` (`amq.default` for the default
+//! exchange): the routing key is kept out of the span name (it is often per-message, as
+//! with RPC replies) and also goes in `messaging.rabbitmq.destination.routing_key`. A
+//! process span is named `process <queue>`, with `{exchange}:{routing_key}:{queue}` as
+//! `messaging.destination.name` (empty parts left out, and the routing key when it is the
+//! queue's name: a delivery through the default exchange is named by its queue), the
+//! routing key, and
 //! `messaging.rabbitmq.message.delivery_tag`. Both carry `messaging.message.body.size`,
 //! and `messaging.message.id` and `messaging.message.conversation_id` (the correlation
 //! id) when the message has them.
@@ -148,6 +150,56 @@ fn with_routing<M: crate::messaging::Describe>(
         );
     }
     msg
+}
+
+/// `messaging.destination.name` of a publish, as the RabbitMQ conventions give it:
+/// `{exchange}:{routing_key}`, the one of the two that is not empty, or `amq.default`
+/// (the default exchange, no routing key).
+fn publish_name<'a>(exchange: &'a str, routing_key: &'a str) -> std::borrow::Cow<'a, str> {
+    match (exchange, routing_key) {
+        ("", "") => DEFAULT_EXCHANGE.into(),
+        ("", key) => key.into(),
+        (exchange, "") => exchange.into(),
+        (exchange, key) => format!("{exchange}:{key}").into(),
+    }
+}
+
+/// `messaging.destination.name` of a delivery, as the RabbitMQ conventions give it:
+/// `{exchange}:{routing_key}:{queue}`, leaving out the empty parts (the default exchange)
+/// and the routing key when it is the queue's name.
+fn consume_name<'a>(
+    exchange: &str,
+    routing_key: &str,
+    queue: &'a str,
+) -> std::borrow::Cow<'a, str> {
+    let key = if routing_key == queue {
+        ""
+    } else {
+        routing_key
+    };
+    match (exchange, key) {
+        ("", "") => queue.into(),
+        ("", key) => format!("{key}:{queue}").into(),
+        (exchange, "") => format!("{exchange}:{queue}").into(),
+        (exchange, key) => format!("{exchange}:{key}:{queue}").into(),
+    }
+}
+
+#[cfg(test)]
+mod naming_tests {
+    #[test]
+    fn destination_names_follow_the_rabbitmq_conventions() {
+        use super::{consume_name, publish_name};
+        assert_eq!(publish_name("", ""), "amq.default");
+        assert_eq!(publish_name("", "tasks"), "tasks");
+        assert_eq!(publish_name("orders", ""), "orders");
+        assert_eq!(publish_name("orders", "eu.new"), "orders:eu.new");
+        assert_eq!(consume_name("", "tasks", "tasks"), "tasks");
+        assert_eq!(consume_name("orders", "eu.new", "eu"), "orders:eu.new:eu");
+        assert_eq!(consume_name("orders", "", "eu"), "orders:eu");
+        assert_eq!(consume_name("orders", "eu", "eu"), "orders:eu");
+        assert_eq!(consume_name("", "other", "q"), "other:q");
+    }
 }
 
 /// A low-cardinality `error.type` for a lapin error.

@@ -97,12 +97,21 @@ impl TracedChannel {
             name => name,
         };
         let mut headers = properties.headers().clone().unwrap_or_default();
+        let name = super::publish_name(exchange.as_str(), routing_key.as_str());
+        let target = crate::messaging::Target {
+            system: attr::system::RABBITMQ,
+            destination: &name,
+            headers: None,
+        };
         let span = self
             .telemetry
-            .send_span_lazy(None, &mut headers, false, || {
-                let msg = Outgoing::new(attr::system::RABBITMQ, destination)
+            .send_span_lazy(None, &mut headers, false, target, || {
+                let mut msg = Outgoing::new(attr::system::RABBITMQ, destination)
                     .operation_name("publish")
                     .body_size(payload.len());
+                if *name != *destination {
+                    msg.name_value = Some(name.clone().into_owned().into());
+                }
                 super::with_routing(msg, &routing_key, &properties)
             });
         let (properties, dropped) = with_context(properties, headers, self.frame_max);

@@ -192,7 +192,26 @@ fn attribute(kv: &KeyValue) -> (String, Json) {
         Value::I64(i) => Json::from(*i),
         Value::F64(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
         Value::String(s) => Json::String(s.as_str().to_owned()),
+        Value::Array(array) => array_json(array),
         other => Json::String(other.as_str().into_owned()),
     };
     (kv.key.as_str().to_owned(), value)
+}
+
+/// An array attribute as a JSON array (what the journal writes).
+fn array_json(array: &opentelemetry::Array) -> Json {
+    use opentelemetry::Array;
+    match array {
+        Array::Bool(items) => items.iter().map(|b| Json::Bool(*b)).collect(),
+        Array::I64(items) => items.iter().map(|i| Json::from(*i)).collect(),
+        Array::F64(items) => items
+            .iter()
+            .map(|f| serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number))
+            .collect(),
+        Array::String(items) => items
+            .iter()
+            .map(|s| Json::String(s.as_str().to_owned()))
+            .collect(),
+        other => Json::String(other.to_string()),
+    }
 }

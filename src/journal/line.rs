@@ -385,7 +385,32 @@ fn json_value(out: &mut Vec<u8>, value: &Value) {
         Value::I64(n) => json_i64(out, *n),
         Value::F64(f) => json_f64(out, *f),
         Value::String(s) => json_str(out, s.as_str()),
+        Value::Array(array) => json_array(out, array),
         other => json_str(out, &other.as_str()),
+    }
+}
+
+/// An array attribute as a JSON array of its values (captured headers are string arrays).
+fn json_array(out: &mut Vec<u8>, array: &opentelemetry::Array) {
+    use opentelemetry::Array;
+    fn each<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+        out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write(out, item);
+        }
+        out.push(b']');
+    }
+    match array {
+        Array::Bool(items) => each(out, items, |out, b| {
+            out.extend_from_slice(if *b { b"true" } else { b"false" })
+        }),
+        Array::I64(items) => each(out, items, |out, n| json_i64(out, *n)),
+        Array::F64(items) => each(out, items, |out, f| json_f64(out, *f)),
+        Array::String(items) => each(out, items, |out, s| json_str(out, s.as_str())),
+        other => json_str(out, &other.to_string()),
     }
 }
 

@@ -161,6 +161,23 @@ impl WriteCarrier for ContextHeaders {
             None => self.headers.push((key, value)),
         }
     }
+
+    fn readable(&self) -> Option<&dyn ReadCarrier> {
+        Some(self)
+    }
+}
+
+impl ReadCarrier for ContextHeaders {
+    fn get(&self, key: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_bytes())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.headers.iter().map(|(k, _)| k.as_ref()).collect()
+    }
 }
 
 impl ContextHeaders {

@@ -359,6 +359,14 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> Settle for KafkaDelivery<'_,
         self.message.topic()
     }
 
+    fn system(&self) -> &'static str {
+        crate::messaging::attributes::system::KAFKA
+    }
+
+    fn enqueued_at(&self) -> Option<std::time::SystemTime> {
+        super::stored_at(&self.message)
+    }
+
     fn headers(&self) -> &dyn ReadCarrier {
         message_headers(&self.message)
     }

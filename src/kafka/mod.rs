@@ -81,6 +81,7 @@
 
 mod carrier;
 mod consumer;
+mod lag;
 mod producer;
 mod producer_context;
 mod rewinds;
@@ -94,6 +95,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
 pub use consumer::{KafkaAction, KafkaDelivery, KafkaSource, TracedConsumer};
+pub use lag::ConsumerLag;
 pub use producer::{SendResult, TracedProducer};
 pub use producer_context::{Traced, TracingProducerContext};
 pub use rdkafka;
@@ -173,13 +175,17 @@ fn describe<'m, M: Message>(
     if let Some(id) = client_id {
         incoming = incoming.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
     }
-    let stored = message
-        .timestamp()
-        .to_millis()
-        .and_then(|ms| u64::try_from(ms).ok())
-        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
-    if let Some(at) = stored {
+    if let Some(at) = stored_at(message) {
         incoming = incoming.enqueued_at(at);
     }
     incoming
+}
+
+/// When the broker (or producer) timestamped `message`.
+pub(crate) fn stored_at<M: Message>(message: &M) -> Option<std::time::SystemTime> {
+    message
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
 }

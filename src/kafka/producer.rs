@@ -277,7 +277,14 @@ pub(crate) fn open_send_span(
     let mut context = ContextHeaders::default();
     // Kafka timestamps records too, but in milliseconds: `tracehop-sent-at` keeps queue
     // time to the microsecond.
-    let span = telemetry.send_span_lazy(parent, &mut context, false, || {
+    let target = crate::messaging::Target {
+        system: system::KAFKA,
+        destination: topic,
+        headers: headers
+            .as_ref()
+            .map(|h| h as &dyn crate::propagation::ReadCarrier),
+    };
+    let span = telemetry.send_span_lazy(parent, &mut context, false, target, || {
         let mut msg = Outgoing::new(system::KAFKA, topic).body_size(payload.map_or(0, <[u8]>::len));
         if payload.is_none() {
             msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);

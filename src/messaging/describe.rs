@@ -52,9 +52,13 @@ macro_rules! shared_builders {
         /// (system, destination, operation type and name), for a span of `operation_type`.
         pub(crate) fn span_attributes(&mut self, operation_type: &'static str) -> Vec<KeyValue> {
             let mut attributes = std::mem::take(&mut self.attributes);
+            let name = match self.name_value() {
+                Some(name) => name.clone(),
+                None => self.destination.to_owned().into(),
+            };
             attributes.extend(super::common_attributes(
                 self.system,
-                self.destination.to_owned(),
+                name,
                 operation_type,
                 self.operation_name,
             ));
@@ -106,6 +110,11 @@ pub struct Outgoing<'a> {
     pub(crate) operation_name: &'static str,
     pub(crate) attributes: Vec<KeyValue>,
     pub(crate) temporary: bool,
+    /// The template the destination is named by (a hook's), for the span name and metrics.
+    pub(crate) template: Option<String>,
+    /// `messaging.destination.name` when it is not `destination` (RabbitMQ's
+    /// `{exchange}:{routing_key}`; the span is still named after `destination`).
+    pub(crate) name_value: Option<StringValue>,
 }
 
 /// Room for the attributes a send span gets: the adapter's (up to 6) and the core's 4,
@@ -116,6 +125,10 @@ const OUTGOING_ATTRIBUTES: usize = 12;
 const INCOMING_ATTRIBUTES: usize = 18;
 
 impl<'a> Outgoing<'a> {
+    fn name_value(&self) -> Option<&StringValue> {
+        self.name_value.as_ref()
+    }
+
     /// A message to `destination` (topic, subject, exchange) on `system`
     /// (see [`attributes::system`](super::attributes::system)).
     pub fn new(system: &'static str, destination: &'a str) -> Self {
@@ -125,7 +138,22 @@ impl<'a> Outgoing<'a> {
             operation_name: "send",
             attributes: Vec::with_capacity(OUTGOING_ATTRIBUTES),
             temporary: false,
+            template: None,
+            name_value: None,
         }
+    }
+
+    /// Name the destination by `template` (`orders.*`): sets
+    /// `messaging.destination.template`, names the span after it and records metrics per
+    /// template rather than per concrete destination.
+    pub fn destination_template(mut self, template: impl Into<String>) -> Self {
+        let template = template.into();
+        self.attributes.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_TEMPLATE,
+            template.clone(),
+        ));
+        self.template = Some(template);
+        self
     }
 
     shared_builders!(
@@ -157,6 +185,10 @@ pub struct Incoming<'a> {
 
 impl<'a> Incoming<'a> {
     shared_builders!("`process` by default", "process");
+
+    fn name_value(&self) -> Option<&StringValue> {
+        self.destination_value.as_ref()
+    }
 
     /// A message from `destination` on `system`.
     pub fn new(system: &'static str, destination: &'a str) -> Self {
@@ -193,6 +225,10 @@ impl<'a> Incoming<'a> {
     /// wildcard subscriptions keep span names bounded.
     pub fn destination_template(mut self, template: impl Into<StringValue>) -> Self {
         let template = template.into();
+        if self.template.is_some() {
+            self.attributes
+                .retain(|kv| kv.key.as_str() != attr::MESSAGING_DESTINATION_TEMPLATE);
+        }
         self.template = Some(template.clone());
         self.attribute(attr::MESSAGING_DESTINATION_TEMPLATE, template)
     }

@@ -34,6 +34,7 @@ pub mod attributes;
 mod batch;
 pub mod consume;
 mod describe;
+mod hooks;
 mod process;
 mod sampling;
 mod send;
@@ -43,10 +44,16 @@ pub use batch::BatchSpan;
 #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(unused_imports))]
 pub(crate) use describe::Describe;
 pub use describe::{Incoming, Outgoing, ParentPolicy};
-pub(crate) use process::record_error_on;
+pub use hooks::{HeaderCapture, Hooks, MessageRef, Operation};
 #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(unused_imports))]
 pub(crate) use process::snake_case;
+pub(crate) use process::{error_type_name, record_error_on};
 pub use process::{ProcessOutcome, ProcessSpan};
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "nats", feature = "amqp")),
+    allow(unused_imports)
+)]
+pub(crate) use send::Target;
 pub use send::{SendSpan, Sent};
 
 /// The attributes every messaging span has: `messaging.system`,

@@ -10,8 +10,8 @@ use opentelemetry::trace::{Link, Span as _, SpanKind, SpanRef, Status, TraceCont
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::attributes as attr;
-use super::{Incoming, ParentPolicy};
-use crate::propagation::{ContextSource, Extracted};
+use super::{Incoming, MessageRef, Operation, ParentPolicy};
+use crate::propagation::{ContextSource, Extracted, ReadCarrier};
 use crate::telemetry::{with_trace_id, Inner};
 
 /// What a handler's run came to, as recorded on its process span.
@@ -36,9 +36,9 @@ pub enum ProcessOutcome {
 /// of this span) and [`end`](Self::end) it.
 #[must_use = "a process span should run the handler and be ended"]
 pub struct ProcessSpan {
-    cx: Context,
+    pub(crate) cx: Context,
     /// Whether the span is recorded; nothing is set on one that is not.
-    recording: bool,
+    pub(crate) recording: bool,
 }
 
 impl fmt::Debug for ProcessSpan {
@@ -61,16 +61,18 @@ impl ProcessSpan {
         parent_override: Option<&Context>,
     ) -> ProcessSpan {
         let policy = msg.policy;
-        ProcessSpan::start_with(inner, policy, extracted, parent_override, || msg)
+        ProcessSpan::start_with(inner, policy, extracted, parent_override, None, || msg)
     }
 
     /// [`start`](Self::start), with the message described by `describe` only if the span
     /// is recorded: an unsampled delivery builds no name, attributes, links or SDK span.
+    /// `headers`: the delivery's, for header capture and the enrich hook.
     pub(crate) fn start_with<'a>(
         inner: &Inner,
         policy: ParentPolicy,
         extracted: &Extracted,
         parent_override: Option<&Context>,
+        headers: Option<&dyn ReadCarrier>,
         describe: impl FnOnce() -> Incoming<'a>,
     ) -> ProcessSpan {
         let remote = extracted.context.span().span_context().clone();
@@ -96,7 +98,24 @@ impl ProcessSpan {
             }
         };
 
-        let msg = describe();
+        let mut msg = describe();
+        if let Some(template) = inner.hooks.template.as_ref() {
+            if let Some(t) = template(msg.system, msg.destination) {
+                msg = msg.destination_template(t);
+            }
+        }
+        if let Some(enrich) = &inner.hooks.enrich {
+            let view = MessageRef {
+                system: msg.system,
+                destination: msg.destination,
+                operation: Operation::Process,
+                headers,
+            };
+            enrich(&view, &mut msg.attributes);
+        }
+        if let (Some(capture), Some(headers)) = (&inner.capture, headers) {
+            capture.capture(headers, &mut msg.attributes);
+        }
         let now = SystemTime::now();
         let mut attributes = msg.attributes;
         let destination = match msg.destination_value {
@@ -166,6 +185,15 @@ impl ProcessSpan {
         ProcessSpan {
             cx: parent.with_span(span),
             recording,
+        }
+    }
+
+    /// A span for a message the filter hook left untraced: nothing is recorded, and the
+    /// handler runs in an empty context.
+    pub(crate) fn untraced() -> ProcessSpan {
+        ProcessSpan {
+            cx: Context::new(),
+            recording: false,
         }
     }
 
@@ -308,7 +336,7 @@ pub(crate) fn record_error(span: &SpanRef<'_>, error_type: &str, message: &str) 
 /// (`my::HandlerError` -> `handler_error`, `Box<dyn core::error::Error + Send>` ->
 /// `box_dyn_error_send`): stable, low-cardinality, and in the style of the rest of
 /// tracehop's `error.type` values.
-fn error_type_name<E: ?Sized>() -> String {
+pub(crate) fn error_type_name<E: ?Sized>() -> String {
     snake_case(&strip_paths(std::any::type_name::<E>()))
 }
 

@@ -1,7 +1,8 @@
 //! Send spans: the producer side of a hop.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer,
@@ -11,7 +12,8 @@ use opentelemetry::{Context, KeyValue, Value};
 use super::attributes as attr;
 use super::process::record_error;
 use super::sampling::Early;
-use super::Outgoing;
+use super::{MessageRef, Operation, Outgoing};
+use crate::metrics::SendBound;
 use crate::propagation::WriteCarrier;
 use crate::telemetry::{with_trace_id, Inner};
 
@@ -25,6 +27,39 @@ pub struct SendSpan {
     cx: Context,
     /// Whether the span is recorded (sampled); nothing is set on one that is not.
     recording: bool,
+    /// The send's metrics, when they are on.
+    metric: Option<SendMetric>,
+}
+
+/// A send's bound instruments and when it started.
+struct SendMetric {
+    bound: Arc<SendBound>,
+    start: Instant,
+}
+
+/// What the core knows of an outgoing message before it is described: enough to apply
+/// the filter hook and find the destination's metrics.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) system: &'static str,
+    pub(crate) destination: &'a str,
+    /// The user's headers, for header capture and hooks, when the adapter can read them.
+    pub(crate) headers: Option<&'a dyn crate::propagation::ReadCarrier>,
+}
+
+/// Describe the message now (`describe` is called once), named by `template` if a hook
+/// gave one.
+fn describe_now<'a, F: FnOnce() -> Outgoing<'a>>(
+    describe: &mut Option<F>,
+    template: &Option<String>,
+) -> Outgoing<'a> {
+    // Called at most twice by `start_with`, the second time only if the first did not.
+    let describe = describe.take().expect("a message is described once");
+    let msg = describe();
+    match template {
+        Some(t) => msg.destination_template(t.clone()),
+        None => msg,
+    }
 }
 
 impl fmt::Debug for SendSpan {
@@ -42,19 +77,61 @@ impl SendSpan {
         parent: &Context,
         carrier: &mut dyn WriteCarrier,
     ) -> SendSpan {
-        SendSpan::start_with(inner, parent, carrier, false, || msg)
+        let target = Target {
+            system: msg.system,
+            destination: msg.destination,
+            headers: None,
+        };
+        SendSpan::start_with(inner, parent, carrier, false, target, || msg)
     }
 
     /// [`start`](Self::start), with the message described by `describe` only if the span
-    /// is recorded: an unsampled send builds no name, attributes or SDK span. `stamped`:
-    /// the broker or client timestamps the message (no `tracehop-sent-at` is written).
+    /// is recorded (or, once per destination, to bind its metrics): an unsampled send
+    /// builds no name, attributes or SDK span. `stamped`: the broker or client timestamps
+    /// the message (no `tracehop-sent-at` is written).
     pub(crate) fn start_with<'a>(
         inner: &Inner,
         parent: &Context,
         carrier: &mut dyn WriteCarrier,
         stamped: bool,
+        target: Target<'_>,
         describe: impl FnOnce() -> Outgoing<'a>,
     ) -> SendSpan {
+        let hooks = &inner.hooks;
+        if hooks.filter.is_some()
+            && !hooks.keeps(&MessageRef {
+                system: target.system,
+                destination: target.destination,
+                operation: Operation::Send,
+                headers: target.headers,
+            })
+        {
+            return SendSpan {
+                cx: parent.clone(),
+                recording: false,
+                metric: None,
+            };
+        }
+        let template = hooks
+            .template
+            .as_ref()
+            .and_then(|t| t(target.system, target.destination));
+        let mut describe = Some(describe);
+        let mut described: Option<Outgoing<'a>> = None;
+        let metric = inner.metrics.as_ref().map(|metrics| {
+            let key = template.as_deref().unwrap_or(target.destination);
+            let bound = match metrics.cached_send(target.system, key) {
+                Some(bound) => bound,
+                None => metrics.bind_send(
+                    key,
+                    described.insert(describe_now(&mut describe, &template)),
+                ),
+            };
+            SendMetric {
+                bound,
+                start: Instant::now(),
+            }
+        });
         let root_trace = match super::sampling::decide(inner, parent, SpanKind::Producer, None) {
             Early::Record(root_trace) => root_trace,
             Early::Dropped(cx) => {
@@ -66,18 +143,31 @@ impl SendSpan {
                 return SendSpan {
                     cx,
                     recording: false,
+                    metric,
                 };
             }
         };
-        let mut msg = describe();
+        let mut msg = match described {
+            Some(msg) => msg,
+            None => describe_now(&mut describe, &template),
+        };
+        if let Some(enrich) = &hooks.enrich {
+            let view = MessageRef {
+                system: msg.system,
+                destination: msg.destination,
+                operation: Operation::Send,
+                headers: target.headers,
+            };
+            enrich(&view, &mut msg.attributes);
+        }
+        if let (Some(capture), Some(headers)) = (&inner.capture, target.headers) {
+            capture.capture(headers, &mut msg.attributes);
+        }
         let attributes = msg.span_attributes(attr::operation_type::SEND);
+        let named = msg.template.as_deref().unwrap_or(msg.destination);
         let builder = inner
             .tracer
-            .span_builder(super::span_name(
-                msg.operation_name,
-                msg.destination,
-                msg.temporary,
-            ))
+            .span_builder(super::span_name(msg.operation_name, named, msg.temporary))
             .with_kind(SpanKind::Producer)
             .with_attributes(attributes);
         // One clock read for the span's start and the `tracehop-sent-at` header.
@@ -91,7 +181,19 @@ impl SendSpan {
         inner
             .propagation
             .inject_sent_at(&cx, carrier, Some(now), stamped);
-        SendSpan { cx, recording }
+        if let (true, Some(capture), Some(written)) =
+            (recording, &inner.capture, carrier.readable())
+        {
+            // The context headers just written, if named.
+            let mut context = Vec::new();
+            capture.capture(written, &mut context);
+            cx.span().set_attributes(context);
+        }
+        SendSpan {
+            cx,
+            recording,
+            metric,
+        }
     }
 
     /// Whether the span is recorded (sampled): attributes set on a span that is not are
@@ -120,6 +222,9 @@ impl SendSpan {
 
     /// End the span: the broker accepted the message.
     pub fn end(self) {
+        if let Some(m) = &self.metric {
+            m.bound.ok(m.start.elapsed());
+        }
         if self.recording {
             let span = self.cx.span();
             span.set_status(Status::Ok);
@@ -130,6 +235,9 @@ impl SendSpan {
     /// End the span as failed. `error_type` is a low-cardinality class (`error.type`), the
     /// error's text becomes the status description and an `exception` event.
     pub fn end_with_error(self, error_type: &str, error: &dyn fmt::Display) {
+        if let Some(m) = &self.metric {
+            m.bound.failed(error_type, m.start.elapsed());
+        }
         if self.recording {
             let span = self.cx.span();
             record_error(&span, error_type, &error.to_string());

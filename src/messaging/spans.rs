@@ -3,6 +3,7 @@
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::Context;
 
+use super::send::Target;
 use super::{BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessSpan, SendSpan};
 use crate::propagation::{ReadCarrier, WriteCarrier};
 use crate::Telemetry;
@@ -33,13 +34,14 @@ impl Telemetry {
         parent: Option<&Context>,
         headers: &mut dyn WriteCarrier,
         stamped: bool,
+        target: Target<'_>,
         describe: impl FnOnce() -> Outgoing<'a>,
     ) -> SendSpan {
         let inner = self.inner();
         match parent {
-            Some(parent) => SendSpan::start_with(inner, parent, headers, stamped, describe),
+            Some(parent) => SendSpan::start_with(inner, parent, headers, stamped, target, describe),
             None => Context::map_current(|cx| {
-                SendSpan::start_with(inner, cx, headers, stamped, describe)
+                SendSpan::start_with(inner, cx, headers, stamped, target, describe)
             }),
         }
     }
@@ -58,11 +60,39 @@ impl Telemetry {
     /// (or a new root linked to it, under [`ParentPolicy::Link`](crate::ParentPolicy)). A
     /// message without usable context gets a new root that says why.
     pub fn process_span(&self, mut msg: Incoming<'_>, headers: &dyn ReadCarrier) -> ProcessSpan {
+        if !self.traces(msg.system, msg.destination, headers) {
+            return ProcessSpan::untraced();
+        }
         let extracted = self.inner().propagation.extract(headers);
         if msg.attempt.is_none() {
             msg.attempt = extracted.attempt;
         }
-        ProcessSpan::start(self.inner(), msg, &extracted, None)
+        let policy = msg.policy;
+        ProcessSpan::start_with(
+            self.inner(),
+            policy,
+            &extracted,
+            None,
+            Some(headers),
+            || msg,
+        )
+    }
+
+    /// Whether the filter hook (if any) keeps a delivery from `destination` traced.
+    pub(crate) fn traces(
+        &self,
+        system: &'static str,
+        destination: &str,
+        headers: &dyn ReadCarrier,
+    ) -> bool {
+        let hooks = &self.inner().hooks;
+        hooks.filter.is_none()
+            || hooks.keeps(&super::MessageRef {
+                system,
+                destination,
+                operation: super::Operation::Process,
+                headers: Some(headers),
+            })
     }
 
     /// Open a process span for a message whose headers were already read.

@@ -76,6 +76,10 @@ impl WriteCarrier for HeaderMap {
         };
         self.insert(name, HeaderValue::from(value));
     }
+
+    fn readable(&self) -> Option<&dyn ReadCarrier> {
+        Some(self)
+    }
 }
 
 /// The bytes a header block takes on the wire, as async-nats counts them against the

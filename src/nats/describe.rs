@@ -38,9 +38,16 @@ impl Publish<'_> {
         describe: impl FnOnce(Outgoing<'s>) -> Outgoing<'s>,
     ) -> (SendSpan, Option<HeaderMap>) {
         let mut context = HeaderMap::new();
+        let target = crate::messaging::Target {
+            system: NATS,
+            destination: subject,
+            headers: headers
+                .as_ref()
+                .map(|h| h as &dyn crate::propagation::ReadCarrier),
+        };
         let send = self
             .telemetry
-            .send_span_lazy(None, &mut context, self.stamped, || {
+            .send_span_lazy(None, &mut context, self.stamped, target, || {
                 let msg = Outgoing::new(NATS, subject)
                     .operation_name(self.operation)
                     .body_size(payload.len());
@@ -88,6 +95,8 @@ struct ServerAddress {
     connects: u64,
     host: StringValue,
     port: i64,
+    /// The id the server gave this connection (`messaging.client.id`).
+    client_id: StringValue,
 }
 
 impl Server {
@@ -96,7 +105,7 @@ impl Server {
     const RECHECK: u64 = 1024;
 
     /// The address of the server `client` is connected to, if it has told us.
-    pub(crate) fn address(&self, client: &Client) -> Option<(StringValue, i64)> {
+    pub(crate) fn address(&self, client: &Client) -> Option<(StringValue, i64, StringValue)> {
         let cache = &self.0;
         let connects = client.statistics().connects.load(Ordering::Relaxed);
         let recheck = cache
@@ -106,7 +115,7 @@ impl Server {
         if !recheck {
             let cached = cache.address.read().unwrap_or_else(|p| p.into_inner());
             if let Some(a) = cached.as_ref().filter(|a| a.connects == connects) {
-                return Some((a.host.clone(), a.port));
+                return Some((a.host.clone(), a.port, a.client_id.clone()));
             }
         }
         let info = client
@@ -116,8 +125,11 @@ impl Server {
             connects,
             host: StringValue::from(Arc::<str>::from(info.host)),
             port: i64::from(info.port),
+            client_id: StringValue::from(Arc::<str>::from(info.client_id.to_string())),
         });
-        let out = fresh.as_ref().map(|a| (a.host.clone(), a.port));
+        let out = fresh
+            .as_ref()
+            .map(|a| (a.host.clone(), a.port, a.client_id.clone()));
         *cache.address.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         out
     }
@@ -137,10 +149,11 @@ fn with_common<M: Describe>(
             id.as_str().to_owned(),
         );
     }
-    if let Some((host, port)) = server.address(client) {
+    if let Some((host, port, client_id)) = server.address(client) {
         msg = msg
             .with(attr::SERVER_ADDRESS, host)
-            .with(attr::SERVER_PORT, port);
+            .with(attr::SERVER_PORT, port)
+            .with(crate::messaging::attributes::MESSAGING_CLIENT_ID, client_id);
     }
     msg
 }
@@ -222,6 +235,11 @@ impl<M: NatsMessage> Held<M> {
             Some(message) => describe(message),
             None => Incoming::new(NATS, self.subject.as_str()),
         }
+    }
+
+    /// The message, until it is handed over.
+    pub(super) fn message(&self) -> Option<&M> {
+        self.message.as_deref()
     }
 
     pub(super) fn headers(&self) -> &dyn crate::propagation::ReadCarrier {

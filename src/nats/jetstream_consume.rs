@@ -209,6 +209,15 @@ impl Settle for JetStreamDelivery<'_> {
         self.held.subject()
     }
 
+    fn system(&self) -> &'static str {
+        NATS
+    }
+
+    fn enqueued_at(&self) -> Option<SystemTime> {
+        let info = self.held.message()?.info().ok()?;
+        published_at(info.published)
+    }
+
     fn headers(&self) -> &dyn ReadCarrier {
         self.held.headers()
     }

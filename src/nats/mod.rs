@@ -73,6 +73,7 @@
 //! | `messaging.message.body.size` | all | payload bytes |
 //! | `messaging.message.envelope.size` | process | subject, reply, headers and payload bytes (async-nats' `Message::length`) |
 //! | `server.address`, `server.port` | all | host and port from the connected server's `INFO`, as nats.net records them (the server's listen address: `0.0.0.0` when it listens on every interface) |
+//! | `messaging.client.id` | all | the id the server gave the connection (its `INFO`'s `client_id`) |
 //!
 //! Differences from nats.net: sizes and the port are integers here (nats.net writes
 //! strings); tracehop's operation names are `publish`, `request` and `process` (nats.net

@@ -209,6 +209,15 @@ impl Settle for NatsDelivery<'_> {
         self.held.subject()
     }
 
+    fn system(&self) -> &'static str {
+        NATS
+    }
+
+    fn metric_key(&self) -> std::borrow::Cow<'_, str> {
+        // Deliveries are named by the subscription's subject (the template).
+        self.source.subject.as_str().into()
+    }
+
     fn headers(&self) -> &dyn ReadCarrier {
         self.held.headers()
     }

@@ -138,6 +138,12 @@ pub trait WriteCarrier {
     /// store a value (a client that rejects some bytes) skips it: injection never fails a
     /// publish.
     fn set(&mut self, key: &str, value: String);
+
+    /// The same headers for reading, when the carrier can read them back (for header
+    /// capture and hooks on the send side); `None` by default.
+    fn readable(&self) -> Option<&dyn ReadCarrier> {
+        None
+    }
 }
 
 impl<S: std::hash::BuildHasher> ReadCarrier for HashMap<String, String, S> {
@@ -157,6 +163,10 @@ impl<S: std::hash::BuildHasher> ReadCarrier for HashMap<String, String, S> {
 impl<S: std::hash::BuildHasher> WriteCarrier for HashMap<String, String, S> {
     fn set(&mut self, key: &str, value: String) {
         self.insert(key.to_owned(), value);
+    }
+
+    fn readable(&self) -> Option<&dyn ReadCarrier> {
+        Some(self)
     }
 }
 

@@ -10,8 +10,11 @@
 //! percent.
 //!
 //! ```text
-//! cargo xtask bench-instructions [--messages N] [--only nats-core,jetstream,rabbitmq,kafka-tansu]
+//! cargo xtask bench-instructions [--messages N] [--only nats-core,jetstream,rabbitmq,kafka-tansu] [--metrics]
 //! ```
+//!
+//! `--metrics` runs the traced modes with messaging metrics on (`TRACEHOP_BENCH_METRICS=1`:
+//! an in-memory reader) and prints their cost over the same modes without.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +27,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut small: u64 = 2_000;
     let mut brokers: Vec<String> = BROKERS.iter().map(|b| (*b).to_owned()).collect();
     let mut args = args.iter();
+    let mut metrics = false;
     while let Some(arg) = args.next() {
+        if arg == "--metrics" {
+            metrics = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--messages" => small = value.parse().map_err(|e| format!("--messages: {e}"))?,
@@ -37,6 +45,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let bench = build_bench()?;
     let out_dir = std::env::temp_dir().join("tracehop-callgrind");
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    if metrics {
+        return metrics_cost(&bench, &out_dir, &brokers, small, large);
+    }
     println!(
         "# instructions per message: (I({large}) - I({small})) / {} messages, 128-byte payloads",
         large - small
@@ -61,6 +72,38 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             over(2),
             over(3)
         );
+    }
+    Ok(())
+}
+
+/// The traced modes with and without metrics: what metrics add per message.
+fn metrics_cost(
+    bench: &Path,
+    out_dir: &Path,
+    brokers: &[String],
+    small: u64,
+    large: u64,
+) -> Result<(), String> {
+    println!(
+        "# instructions per message with metrics on: (I({large}) - I({small})) / {} messages",
+        large - small
+    );
+    println!();
+    println!("| broker | unsampled | + metrics | sampled + journaled | + metrics |");
+    println!("|---|---:|---:|---:|---:|");
+    for broker in brokers {
+        let mut cells = Vec::new();
+        for mode in ["unsampled", "sampled"] {
+            let mut per = [0.0; 2];
+            for (i, on) in [false, true].into_iter().enumerate() {
+                let env = on.then_some(("TRACEHOP_BENCH_METRICS", "1"));
+                let a = instructions_with(bench, out_dir, broker, mode, small, env)?;
+                let b = instructions_with(bench, out_dir, broker, mode, large, env)?;
+                per[i] = b.saturating_sub(a) as f64 / (large - small) as f64;
+            }
+            cells.push(format!("{:.0} | +{:.0}", per[0], per[1] - per[0]));
+        }
+        println!("| {broker} | {} | {} |", cells[0], cells[1]);
     }
     Ok(())
 }
@@ -120,8 +163,25 @@ fn instructions(
     mode: &str,
     messages: u64,
 ) -> Result<u64, String> {
-    let out = out_dir.join(format!("{broker}-{mode}-{messages}.out"));
-    let status = Command::new("valgrind")
+    instructions_with(bench, out_dir, broker, mode, messages, None)
+}
+
+/// [`instructions`], with one more environment variable for the run.
+fn instructions_with(
+    bench: &Path,
+    out_dir: &Path,
+    broker: &str,
+    mode: &str,
+    messages: u64,
+    env: Option<(&str, &str)>,
+) -> Result<u64, String> {
+    let tag = if env.is_some() { "-env" } else { "" };
+    let out = out_dir.join(format!("{broker}-{mode}-{messages}{tag}.out"));
+    let mut command = Command::new("valgrind");
+    if let Some((k, v)) = env {
+        command.env(k, v);
+    }
+    let status = command
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(bench)

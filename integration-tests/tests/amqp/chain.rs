@@ -111,7 +111,8 @@ async fn three_hops_across_two_queues_form_one_trace() {
     assert_eq!(send1.attribute_str("messaging.system"), Some("rabbitmq"));
     assert_eq!(
         send1.attribute_str("messaging.destination.name"),
-        Some("amq.default")
+        Some(tasks.as_str()),
+        "the default exchange: named by the routing key"
     );
     assert_eq!(
         send1.attribute_str("messaging.rabbitmq.destination.routing_key"),
@@ -124,7 +125,7 @@ async fn three_hops_across_two_queues_form_one_trace() {
     );
     assert_eq!(
         send2.attribute_str("messaging.destination.name"),
-        Some(exchange.as_str())
+        Some(format!("{exchange}:tool.call").as_str())
     );
     assert_eq!(
         send2.attribute_str("messaging.rabbitmq.destination.routing_key"),
@@ -155,6 +156,11 @@ async fn three_hops_across_two_queues_form_one_trace() {
     assert_eq!(
         process2.attribute_str("messaging.rabbitmq.destination.routing_key"),
         Some("tool.call")
+    );
+    assert_eq!(
+        process2.attribute_str("messaging.destination.name"),
+        Some(format!("{exchange}:tool.call:{calls}").as_str()),
+        "exchange, routing key and queue, as the conventions name a delivery"
     );
     assert_eq!(
         process2.attribute_str("messaging.message.id"),

@@ -95,9 +95,10 @@ async fn rejected_message_is_dead_lettered_and_processed_in_the_same_trace() {
     assert_eq!(settlement(failed), Some("reject"));
     assert_eq!(cleaned.status, Status::Ok);
     assert_eq!(settlement(cleaned), Some("ack"));
+    // Dead-lettered through `dlx` with its original routing key (the work queue).
     assert_eq!(
         text(cleaned, "messaging.destination.name"),
-        Some(dead.as_str())
+        Some(format!("{dlx}:{work}:{dead}").as_str())
     );
     // Dead-lettered from `work`, but this is its first delivery from the dead-letter queue.
     assert_eq!(attempt(cleaned), Some(1));

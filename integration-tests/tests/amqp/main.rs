@@ -21,6 +21,7 @@ mod confirms;
 mod failures;
 mod headers;
 mod lifecycle;
+mod metrics;
 mod rpc;
 
 use std::fmt;

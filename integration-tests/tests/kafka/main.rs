@@ -74,6 +74,7 @@ mod closing;
 mod failures;
 mod groups;
 mod headers;
+mod metrics;
 mod redelivery;
 
 /// How long a produce may take before the test fails.

@@ -7,6 +7,7 @@ mod chain;
 mod groups;
 mod headers;
 mod jetstream;
+mod metrics;
 mod request_reply;
 mod subscriptions;
 

@@ -263,8 +263,15 @@ impl<S: Source> Consumer<S> {
                 for ((delivery, span), first) in deliveries.iter_mut().zip(spans).zip(&firsts) {
                     summary.failed += 1;
                     let attempt = first.saturating_add(runs - 1);
-                    self.settle(delivery, span, Settlement::Redeliver, attempt, summary)
-                        .await?;
+                    self.settle(
+                        delivery,
+                        span,
+                        Settlement::Redeliver,
+                        attempt,
+                        summary,
+                        None,
+                    )
+                    .await?;
                 }
                 batch_span.end(n);
                 return Ok(());

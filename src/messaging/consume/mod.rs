@@ -39,6 +39,7 @@ macro_rules! receive {
 mod batch;
 mod handler;
 mod policy;
+mod record;
 mod source;
 mod stop;
 mod summary;
@@ -47,8 +48,8 @@ pub(crate) mod watch;
 
 use std::fmt;
 use std::future::Future;
-
-use opentelemetry::KeyValue;
+use std::sync::Arc;
+use std::time::Instant;
 
 pub use batch::{Batch, BatchOptions};
 pub use policy::{Decision, Failure, FailurePolicy, OnFailure};
@@ -62,8 +63,10 @@ pub use stop::Stop;
 pub use summary::{ConsumeError, Summary};
 
 use self::handler::{record, run_guarded};
+use self::record::{record_settlement, Run, RETRY_IN_PLACE};
 use self::summary::HandlerFailure;
 use super::attributes as attr;
+use crate::metrics::{ConsumeCache, Metrics};
 use crate::propagation::Extracted;
 use crate::{ParentPolicy, ProcessSpan, Telemetry};
 
@@ -86,6 +89,8 @@ pub struct Consumer<S: Source> {
     stop: Option<Stop>,
     propagate_panics: bool,
     manual: bool,
+    /// This consumer's bound instruments per destination, when metrics are on.
+    metrics: Option<(Arc<Metrics>, ConsumeCache)>,
 }
 
 impl<S: Source + fmt::Debug> fmt::Debug for Consumer<S> {
@@ -108,13 +113,18 @@ impl<S: Source> Consumer<S> {
     pub fn from_source(source: S, telemetry: Telemetry) -> Self {
         Consumer {
             source,
-            telemetry,
             on_failure: Box::new(OnFailure::<S::Action>::redeliver()),
             parent: ParentPolicy::Child,
             limit: None,
             stop: None,
             propagate_panics: false,
             manual: false,
+            metrics: telemetry
+                .inner()
+                .metrics
+                .clone()
+                .map(|m| (m, ConsumeCache::default())),
+            telemetry,
         }
     }
 
@@ -281,6 +291,7 @@ impl<S: Source> Consumer<S> {
             self.parent,
             extracted,
             batch,
+            Some(delivery.headers()),
             || {
                 delivery
                     .describe()
@@ -315,13 +326,42 @@ impl<S: Source> Consumer<S> {
             .inner()
             .propagation
             .extract(delivery.headers());
+        // Asked only when a filter is set (a source's `system` may describe the delivery).
+        let traced = self.telemetry.inner().hooks.filter.is_none()
+            || self.telemetry.traces(
+                delivery.system(),
+                delivery.destination(),
+                delivery.headers(),
+            );
+        let measure = self
+            .metrics
+            .as_ref()
+            .filter(|_| traced)
+            .map(|(metrics, cache)| {
+                let bound = self.bound(metrics, cache, &delivery);
+                bound.received(&extracted, delivery.enqueued_at());
+                bound
+            });
+        let measure = measure.as_deref();
         let first = Self::first_attempt(&delivery, &extracted);
         let keep = self.on_failure.may_retry_in_place();
         let mut runs: u32 = 0;
         loop {
             runs += 1;
             let attempt = first.saturating_add(runs - 1);
-            let span = self.open_span(&delivery, attempt, &extracted, None);
+            let run = measure.map(|m| {
+                m.run(attempt);
+                Run {
+                    bound: m,
+                    started: Instant::now(),
+                    error_type: None,
+                }
+            });
+            let span = if traced {
+                self.open_span(&delivery, attempt, &extracted, None)
+            } else {
+                ProcessSpan::untraced()
+            };
             let Some(message) = delivery.message(keep) else {
                 // A policy that said it never retries in place asked for a retry: the
                 // message was handed over, so give it back to the broker instead.
@@ -331,7 +371,14 @@ impl<S: Source> Consumer<S> {
                 );
                 summary.failed += 1;
                 return self
-                    .settle(&mut delivery, span, Settlement::Redeliver, attempt, summary)
+                    .settle(
+                        &mut delivery,
+                        span,
+                        Settlement::Redeliver,
+                        attempt,
+                        summary,
+                        run,
+                    )
                     .await;
             };
             let result = run_guarded(span.context(), || handler(message)).await;
@@ -340,11 +387,12 @@ impl<S: Source> Consumer<S> {
                 Ok(_) => {
                     summary.succeeded += 1;
                     return self
-                        .settle(&mut delivery, span, Settlement::Done, attempt, summary)
+                        .settle(&mut delivery, span, Settlement::Done, attempt, summary, run)
                         .await;
                 }
                 Err(failure) => failure,
             };
+            let run = run.map(|r| r.failed(failure.error_type()));
             let decision = self.on_failure.decide(&Failure {
                 destination: delivery.destination(),
                 attempt,
@@ -357,6 +405,10 @@ impl<S: Source> Consumer<S> {
                 // Nothing settled: the message runs again in place.
                 span.set_attribute(attr::SETTLEMENT, RETRY_IN_PLACE);
                 span.end();
+                if let Some(run) = run {
+                    run.bound
+                        .processed(run.started.elapsed(), run.error_type.as_deref());
+                }
                 summary.retries += 1;
                 if !after.is_zero() {
                     tokio::time::sleep(after).await;
@@ -366,7 +418,7 @@ impl<S: Source> Consumer<S> {
             summary.failed += 1;
             summary.panicked += u64::from(failure.panicked());
             let (settlement, stop) = self.settlement(&decision, failure.panicked());
-            self.settle(&mut delivery, span, settlement, attempt, summary)
+            self.settle(&mut delivery, span, settlement, attempt, summary, run)
                 .await?;
             if !stop {
                 return Ok(());
@@ -412,15 +464,25 @@ impl<S: Source> Consumer<S> {
         settlement: Settlement<'_, S::Action>,
         attempt: u32,
         summary: &mut Summary,
+        run: Option<Run<'_>>,
     ) -> Result<(), ConsumeError<E>> {
         let settlement = if self.manual {
             Settlement::Nothing
         } else {
             settlement
         };
+        let settling = run.as_ref().map(|_| Instant::now());
         let settled = delivery.settle(settlement, span.context(), attempt).await;
+        if let (Some(run), Some(settling)) = (&run, settling) {
+            let forwarded = matches!(settlement, Settlement::Action(_));
+            run.settled(&settled, settling.elapsed(), forwarded);
+        }
         let fatal = record_settlement(&span, settled, summary, || delivery.position());
         span.end();
+        if let Some(run) = run {
+            run.bound
+                .processed(run.started.elapsed(), run.error_type.as_deref());
+        }
         match fatal {
             Some(e) => Err(ConsumeError::settle(e, delivery.position())),
             None => {
@@ -442,33 +504,4 @@ pub(crate) fn delivery_attempt(
     crate::propagation::attempt(headers)
         .unwrap_or(1)
         .saturating_add(redeliveries)
-}
-
-/// `tracehop.settlement` of a run whose failure the policy answered with a run in place
-/// ([`Decision::Retry`]): nothing was settled.
-const RETRY_IN_PLACE: &str = "retry";
-
-/// Record what settling came to on `span`: `tracehop.settlement`, and on failure
-/// `tracehop.settlement.error`, a warning and a count. Returns the error if it is fatal.
-fn record_settlement(
-    span: &ProcessSpan,
-    settled: Result<&'static str, SettleError>,
-    summary: &mut Summary,
-    position: impl FnOnce() -> String,
-) -> Option<SettleError> {
-    match settled {
-        Ok(label) => {
-            span.set_attribute(attr::SETTLEMENT, label);
-            None
-        }
-        Err(e) => {
-            span.set_attributes([
-                KeyValue::new(attr::SETTLEMENT, e.settlement),
-                KeyValue::new(attr::SETTLEMENT_ERROR, e.error.to_string()),
-            ]);
-            tracing::warn!(error = %e, position = %position(), "settling a message failed");
-            summary.settle_errors += 1;
-            e.fatal.then_some(e)
-        }
-    }
 }

@@ -85,6 +85,25 @@ pub trait Settle: Send {
     /// The message's headers.
     fn headers(&self) -> &dyn ReadCarrier;
 
+    /// The message's `messaging.system` (what [`describe`](Self::describe) says; override
+    /// it with a constant, it is asked for each delivery when hooks are set).
+    fn system(&self) -> &'static str {
+        self.describe().system
+    }
+
+    /// What the consumer's metrics are kept per: the destination, or the subscription's
+    /// pattern when deliveries are named by a template (NATS wildcards). Deliveries with
+    /// the same key must describe the same metric attributes.
+    fn metric_key(&self) -> std::borrow::Cow<'_, str> {
+        self.destination().into()
+    }
+
+    /// When the broker stored the message, if it says (for queue time when the producer
+    /// wrote no `tracehop-sent-at`); asked for each delivery when metrics are on.
+    fn enqueued_at(&self) -> Option<std::time::SystemTime> {
+        None
+    }
+
     /// How many times the broker delivered this message before, as far as it says
     /// (JetStream's delivery count, RabbitMQ's `x-death`, `x-delivery-count` and
     /// redelivered flag); 0 when it does not count.

@@ -114,6 +114,14 @@ impl<E> HandlerFailure<E> {
         matches!(self, HandlerFailure::Panic(_))
     }
 
+    /// The failure's `error.type`: the error's type name, or `panic`.
+    pub(crate) fn error_type(&self) -> String {
+        match self {
+            HandlerFailure::Error(_) => crate::messaging::error_type_name::<E>(),
+            HandlerFailure::Panic(_) => crate::messaging::attributes::PANIC.to_owned(),
+        }
+    }
+
     pub(crate) fn into_error(self, position: String) -> ConsumeError<E> {
         match self {
             HandlerFailure::Error(error) => ConsumeError::Handler { error, position },
