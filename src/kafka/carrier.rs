@@ -69,29 +69,24 @@ fn keys<H: Headers>(headers: &H) -> Vec<&str> {
         .collect()
 }
 
-impl ReadCarrier for BorrowedHeaders {
-    fn get(&self, key: &str) -> Option<&[u8]> {
-        last_value(self, key)
-    }
-    fn keys(&self) -> Vec<&str> {
-        keys(self)
-    }
-    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
-        for_each(self, visit);
-    }
+/// Both of rdkafka's header types read the same way, through [`Headers`].
+macro_rules! read_carrier {
+    ($($headers:ty),*) => {$(
+        impl ReadCarrier for $headers {
+            fn get(&self, key: &str) -> Option<&[u8]> {
+                last_value(self, key)
+            }
+            fn keys(&self) -> Vec<&str> {
+                keys(self)
+            }
+            fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
+                for_each(self, visit);
+            }
+        }
+    )*};
 }
 
-impl ReadCarrier for OwnedHeaders {
-    fn get(&self, key: &str) -> Option<&[u8]> {
-        last_value(self, key)
-    }
-    fn keys(&self) -> Vec<&str> {
-        keys(self)
-    }
-    fn for_each<'a>(&'a self, visit: &mut dyn FnMut(&'a str, HeaderValue<'a>)) {
-        for_each(self, visit);
-    }
-}
+read_carrier!(BorrowedHeaders, OwnedHeaders);
 
 impl WriteCarrier for OwnedHeaders {
     fn set(&mut self, key: &str, value: String) {

@@ -144,13 +144,8 @@ pub(crate) fn line<'a>(text: &'a str, detail: Detail, memo: &mut Memo) -> Option
                 return None;
             }
             seen |= bit;
-            match c.peek()? {
-                b',' => c.at += 1,
-                b'}' => {
-                    c.at += 1;
-                    break;
-                }
-                _ => return None,
+            if c.member_end()? {
+                break;
             }
         }
     }
@@ -316,13 +311,8 @@ fn attributes<'a>(
                     c.value()?;
                 }
             }
-            match c.peek()? {
-                b',' => c.at += 1,
-                b'}' => {
-                    c.at += 1;
-                    break;
-                }
-                _ => return None,
+            if c.member_end()? {
+                break;
             }
         }
     }

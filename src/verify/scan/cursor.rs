@@ -106,6 +106,19 @@ impl<'a> Cursor<'a> {
         self.bytes.get(self.at).copied()
     }
 
+    /// After an object's member: a `,` (another member follows: `false`) or the `}` that
+    /// ends the object (`true`), consumed; anything else is not JSON (`None`).
+    #[inline]
+    pub(super) fn member_end(&mut self) -> Option<bool> {
+        let end = match self.peek()? {
+            b',' => false,
+            b'}' => true,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(end)
+    }
+
     #[inline]
     pub(super) fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.at += 1)
