@@ -447,7 +447,7 @@ async fn run(args: &Args) -> Result<std::process::ExitCode, Error> {
     let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     println!("\njournals: {}", files.join(" "));
     println!(
-        "check them: cargo run -- check --entry gateway {}",
+        "check them: cargo run --features cli -- check --entry gateway {}",
         files.join(" ")
     );
     Ok(std::process::ExitCode::SUCCESS)
