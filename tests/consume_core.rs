@@ -630,3 +630,80 @@ async fn a_batch_never_takes_more_than_the_limit_has_left() {
         "two messages stay with the broker"
     );
 }
+
+/// Batches are measured as single deliveries are: each message of a batch is a consumed
+/// message with its own process duration and settlement, a failed one carries the
+/// failure's `error.type`, and one settled with a broker action counts as forwarded.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn batch_metrics_count_every_message_its_failures_and_settlements() {
+    use tracehop::metrics::names;
+    let (_spans, _plain, broker) = setup(3);
+    let metrics = tracehop::testing::MetricsCapture::new();
+    let telemetry = Telemetry::builder("consumer")
+        .collector(&SpanCollector::new())
+        .metrics(metrics.provider())
+        .build()
+        .unwrap();
+    let mut consumer = Consumer::from_source(broker, telemetry)
+        .on_failure(OnFailure::settle(Park))
+        .limit(3);
+    let summary = consumer
+        .run_batches(
+            BatchOptions::new(10, Duration::from_millis(20)),
+            |batch| async move {
+                for (i, id) in batch.messages().iter().enumerate() {
+                    let id = *id;
+                    let _ = batch
+                        .process(i, async move {
+                            if id == 2 {
+                                Err("bad")
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .await;
+                }
+                Err::<(), _>("one message failed")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.batches, summary.messages, summary.failed),
+        (1, 3, 1)
+    );
+    let jobs = [("messaging.destination.name", "jobs")];
+    assert_eq!(
+        metrics.sum(names::MESSAGING_CLIENT_CONSUMED_MESSAGES, &jobs),
+        3.0
+    );
+    assert_eq!(
+        metrics.histogram_count(names::MESSAGING_PROCESS_DURATION, &jobs),
+        3
+    );
+    // The handler's error is a `&str`: its type names it, as on a single delivery.
+    assert_eq!(
+        metrics.histogram_count(
+            names::MESSAGING_PROCESS_DURATION,
+            &[
+                ("messaging.destination.name", "jobs"),
+                ("error.type", "str")
+            ]
+        ),
+        1,
+        "{:#?}",
+        metrics.matching(names::MESSAGING_PROCESS_DURATION, &[])
+    );
+    assert_eq!(
+        metrics.histogram_count(
+            names::MESSAGING_CLIENT_OPERATION_DURATION,
+            &[("messaging.operation.type", "settle")]
+        ),
+        3
+    );
+    assert_eq!(
+        metrics.sum(names::FORWARDED, &[("tracehop.settlement", "park")]),
+        1.0
+    );
+}

@@ -5,15 +5,17 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 
 use super::handler::{record, run_guarded};
+use super::record::Run;
 use super::summary::HandlerFailure;
 use super::{Consumer, Decision, Failure, Settle, Settlement, Source, Summary};
 use crate::messaging::attributes as attr;
 use crate::messaging::BatchSpan;
+use crate::metrics::ConsumeBound;
 use crate::propagation::Extracted;
 use crate::{ConsumeError, ProcessSpan};
 
@@ -234,12 +236,33 @@ impl<S: Source> Consumer<S> {
             .zip(&extracted)
             .map(|(d, x)| Self::first_attempt(d, x))
             .collect();
+        // Each delivery's bound instruments, when metrics are on: every message of a batch
+        // is measured as a delivery of the one loop is.
+        let bounds: Option<Vec<Arc<ConsumeBound>>> =
+            self.metrics.as_ref().map(|(metrics, cache)| {
+                deliveries
+                    .iter()
+                    .zip(&extracted)
+                    .map(|(d, x)| {
+                        let bound = self.bound(metrics, cache, d);
+                        bound.received(x, d.enqueued_at());
+                        bound
+                    })
+                    .collect()
+            });
         let destination = batch_destination(&deliveries);
         let keep = self.on_failure.may_retry_in_place();
         let n = deliveries.len();
         let mut runs: u32 = 0;
         loop {
             runs += 1;
+            let started = Instant::now();
+            if let Some(bounds) = &bounds {
+                for (bound, first) in bounds.iter().zip(&firsts) {
+                    bound.run(first.saturating_add(runs - 1));
+                }
+            }
+            let measure = bounds.as_deref().map(|b| (b, started));
             let batch_span = BatchSpan::from_extracted(
                 &self.telemetry,
                 self.source.describe_batch(&destination),
@@ -260,18 +283,18 @@ impl<S: Source> Consumer<S> {
                 tracing::warn!(
                     "retry in place asked for by a policy whose may_retry_in_place() is false; redelivering the batch"
                 );
-                for ((delivery, span), first) in deliveries.iter_mut().zip(spans).zip(&firsts) {
+                for (i, ((delivery, span), first)) in
+                    deliveries.iter_mut().zip(spans).zip(&firsts).enumerate()
+                {
                     summary.failed += 1;
                     let attempt = first.saturating_add(runs - 1);
-                    self.settle(
-                        delivery,
-                        span,
-                        Settlement::Redeliver,
-                        attempt,
-                        summary,
-                        None,
-                    )
-                    .await?;
+                    let run = measure.map(|(bounds, started)| Run {
+                        bound: &bounds[i],
+                        started,
+                        error_type: None,
+                    });
+                    self.settle(delivery, span, Settlement::Redeliver, attempt, summary, run)
+                        .await?;
                 }
                 batch_span.end(n);
                 return Ok(());
@@ -288,8 +311,14 @@ impl<S: Source> Consumer<S> {
             batch.record_unrun(&result);
             let failure = match result {
                 Ok(_) => {
-                    self.settle_batch(&mut deliveries, &batch, &[], None, (&firsts, runs), summary)
-                        .await?;
+                    self.settle_batch(
+                        &mut deliveries,
+                        &batch,
+                        (&[], None, None),
+                        (&firsts, runs, measure),
+                        summary,
+                    )
+                    .await?;
                     summary.succeeded += n as u64;
                     summary.batches += 1;
                     batch_span.end(0);
@@ -306,10 +335,17 @@ impl<S: Source> Consumer<S> {
                 error: &failure,
                 panicked: failure.panicked(),
             });
+            let error_type = failure.error_type();
             if let Decision::Retry { after } = decision {
                 for span in &batch.inner.spans {
                     span.set_attribute(attr::SETTLEMENT, super::RETRY_IN_PLACE);
                     span.end_shared();
+                }
+                if let Some((bounds, started)) = measure {
+                    for (i, bound) in bounds.iter().enumerate() {
+                        let failed = failed.contains(&i).then_some(error_type.as_str());
+                        bound.processed(started.elapsed(), failed);
+                    }
                 }
                 batch_span.end(failed.len());
                 summary.retries += 1;
@@ -329,9 +365,8 @@ impl<S: Source> Consumer<S> {
                 .settle_batch(
                     &mut deliveries,
                     &batch,
-                    &failed,
-                    Some(settlement),
-                    (&firsts, runs),
+                    (&failed, Some(settlement), Some(&error_type)),
+                    (&firsts, runs, measure),
                     summary,
                 )
                 .await;
@@ -344,15 +379,20 @@ impl<S: Source> Consumer<S> {
         }
     }
 
-    /// Settle every delivery of a batch in order: the `failed` ones as `on_failure` says,
-    /// the others as done; record each on its span and end it.
+    /// Settle every delivery of a batch in order: the `failed` ones as `on_failure` says
+    /// (their runs measured with `error_type`), the others as done; record each on its
+    /// span and end it, and measure its run when metrics are on (`measure`: the bound
+    /// instruments of each delivery and when the run started).
     async fn settle_batch<E>(
         &self,
         deliveries: &mut [S::Delivery<'_>],
         batch: &Batch<S::Message>,
-        failed: &[usize],
-        on_failure: Option<Settlement<'_, S::Action>>,
-        (firsts, runs): (&[u32], u32),
+        (failed, on_failure, error_type): (
+            &[usize],
+            Option<Settlement<'_, S::Action>>,
+            Option<&String>,
+        ),
+        (firsts, runs, measure): (&[u32], u32, Option<(&[Arc<ConsumeBound>], Instant)>),
         summary: &mut Summary,
     ) -> Result<(), ConsumeError<E>> {
         for (i, delivery) in deliveries.iter_mut().enumerate() {
@@ -367,9 +407,23 @@ impl<S: Source> Consumer<S> {
             } else {
                 settlement
             };
+            let run = measure.map(|(bounds, started)| Run {
+                bound: &bounds[i],
+                started,
+                error_type: error_type.filter(|_| failed.contains(&i)).cloned(),
+            });
+            let settling = Instant::now();
             let settled = delivery.settle(settlement, span.context(), attempt).await;
+            if let Some(run) = &run {
+                let forwarded = matches!(settlement, Settlement::Action(_));
+                run.settled(&settled, settling.elapsed(), forwarded);
+            }
             let fatal = super::record_settlement(span, settled, summary, || delivery.position());
             span.end_shared();
+            if let Some(run) = run {
+                run.bound
+                    .processed(run.started.elapsed(), run.error_type.as_deref());
+            }
             if let Some(e) = fatal {
                 // The rest of the batch stays unsettled: the broker delivers it again.
                 for rest in &batch.inner.spans[i + 1..] {
