@@ -387,12 +387,8 @@ impl<S: Source> Consumer<S> {
         &self,
         deliveries: &mut [S::Delivery<'_>],
         batch: &Batch<S::Message>,
-        (failed, on_failure, error_type): (
-            &[usize],
-            Option<Settlement<'_, S::Action>>,
-            Option<&String>,
-        ),
-        (firsts, runs, measure): (&[u32], u32, Option<(&[Arc<ConsumeBound>], Instant)>),
+        (failed, on_failure, error_type): Failed<'_, S::Action>,
+        (firsts, runs, measure): (&[u32], u32, Measure<'_>),
         summary: &mut Summary,
     ) -> Result<(), ConsumeError<E>> {
         for (i, delivery) in deliveries.iter_mut().enumerate() {
@@ -436,6 +432,14 @@ impl<S: Source> Consumer<S> {
         Ok(())
     }
 }
+
+/// The failed messages of a batch (their indices), how the policy settles them, and the
+/// failure's `error.type`.
+type Failed<'a, A> = (&'a [usize], Option<Settlement<'a, A>>, Option<&'a String>);
+
+/// Each delivery's bound instruments and when the batch's run started, when metrics are
+/// on.
+type Measure<'a> = Option<(&'a [Arc<ConsumeBound>], Instant)>;
 
 /// The batch span's destination: the destination, or the destinations joined with `,`
 /// when a batch spans several.
