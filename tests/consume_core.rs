@@ -543,14 +543,13 @@ async fn manual_settlement_settles_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_batch_links_its_messages_and_a_failure_settles_only_the_failed_ones() {
-    let (spans, telemetry, broker) = setup(3);
-    let log_handle = broker.log.clone();
+/// Messages 1..=3 in one batch whose handler fails message 2 (settled with `Park`) and
+/// then the batch; the loop's summary.
+async fn batch_failing_message_2(broker: Memory, telemetry: Telemetry) -> tracehop::Summary {
     let mut consumer = Consumer::from_source(broker, telemetry)
         .on_failure(OnFailure::settle(Park))
         .limit(3);
-    let summary = consumer
+    consumer
         .run_batches(
             BatchOptions::new(10, Duration::from_millis(20)),
             |batch| async move {
@@ -570,7 +569,14 @@ async fn a_batch_links_its_messages_and_a_failure_settles_only_the_failed_ones()
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_links_its_messages_and_a_failure_settles_only_the_failed_ones() {
+    let (spans, telemetry, broker) = setup(3);
+    let log_handle = broker.log.clone();
+    let summary = batch_failing_message_2(broker, telemetry).await;
     assert_eq!(
         (
             summary.batches,
@@ -645,30 +651,7 @@ async fn batch_metrics_count_every_message_its_failures_and_settlements() {
         .metrics(metrics.provider())
         .build()
         .unwrap();
-    let mut consumer = Consumer::from_source(broker, telemetry)
-        .on_failure(OnFailure::settle(Park))
-        .limit(3);
-    let summary = consumer
-        .run_batches(
-            BatchOptions::new(10, Duration::from_millis(20)),
-            |batch| async move {
-                for (i, id) in batch.messages().iter().enumerate() {
-                    let id = *id;
-                    let _ = batch
-                        .process(i, async move {
-                            if id == 2 {
-                                Err("bad")
-                            } else {
-                                Ok(())
-                            }
-                        })
-                        .await;
-                }
-                Err::<(), _>("one message failed")
-            },
-        )
-        .await
-        .unwrap();
+    let summary = batch_failing_message_2(broker, telemetry).await;
     assert_eq!(
         (summary.batches, summary.messages, summary.failed),
         (1, 3, 1)
