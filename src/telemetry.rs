@@ -106,6 +106,25 @@ impl Telemetry {
         }
     }
 
+    /// [`from_provider`](Self::from_provider), also recording messaging metrics through
+    /// `meter_provider` (see [`metrics`](crate::metrics)), as
+    /// [`TelemetryBuilder::metrics`] does for a handle from the builder.
+    /// [`flush`](Self::flush) and [`shutdown`](Self::shutdown) flush and shut down the meter
+    /// provider too.
+    pub fn from_providers(
+        service_name: impl Into<String>,
+        tracer_provider: &SdkTracerProvider,
+        meter_provider: SdkMeterProvider,
+        propagation: Propagation,
+    ) -> Telemetry {
+        let mut telemetry = Telemetry::from_provider(service_name, tracer_provider, propagation);
+        if let Some(inner) = Arc::get_mut(&mut telemetry.inner) {
+            // Always: the handle was made just now and has no other clone.
+            inner.metrics = Some(Arc::new(Metrics::new(meter_provider)));
+        }
+        telemetry
+    }
+
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }

@@ -690,3 +690,54 @@ async fn batch_metrics_count_every_message_its_failures_and_settlements() {
         1.0
     );
 }
+
+/// A handle made from the user's own providers records metrics too: the consumer's
+/// deliveries and the sends made inside its handler.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn metrics_through_a_handle_from_the_users_own_providers() {
+    use tracehop::metrics::names;
+    let (_spans, _plain, broker) = setup(2);
+    let metrics = tracehop::testing::MetricsCapture::new();
+    let tracer_provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let telemetry = Telemetry::from_providers(
+        "consumer",
+        &tracer_provider,
+        metrics.provider(),
+        tracehop::Propagation::default(),
+    );
+    let sender = telemetry.clone();
+    let mut consumer = Consumer::from_source(broker, telemetry.clone()).limit(2);
+    let summary = consumer
+        .run(move |id| {
+            let mut headers: HashMap<String, String> = HashMap::new();
+            sender
+                .send_span(Outgoing::new("memory", "results"), &mut headers)
+                .end();
+            async move {
+                if id > 0 {
+                    Ok(())
+                } else {
+                    Err("no id")
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!((summary.messages, summary.succeeded), (2, 2));
+    assert_eq!(
+        metrics.sum(
+            names::MESSAGING_CLIENT_CONSUMED_MESSAGES,
+            &[("messaging.destination.name", "jobs")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metrics.sum(
+            names::MESSAGING_CLIENT_SENT_MESSAGES,
+            &[("messaging.destination.name", "results")]
+        ),
+        2.0
+    );
+    telemetry.shutdown().unwrap();
+}
