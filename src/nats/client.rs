@@ -177,35 +177,22 @@ impl TracedClient {
         result.map(|()| Sent::new((), span))
     }
 
-    /// Send a request and wait for the reply, inside a `request <subject>` send span (kind
-    /// PRODUCER, `messaging.operation.name=request`) that lasts the whole round trip.
-    ///
-    /// The responder's process span is a child of the request span. When the reply
-    /// arrives, a `process` span (named without the one-off inbox) records it: a child of
-    /// the responder's reply span when the reply carries context (so the round trip is one
-    /// trace), else a child of the request span that says the context was missing or
-    /// rejected. The reply
-    /// is returned as it arrived; read its context with
-    /// [`Propagation::extract`](crate::Propagation::extract) on `reply.headers` if you need
-    /// it.
-    pub async fn request<S: ToSubject>(
-        &self,
-        subject: S,
-        payload: Bytes,
-    ) -> Result<Sent<Message>, RequestError> {
-        self.request_message(subject.to_subject(), None, payload)
-            .await
-    }
-
-    /// [`request`](Self::request) with your headers.
-    pub async fn request_with_headers<S: ToSubject>(
-        &self,
-        subject: S,
-        headers: HeaderMap,
-        payload: Bytes,
-    ) -> Result<Sent<Message>, RequestError> {
-        self.request_message(subject.to_subject(), Some(headers), payload)
-            .await
+    with_and_without_headers! {
+        /// Send a request and wait for the reply, inside a `request <subject>` send span (kind
+        /// PRODUCER, `messaging.operation.name=request`) that lasts the whole round trip.
+        ///
+        /// The responder's process span is a child of the request span. When the reply
+        /// arrives, a `process` span (named without the one-off inbox) records it: a child of
+        /// the responder's reply span when the reply carries context (so the round trip is one
+        /// trace), else a child of the request span that says the context was missing or
+        /// rejected. The reply
+        /// is returned as it arrived; read its context with
+        /// [`Propagation::extract`](crate::Propagation::extract) on `reply.headers` if you need
+        /// it.
+        request,
+        /// [`request`](Self::request) with your headers.
+        request_with_headers,
+        request_message -> Result<Sent<Message>, RequestError>
     }
 
     async fn request_message(

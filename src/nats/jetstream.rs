@@ -58,28 +58,15 @@ impl TracedJetStream {
         &self.telemetry
     }
 
-    /// Publish `payload` to `subject` and wait for the stream's acknowledgement, inside a
-    /// `publish <subject>` send span that records `messaging.nats.js.stream` and
-    /// `messaging.nats.js.sequence.stream` from the ack, or the error.
-    pub async fn publish<S: ToSubject>(
-        &self,
-        subject: S,
-        payload: Bytes,
-    ) -> Result<Sent<PublishAck>, PublishError> {
-        self.publish_message(subject.to_subject(), None, payload)
-            .await
-    }
-
-    /// [`publish`](Self::publish) with your headers (`Nats-Msg-Id` and the `Nats-Expected-*`
-    /// headers among them, which JetStream honours as usual).
-    pub async fn publish_with_headers<S: ToSubject>(
-        &self,
-        subject: S,
-        headers: HeaderMap,
-        payload: Bytes,
-    ) -> Result<Sent<PublishAck>, PublishError> {
-        self.publish_message(subject.to_subject(), Some(headers), payload)
-            .await
+    with_and_without_headers! {
+        /// Publish `payload` to `subject` and wait for the stream's acknowledgement, inside a
+        /// `publish <subject>` send span that records `messaging.nats.js.stream` and
+        /// `messaging.nats.js.sequence.stream` from the ack, or the error.
+        publish,
+        /// [`publish`](Self::publish) with your headers (`Nats-Msg-Id` and the `Nats-Expected-*`
+        /// headers among them, which JetStream honours as usual).
+        publish_with_headers,
+        publish_message -> Result<Sent<PublishAck>, PublishError>
     }
 
     async fn publish_message(

@@ -136,6 +136,32 @@
 //! after the ack wait with a higher delivery count, counting towards `max_deliver`. For a
 //! bounded run, fetch exactly what you will process (`consumer.fetch().max_messages(n)`).
 
+/// A traced client's method and its `_with_headers` twin, both one call into the private
+/// `$body(subject, Option<HeaderMap>, payload)` that does the work: the pair async-nats
+/// offers, written once.
+macro_rules! with_and_without_headers {
+    (
+        $(#[$doc:meta])* $name:ident,
+        $(#[$doc_headers:meta])* $with_headers:ident,
+        $body:ident -> $out:ty
+    ) => {
+        $(#[$doc])*
+        pub async fn $name<S: ToSubject>(&self, subject: S, payload: Bytes) -> $out {
+            self.$body(subject.to_subject(), None, payload).await
+        }
+
+        $(#[$doc_headers])*
+        pub async fn $with_headers<S: ToSubject>(
+            &self,
+            subject: S,
+            headers: HeaderMap,
+            payload: Bytes,
+        ) -> $out {
+            self.$body(subject.to_subject(), Some(headers), payload).await
+        }
+    };
+}
+
 mod carrier;
 mod client;
 mod describe;
