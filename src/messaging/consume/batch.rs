@@ -256,13 +256,13 @@ impl<S: Source> Consumer<S> {
         let mut runs: u32 = 0;
         loop {
             runs += 1;
-            let started = Instant::now();
-            if let Some(bounds) = &bounds {
+            // Measured only when metrics are on: no clock read otherwise.
+            let measure = bounds.as_deref().map(|bounds| {
                 for (bound, first) in bounds.iter().zip(&firsts) {
                     bound.run(first.saturating_add(runs - 1));
                 }
-            }
-            let measure = bounds.as_deref().map(|b| (b, started));
+                (bounds, Instant::now())
+            });
             let batch_span = BatchSpan::from_extracted(
                 &self.telemetry,
                 self.source.describe_batch(&destination),
@@ -408,9 +408,9 @@ impl<S: Source> Consumer<S> {
                 started,
                 error_type: error_type.filter(|_| failed.contains(&i)).cloned(),
             });
-            let settling = Instant::now();
+            let settling = run.as_ref().map(|_| Instant::now());
             let settled = delivery.settle(settlement, span.context(), attempt).await;
-            if let Some(run) = &run {
+            if let (Some(run), Some(settling)) = (&run, settling) {
                 let forwarded = matches!(settlement, Settlement::Action(_));
                 run.settled(&settled, settling.elapsed(), forwarded);
             }
