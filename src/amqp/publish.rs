@@ -98,10 +98,14 @@ impl TracedChannel {
         };
         let mut headers = properties.headers().clone().unwrap_or_default();
         let name = super::publish_name(exchange.as_str(), routing_key.as_str());
+        // The hooks read the user's headers as given (the context is not in them yet).
         let target = crate::messaging::Target {
             system: attr::system::RABBITMQ,
             destination: &name,
-            headers: None,
+            headers: properties
+                .headers()
+                .as_ref()
+                .map(|h| h as &dyn crate::propagation::ReadCarrier),
         };
         let span = self
             .telemetry

@@ -21,7 +21,10 @@ use crate::Telemetry;
 /// `messaging.consumer.group.name`.
 ///
 /// librdkafka reports statistics every `statistics.interval.ms` (off by default: set it
-/// on the consumer's configuration). Partitions whose lag is not known yet (`-1`) are
+/// on the consumer's configuration). rdkafka hands the statistics over while the consumer
+/// is read (`recv`, the stream, or a running consume loop, which reads it): a consumer
+/// nobody reads, or one paused in a long handler, reports no new lag until it is read
+/// again. Partitions whose lag is not known yet (`-1`) are
 /// skipped. Without metrics on the handle, the last lags are still kept for
 /// [`lag`](Self::lag).
 ///

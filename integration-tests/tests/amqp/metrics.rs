@@ -191,8 +191,9 @@ async fn enrich_hook_adds_attributes_from_headers_on_publish_and_process() {
     assert_eq!((send.len(), processed.len()), (1, 1), "{records:#?}");
     assert_eq!(text(send[0], "app.side"), Some("send"));
     assert_eq!(text(processed[0], "app.side"), Some("process"));
-    // The delivery's headers are the hook's to read (the publish side reads the headers
-    // the adapter hands it: RabbitMQ's publish gives none).
+    // The hook reads the user's headers on both sides: the publish's properties and the
+    // delivery's.
+    assert_eq!(text(send[0], "app.tenant"), Some("acme"));
     assert_eq!(text(processed[0], "app.tenant"), Some("acme"));
     queue.delete().await;
 }
