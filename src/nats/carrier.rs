@@ -68,7 +68,7 @@ impl WriteCarrier for HeaderMap {
     /// value (it would panic on them).
     fn set(&mut self, key: &str, value: String) {
         // async-nats rejects (and its infallible conversion panics on) CR and LF in values.
-        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        if memchr::memchr2(b'\r', b'\n', value.as_bytes()).is_some() {
             return;
         }
         let Some(name) = header_name(key) else {

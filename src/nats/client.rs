@@ -1,5 +1,7 @@
 //! Core NATS publishing, request-reply and subscribing, traced.
 
+use std::future::Future;
+
 use async_nats::client::{PublishError, PublishErrorKind, RequestError, SubscribeError};
 use async_nats::{Client, HeaderMap, Message, Request, Subject, ToSubject};
 use bytes::Bytes;
@@ -55,46 +57,43 @@ impl TracedClient {
 
     /// Publish `payload` to `subject` inside a send span, with the trace context in the
     /// message headers. The span ends when the client has accepted the message.
-    pub async fn publish<S: ToSubject>(
+    pub fn publish<S: ToSubject>(
         &self,
         subject: S,
         payload: Bytes,
-    ) -> Result<Sent<()>, PublishError> {
+    ) -> impl Future<Output = Result<Sent<()>, PublishError>> + '_ {
         self.publish_message(subject.to_subject(), None, None, payload, false)
-            .await
     }
 
     /// Publish with your headers; they are sent as they are, with the context headers added.
-    pub async fn publish_with_headers<S: ToSubject>(
+    pub fn publish_with_headers<S: ToSubject>(
         &self,
         subject: S,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<Sent<()>, PublishError> {
+    ) -> impl Future<Output = Result<Sent<()>, PublishError>> + '_ {
         self.publish_message(subject.to_subject(), None, Some(headers), payload, false)
-            .await
     }
 
     /// Publish with a reply subject (recorded as `messaging.nats.message.reply_to`).
-    pub async fn publish_with_reply<S: ToSubject, R: ToSubject>(
+    pub fn publish_with_reply<S: ToSubject, R: ToSubject>(
         &self,
         subject: S,
         reply: R,
         payload: Bytes,
-    ) -> Result<Sent<()>, PublishError> {
+    ) -> impl Future<Output = Result<Sent<()>, PublishError>> + '_ {
         let reply = reply.to_subject();
         self.publish_message(subject.to_subject(), Some(reply), None, payload, false)
-            .await
     }
 
     /// Publish with a reply subject and your headers.
-    pub async fn publish_with_reply_and_headers<S: ToSubject, R: ToSubject>(
+    pub fn publish_with_reply_and_headers<S: ToSubject, R: ToSubject>(
         &self,
         subject: S,
         reply: R,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<Sent<()>, PublishError> {
+    ) -> impl Future<Output = Result<Sent<()>, PublishError>> + '_ {
         let reply = reply.to_subject();
         self.publish_message(
             subject.to_subject(),
@@ -103,7 +102,6 @@ impl TracedClient {
             payload,
             false,
         )
-        .await
     }
 
     /// Wait until the server has processed everything this client sent, subscriptions

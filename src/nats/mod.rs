@@ -146,18 +146,22 @@ macro_rules! with_and_without_headers {
         $body:ident -> $out:ty
     ) => {
         $(#[$doc])*
-        pub async fn $name<S: ToSubject>(&self, subject: S, payload: Bytes) -> $out {
-            self.$body(subject.to_subject(), None, payload).await
+        pub fn $name<S: ToSubject>(
+            &self,
+            subject: S,
+            payload: Bytes,
+        ) -> impl std::future::Future<Output = $out> + '_ {
+            self.$body(subject.to_subject(), None, payload)
         }
 
         $(#[$doc_headers])*
-        pub async fn $with_headers<S: ToSubject>(
+        pub fn $with_headers<S: ToSubject>(
             &self,
             subject: S,
             headers: HeaderMap,
             payload: Bytes,
-        ) -> $out {
-            self.$body(subject.to_subject(), Some(headers), payload).await
+        ) -> impl std::future::Future<Output = $out> + '_ {
+            self.$body(subject.to_subject(), Some(headers), payload)
         }
     };
 }
