@@ -14,6 +14,7 @@ use lapin::types::FieldTable;
 use super::frame::{header_frame_len, DEFAULT_FRAME_MAX};
 use super::{error_type, DEFAULT_EXCHANGE};
 use crate::messaging::attributes as attr;
+use crate::messaging::Sending;
 use crate::{Outgoing, SendSpan, Telemetry};
 
 /// A lapin [`Channel`] whose publishes are traced.
@@ -84,66 +85,73 @@ impl TracedChannel {
     /// [`PublishConfirm`] resolves: an ack ends it successfully, a nack or a returned
     /// (unroutable, `mandatory`) message ends it as an error. Without confirms it ends as
     /// soon as the message is handed to the connection.
-    pub async fn basic_publish(
-        &self,
+    ///
+    /// The span opens when the future is first polled, as a child of the context current
+    /// then (so `.with_context(cx)` on the future sets its parent).
+    pub fn basic_publish<'a>(
+        &'a self,
         exchange: ShortString,
         routing_key: ShortString,
         options: BasicPublishOptions,
-        payload: &[u8],
+        payload: &'a [u8],
         properties: BasicProperties,
-    ) -> lapin::Result<PublishConfirm> {
-        let destination = match exchange.as_str() {
-            "" => DEFAULT_EXCHANGE,
-            name => name,
-        };
-        let mut headers = properties.headers().clone().unwrap_or_default();
-        let name = super::publish_name(exchange.as_str(), routing_key.as_str());
-        // The hooks read the user's headers as given (the context is not in them yet).
-        let target = crate::messaging::Target {
-            system: attr::system::RABBITMQ,
-            destination: &name,
-            headers: properties
-                .headers()
-                .as_ref()
-                .map(|h| h as &dyn crate::propagation::ReadCarrier),
-        };
-        let span = self
-            .telemetry
-            .send_span_lazy(None, &mut headers, false, target, || {
-                let mut msg = Outgoing::new(attr::system::RABBITMQ, destination)
-                    .operation_name("publish")
-                    .body_size(payload.len());
-                if *name != *destination {
-                    msg.name_value = Some(name.clone().into_owned().into());
-                }
-                super::with_routing(msg, &routing_key, &properties)
-            });
-        let (properties, dropped) = with_context(properties, headers, self.frame_max);
-        if dropped {
-            span.set_attribute(attr::CONTEXT_DROPPED, "frame_max");
-        }
-        let confirm = match self
-            .channel
-            .basic_publish(exchange, routing_key, options, payload, properties)
-            .await
-        {
-            Ok(confirm) => confirm,
-            Err(e) => {
-                span.end_with_error(error_type(&e), &e);
-                return Err(e);
+    ) -> impl Future<Output = lapin::Result<PublishConfirm>> + Send + 'a {
+        Sending::new(move || {
+            let destination = match exchange.as_str() {
+                "" => DEFAULT_EXCHANGE,
+                name => name,
+            };
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            let name = super::publish_name(exchange.as_str(), routing_key.as_str());
+            // The hooks read the user's headers as given (the context is not in them yet).
+            let target = crate::messaging::Target {
+                system: attr::system::RABBITMQ,
+                destination: &name,
+                headers: properties
+                    .headers()
+                    .as_ref()
+                    .map(|h| h as &dyn crate::propagation::ReadCarrier),
+            };
+            let span = self
+                .telemetry
+                .send_span_lazy(None, &mut headers, false, target, || {
+                    let mut msg = Outgoing::new(attr::system::RABBITMQ, destination)
+                        .operation_name("publish")
+                        .body_size(payload.len());
+                    if *name != *destination {
+                        msg.name_value = Some(name.clone().into_owned().into());
+                    }
+                    super::with_routing(msg, &routing_key, &properties)
+                });
+            let (properties, dropped) = with_context(properties, headers, self.frame_max);
+            if dropped {
+                span.set_attribute(attr::CONTEXT_DROPPED, "frame_max");
             }
-        };
-        let context = span.context().clone();
-        let span = if self.channel.status().confirm() {
-            Some(span)
-        } else {
-            span.end();
-            None
-        };
-        Ok(PublishConfirm {
-            confirm,
-            span,
-            context,
+            let channel = &self.channel;
+            let publish =
+                channel.basic_publish(exchange, routing_key, options, payload, properties);
+            let end = move |published: lapin::Result<PublisherConfirm>| {
+                let confirm = match published {
+                    Ok(confirm) => confirm,
+                    Err(e) => {
+                        span.end_with_error(error_type(&e), &e);
+                        return Err(e);
+                    }
+                };
+                let context = span.context().clone();
+                let span = if channel.status().confirm() {
+                    Some(span)
+                } else {
+                    span.end();
+                    None
+                };
+                Ok(PublishConfirm {
+                    confirm,
+                    span,
+                    context,
+                })
+            };
+            (publish, end)
         })
     }
 }

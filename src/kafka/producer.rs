@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 
+use futures_util::FutureExt;
 use opentelemetry::{Context, StringValue};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::FromClientConfig;
@@ -185,24 +186,31 @@ where
         (record, span)
     }
 
-    async fn deliver<K, P, T>(
-        &self,
-        record: FutureRecord<'_, K, P>,
+    /// rdkafka's own send future, polled in place; the span ends with its result.
+    // The error is rdkafka's own `(KafkaError, OwnedMessage)`, as `FutureProducer::send`
+    // returns it.
+    #[allow(clippy::result_large_err)]
+    fn deliver<'a, K, P, T>(
+        &'a self,
+        record: FutureRecord<'a, K, P>,
         queue_timeout: T,
         span: SendSpan,
-    ) -> SendResult
+    ) -> impl Future<Output = SendResult> + 'a
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
-        T: Into<Timeout>,
+        T: Into<Timeout> + 'a,
     {
-        let sent = span.span_context();
-        let result = self.producer.send(record, queue_timeout).await;
-        match &result {
-            Ok(delivery) => settle(span, Ok((delivery.partition, delivery.offset))),
-            Err((error, _)) => settle(span, Err(error)),
-        }
-        result.map(|delivery| Sent::new(delivery, sent))
+        self.producer
+            .send(record, queue_timeout)
+            .map(move |result| {
+                let sent = span.span_context();
+                match &result {
+                    Ok(delivery) => settle(span, Ok((delivery.partition, delivery.offset))),
+                    Err((error, _)) => settle(span, Err(error)),
+                }
+                result.map(|delivery| Sent::new(delivery, sent))
+            })
     }
 
     /// Wait until every message sent so far has been delivered or has failed, at most

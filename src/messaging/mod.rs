@@ -38,6 +38,7 @@ mod hooks;
 mod process;
 mod sampling;
 mod send;
+mod sending;
 mod spans;
 
 pub use batch::BatchSpan;
@@ -55,6 +56,8 @@ pub use process::{ProcessOutcome, ProcessSpan};
 )]
 pub(crate) use send::Target;
 pub use send::{SendSpan, Sent};
+#[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(unused_imports))]
+pub(crate) use sending::Sending;
 
 /// The attributes every messaging span has: `messaging.system`,
 /// `messaging.destination.name`, `messaging.operation.type` and `messaging.operation.name`.

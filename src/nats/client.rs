@@ -5,10 +5,12 @@ use std::future::Future;
 use async_nats::client::{PublishError, PublishErrorKind, RequestError, SubscribeError};
 use async_nats::{Client, HeaderMap, Message, Request, Subject, ToSubject};
 use bytes::Bytes;
+use futures_util::future::Either;
 
 use super::attributes as attr;
 use super::describe::{incoming, Publish, Server};
 use super::subscription::{Subscription, TracedSubscriber};
+use crate::messaging::Sending;
 use crate::{ParentPolicy, ProcessSpan, Sent, Telemetry};
 
 /// An async-nats [`Client`] whose publishes, requests and subscriptions are traced.
@@ -57,6 +59,9 @@ impl TracedClient {
 
     /// Publish `payload` to `subject` inside a send span, with the trace context in the
     /// message headers. The span ends when the client has accepted the message.
+    ///
+    /// The span opens when the future is first polled, as a child of the context current
+    /// then (so `.with_context(cx)` on the future sets its parent).
     pub fn publish<S: ToSubject>(
         &self,
         subject: S,
@@ -136,43 +141,54 @@ impl TracedClient {
             .await
     }
 
-    async fn publish_message(
+    /// When first polled: open the send span and write the context; then poll the
+    /// client's own publish in place and end the span with its result.
+    fn publish_message(
         &self,
         subject: Subject,
         reply: Option<Subject>,
         headers: Option<HeaderMap>,
         payload: Bytes,
         to_reply_subject: bool,
-    ) -> Result<Sent<()>, PublishError> {
-        let (send, headers) =
-            self.publisher("publish")
-                .open(subject.as_str(), headers, &payload, |mut msg| {
-                    if let Some(reply) = &reply {
-                        msg =
-                            msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
-                    }
-                    if to_reply_subject {
-                        msg = msg.temporary();
-                    }
-                    msg
-                });
-        let client = &self.client;
-        let result = match (reply, headers) {
-            (None, None) => client.publish(subject, payload).await,
-            (None, Some(h)) => client.publish_with_headers(subject, h, payload).await,
-            (Some(r), None) => client.publish_with_reply(subject, r, payload).await,
-            (Some(r), Some(h)) => {
-                client
-                    .publish_with_reply_and_headers(subject, r, h, payload)
-                    .await
-            }
-        };
-        let span = send.span_context();
-        match &result {
-            Ok(()) => send.end(),
-            Err(e) => send.end_with_error(&error_type(e.kind()), e),
-        }
-        result.map(|()| Sent::new((), span))
+    ) -> impl Future<Output = Result<Sent<()>, PublishError>> + Send + '_ {
+        Sending::new(move || {
+            let (send, headers) =
+                self.publisher("publish")
+                    .open(subject.as_str(), headers, &payload, |mut msg| {
+                        if let Some(reply) = &reply {
+                            msg = msg.attribute(
+                                attr::MESSAGING_NATS_MESSAGE_REPLY_TO,
+                                reply.to_string(),
+                            );
+                        }
+                        if to_reply_subject {
+                            msg = msg.temporary();
+                        }
+                        msg
+                    });
+            let client = &self.client;
+            let publish = match (reply, headers) {
+                (None, None) => Either::Left(Either::Left(client.publish(subject, payload))),
+                (None, Some(h)) => Either::Left(Either::Right(
+                    client.publish_with_headers(subject, h, payload),
+                )),
+                (Some(r), None) => {
+                    Either::Right(Either::Left(client.publish_with_reply(subject, r, payload)))
+                }
+                (Some(r), Some(h)) => Either::Right(Either::Right(
+                    client.publish_with_reply_and_headers(subject, r, h, payload),
+                )),
+            };
+            let end = move |result: Result<(), PublishError>| {
+                let span = send.span_context();
+                match &result {
+                    Ok(()) => send.end(),
+                    Err(e) => send.end_with_error(&error_type(e.kind()), e),
+                }
+                result.map(|()| Sent::new((), span))
+            };
+            (publish, end)
+        })
     }
 
     with_and_without_headers! {
