@@ -176,17 +176,25 @@ impl<C: ConsumerContext + 'static, R: AsyncRuntime> fmt::Debug for KafkaSource<C
 }
 
 impl<C: ConsumerContext + 'static, R: AsyncRuntime> Drop for KafkaSource<C, R> {
-    /// librdkafka's close blocks while the consumer leaves its group: inside a Tokio
-    /// runtime it happens on the blocking pool, not on the async worker.
+    /// librdkafka's close blocks while the consumer leaves its group, and rdkafka polls
+    /// until the close completes, without a deadline: with the broker gone it can wait
+    /// for ever. Inside a Tokio runtime it happens on a thread of its own, so that neither
+    /// an async worker nor the runtime's shutdown (which waits for its blocking pool)
+    /// waits for it.
     fn drop(&mut self) {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || drop(consumer));
-            }
-            Err(_) => drop(consumer),
+        if tokio::runtime::Handle::try_current().is_err() {
+            drop(consumer);
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("tracehop-kafka-close".into())
+            .spawn(move || drop(consumer));
+        if let Err(e) = spawned {
+            // The closure, and the consumer with it, was dropped (closed) on this thread.
+            tracing::warn!(error = %e, "no thread to close the Kafka consumer on: closed here");
         }
     }
 }

@@ -177,3 +177,58 @@ on_both_brokers!(
     dropping_a_consumer_does_not_block_the_worker,
     close_waits_until_the_consumer_has_left,
 );
+
+/// Shutting a runtime down does not wait for a consumer's close: rdkafka polls until the
+/// close completes, without a deadline (with the broker gone it can wait for ever), so a
+/// dropped consumer closes on a thread of its own rather than on the runtime's blocking
+/// pool, which the runtime's drop waits for. Here the close is held until after the
+/// runtime is gone, then released, and still completes.
+fn runtime_shutdown_does_not_wait_for_a_consumer_close(broker: Broker) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (log, release) = runtime.block_on(async {
+        let (consumer, log, armed, release) = joined_consumer(&broker).await;
+        armed.store(true, Ordering::SeqCst);
+        drop(consumer);
+        note(&log, "dropped");
+        (log, release)
+    });
+    let started = std::time::Instant::now();
+    drop(runtime);
+    let shutdown = started.elapsed();
+    note(&log, "runtime gone");
+    assert!(
+        shutdown < Duration::from_secs(5),
+        "the runtime's shutdown waited {shutdown:?} for the consumer's close: {:?}",
+        log.lock().unwrap()
+    );
+    release
+        .send(())
+        .expect("the close is still waiting for its release");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !log.lock().unwrap().contains(&"closed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the released consumer did not close within {WAIT:?}: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_happened_in_order(&log, &["dropped", "runtime gone", "released", "closed"]);
+}
+
+mod shutdown {
+    /// Against `rdkafka::mocking::MockCluster`, in process.
+    #[test]
+    fn mock_runtime_shutdown_does_not_wait_for_a_consumer_close() {
+        super::runtime_shutdown_does_not_wait_for_a_consumer_close(crate::Broker::mock());
+    }
+
+    /// Against the external broker at `TRACEHOP_KAFKA_BROKERS` (tansu in CI).
+    #[test]
+    fn tansu_runtime_shutdown_does_not_wait_for_a_consumer_close() {
+        super::runtime_shutdown_does_not_wait_for_a_consumer_close(crate::Broker::tansu());
+    }
+}
