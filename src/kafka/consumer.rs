@@ -55,8 +55,9 @@ use crate::{Consumer, Incoming, OnFailure, ProcessSpan, Telemetry};
 /// commit past the message).
 ///
 /// **Closing.** Dropping an rdkafka consumer blocks while librdkafka leaves the group.
-/// Dropped inside a Tokio runtime, a traced consumer does that on the blocking pool, not
-/// on the async worker; [`close`](Consumer::close) does it and waits.
+/// Dropped inside a Tokio runtime, a traced consumer does that on a thread of its own, so
+/// neither the async worker nor the runtime's shutdown waits for it (rdkafka's close has
+/// no deadline); [`close`](Consumer::close) does it and waits.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
