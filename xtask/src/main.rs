@@ -216,12 +216,47 @@ fn rabbitmq() -> Result<(), String> {
     Ok(())
 }
 
-fn tansu_binary() -> Option<PathBuf> {
-    let home = std::env::var_os("CARGO_HOME")
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    let bin = home.join("bin").join("tansu");
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    let bin = cargo_home()?.join("bin").join("tansu");
     bin.exists().then_some(bin)
+}
+
+/// Install tansu unless it is there, one install at a time on this machine: a second
+/// xtask (another checkout's CI, a benchmark) waits on a file lock for the first one's
+/// install instead of starting its own (each takes 10 to 40 minutes of both cores). The
+/// lock is the kernel's (`flock`): it goes with the process, so a killed install leaves
+/// none behind.
+fn install_tansu() -> Result<PathBuf, String> {
+    let home = cargo_home().ok_or("neither CARGO_HOME nor HOME is set")?;
+    std::fs::create_dir_all(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+    let path = home.join(".tracehop-tansu-install.lock");
+    let lock = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if lock.try_lock().is_err() {
+        println!(
+            "xtask: another xtask is installing tansu ({}): waiting for it",
+            path.display()
+        );
+        lock.lock()
+            .map_err(|e| format!("waiting for {}: {e}", path.display()))?;
+    }
+    if let Some(bin) = tansu_binary() {
+        return Ok(bin);
+    }
+    println!("xtask: installing tansu (once per machine; about ten minutes on 2 cores)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    spawn(
+        "cargo install tansu",
+        &cargo,
+        &["install", "tansu", "--locked", "--features", "dynostore"],
+    )?;
+    // The lock is released when `lock` is dropped.
+    tansu_binary().ok_or_else(|| "tansu was installed but is not in $CARGO_HOME/bin".to_owned())
 }
 
 fn tansu() -> Result<(), String> {
@@ -231,16 +266,7 @@ fn tansu() -> Result<(), String> {
     }
     let bin = match tansu_binary() {
         Some(bin) => bin,
-        None => {
-            println!("xtask: installing tansu (once per machine; about ten minutes on 2 cores)");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            spawn(
-                "cargo install tansu",
-                &cargo,
-                &["install", "tansu", "--locked", "--features", "dynostore"],
-            )?;
-            tansu_binary().ok_or("tansu was installed but is not in $CARGO_HOME/bin")?
-        }
+        None => install_tansu()?,
     };
     let log = std::fs::File::create(std::env::temp_dir().join("tansu.log"))
         .map_err(|e| format!("tansu log: {e}"))?;
