@@ -145,6 +145,10 @@ impl Shared {
     fn run<E: SpanExporter>(&self, mut exporter: E) {
         let mut batch = Vec::with_capacity(BATCH_SIZE);
         loop {
+            let popped = self.queue.pop(&mut batch, BATCH_SIZE, self.delay);
+            // The provider hands the resource over after this thread has started (and
+            // may already be waiting in `pop`): apply it after the wait, before anything
+            // is exported, so that the first batch carries it too.
             if let Some(resource) = self
                 .resource
                 .lock()
@@ -153,7 +157,7 @@ impl Shared {
             {
                 exporter.set_resource(&resource);
             }
-            match self.queue.pop(&mut batch, BATCH_SIZE, self.delay) {
+            match popped {
                 Popped::Items => {
                     let n = batch.len();
                     match block_on(exporter.export(std::mem::take(&mut batch))) {
