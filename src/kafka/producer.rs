@@ -147,8 +147,7 @@ where
         P: ToBytes + ?Sized,
         T: Into<Timeout> + 'a,
     {
-        let (record, span) = self.start(record, None);
-        self.deliver(record, queue_timeout, span)
+        self.send_in(record, queue_timeout, None)
     }
 
     /// Like [`send`](Self::send), with the send span a child of `parent` instead of the
@@ -164,18 +163,25 @@ where
         P: ToBytes + ?Sized,
         T: Into<Timeout> + 'a,
     {
-        let (record, span) = self.start(record, Some(parent));
-        self.deliver(record, queue_timeout, span)
+        self.send_in(record, queue_timeout, Some(parent))
     }
 
-    fn start<'a, K, P>(
-        &self,
+    /// Open the send span of `record` (a child of `parent`, else of the current context)
+    /// now; the returned future is rdkafka's own send, polled in place, and ends the span
+    /// with its result.
+    // The error is rdkafka's own `(KafkaError, OwnedMessage)`, as `FutureProducer::send`
+    // returns it.
+    #[allow(clippy::result_large_err)]
+    fn send_in<'a, K, P, T>(
+        &'a self,
         mut record: FutureRecord<'a, K, P>,
+        queue_timeout: T,
         parent: Option<&Context>,
-    ) -> (FutureRecord<'a, K, P>, SendSpan)
+    ) -> impl Future<Output = SendResult> + 'a
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
+        T: Into<Timeout> + 'a,
     {
         let span = open_send_span(
             &self.telemetry,
@@ -183,24 +189,6 @@ where
             &mut record,
             parent,
         );
-        (record, span)
-    }
-
-    /// rdkafka's own send future, polled in place; the span ends with its result.
-    // The error is rdkafka's own `(KafkaError, OwnedMessage)`, as `FutureProducer::send`
-    // returns it.
-    #[allow(clippy::result_large_err)]
-    fn deliver<'a, K, P, T>(
-        &'a self,
-        record: FutureRecord<'a, K, P>,
-        queue_timeout: T,
-        span: SendSpan,
-    ) -> impl Future<Output = SendResult> + 'a
-    where
-        K: ToBytes + ?Sized,
-        P: ToBytes + ?Sized,
-        T: Into<Timeout> + 'a,
-    {
         self.producer
             .send(record, queue_timeout)
             .map(move |result| {
