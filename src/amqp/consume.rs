@@ -222,11 +222,7 @@ impl Settle for AmqpDelivery<'_> {
     }
 
     fn enqueued_at(&self) -> Option<std::time::SystemTime> {
-        self.delivery
-            .as_ref()?
-            .properties
-            .timestamp()
-            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        stored_at(&self.delivery.as_ref()?.properties)
     }
 
     fn headers(&self) -> &dyn ReadCarrier {
@@ -370,13 +366,17 @@ fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a>
     ) {
         msg.destination_value = Some(name.into());
     }
-    if let Some(at) = properties
-        .timestamp()
-        .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
-    {
+    if let Some(at) = stored_at(properties) {
         msg = msg.enqueued_at(at);
     }
     msg
+}
+
+/// The message's `timestamp` property (seconds since the epoch) as a time, if set.
+fn stored_at(properties: &BasicProperties) -> Option<std::time::SystemTime> {
+    properties
+        .timestamp()
+        .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
 }
 
 /// Which delivery of its message this is on `queue`, counting from 1: the attempt the

@@ -237,11 +237,6 @@ impl<M: NatsMessage> Held<M> {
         }
     }
 
-    /// The message, until it is handed over.
-    pub(super) fn message(&self) -> Option<&M> {
-        self.message.as_deref()
-    }
-
     pub(super) fn headers(&self) -> &dyn crate::propagation::ReadCarrier {
         match &self.message {
             Some(message) => &message.nats().headers,

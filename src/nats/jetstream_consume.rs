@@ -162,11 +162,13 @@ where
             .as_ref()
             .and_then(|info| u32::try_from(info.delivered).ok());
         let stream_sequence = info.as_ref().map(|info| info.stream_sequence);
+        let published = info.as_ref().and_then(|info| published_at(info.published));
         Some(Ok(JetStreamDelivery {
             js: &self.js,
             acker: Acker::new(message.context.clone(), message.reply.clone()),
             delivered,
             stream_sequence,
+            published,
             held: Held::new(message),
         }))
     }
@@ -183,6 +185,8 @@ pub struct JetStreamDelivery<'a> {
     /// The server's delivery count (from 1), from the ack subject.
     delivered: Option<u32>,
     stream_sequence: Option<u64>,
+    /// When the stream stored the message (queue time), from the same ack subject.
+    published: Option<SystemTime>,
     held: Held<jetstream::Message>,
 }
 
@@ -214,8 +218,7 @@ impl Settle for JetStreamDelivery<'_> {
     }
 
     fn enqueued_at(&self) -> Option<SystemTime> {
-        let info = self.held.message()?.info().ok()?;
-        published_at(info.published)
+        self.published
     }
 
     fn headers(&self) -> &dyn ReadCarrier {
