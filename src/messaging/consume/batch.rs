@@ -335,7 +335,8 @@ impl<S: Source> Consumer<S> {
                 error: &failure,
                 panicked: failure.panicked(),
             });
-            let error_type = failure.error_type();
+            // Only metrics read the class of the failure.
+            let error_type = measure.is_some().then(|| failure.error_type());
             if let Decision::Retry { after } = decision {
                 for span in &batch.inner.spans {
                     span.set_attribute(attr::SETTLEMENT, super::RETRY_IN_PLACE);
@@ -343,7 +344,7 @@ impl<S: Source> Consumer<S> {
                 }
                 if let Some((bounds, started)) = measure {
                     for (i, bound) in bounds.iter().enumerate() {
-                        let failed = failed.contains(&i).then_some(error_type.as_str());
+                        let failed = error_type.as_deref().filter(|_| failed.contains(&i));
                         bound.processed(started.elapsed(), failed);
                     }
                 }
@@ -365,7 +366,7 @@ impl<S: Source> Consumer<S> {
                 .settle_batch(
                     &mut deliveries,
                     &batch,
-                    (&failed, Some(settlement), Some(&error_type)),
+                    (&failed, Some(settlement), error_type.as_ref()),
                     (&firsts, runs, measure),
                     summary,
                 )
