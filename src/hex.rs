@@ -1,5 +1,5 @@
-//! Lowercase hex, a table lookup per byte: trace and span ids in `traceparent` and in
-//! journal lines.
+//! Lowercase hex, a table lookup per byte or eight digits a word at a time: trace and span
+//! ids in `traceparent` and in journal lines.
 
 /// The sixteen lowercase hex digits.
 pub(crate) const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -45,6 +45,34 @@ pub(crate) fn put(out: &mut [u8], bytes: &[u8]) {
     for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
+}
+
+/// Eight lowercase hex digits as the integer they spell, a word at a time: each byte
+/// must be `0`-`9` or `a`-`f`.
+#[inline]
+pub(crate) fn eight(bytes: &[u8]) -> Option<u32> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // The first digit in the highest byte.
+    let x = u64::from_be_bytes(bytes.try_into().ok()?);
+    // Every byte below 0x80 (so that adding to a byte cannot carry into the next).
+    if x & HI != 0 {
+        return None;
+    }
+    // High bit set in a byte when it is >= the bound (bytes < 0x80, bounds <= 0x80).
+    let at_least = |bound: u8| (x + LO * u64::from(0x80 - bound)) & HI;
+    let digit = at_least(b'0') & !at_least(b'9' + 1);
+    let letter = at_least(b'a') & !at_least(b'f' + 1);
+    if digit | letter != HI {
+        return None;
+    }
+    // '0'-'9' are 0x30-0x39, 'a'-'f' 0x61-0x66: the low nibble, plus 9 for letters.
+    let nibbles = (x & (LO * 0x0f)) + (letter >> 7) * 9;
+    // Pairs of digits into bytes, pairs of bytes into 16 bits, then into 32.
+    let bytes = ((nibbles >> 4) | nibbles) & 0x00ff_00ff_00ff_00ff;
+    let halves = ((bytes >> 8) | bytes) & 0x0000_ffff_0000_ffff;
+    let v = (((halves >> 16) | halves) & 0xffff_ffff) as u32;
+    Some(v)
 }
 
 #[cfg(test)]

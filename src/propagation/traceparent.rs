@@ -165,40 +165,12 @@ fn trim(raw: &[u8]) -> &[u8] {
 /// The value of at most 16 lowercase hex digits.
 fn hex(field: &[u8]) -> Result<u64, Rejection> {
     match field.len() {
-        16 => match (hex8(&field[..8]), hex8(&field[8..])) {
+        16 => match (hex::eight(&field[..8]), hex::eight(&field[8..])) {
             (Some(high), Some(low)) => Ok(u64::from(high) << 32 | u64::from(low)),
             _ => hex_digits(field),
         },
         _ => hex_digits(field),
     }
-}
-
-/// `LO * b` has `b` in every byte of a word.
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// Eight lowercase hex digits at once, or `None` if one is not (then [`hex_digits`]
-/// says which reason).
-fn hex8(eight: &[u8]) -> Option<u32> {
-    let x = u64::from_le_bytes(<[u8; 8]>::try_from(eight).ok()?);
-    if x & HI != 0 {
-        return None;
-    }
-    // For bytes below 0x80: the high bit of `b + (0x80 - lo)` says `b >= lo`, and that of
-    // `b + (0x7f - hi)` says `b > hi`; no byte carries into the next.
-    let at_least = |lo: u64| (x + LO * (0x80 - lo)) & HI;
-    let above = |hi: u64| (x + LO * (0x7f - hi)) & HI;
-    let digit = at_least(0x30) & !above(0x39);
-    let letter = at_least(0x61) & !above(0x66);
-    if digit | letter != HI {
-        return None;
-    }
-    // '0'-'9' keep their low nibble; 'a'-'f' (0x61-0x66) add 9 to theirs.
-    let nibbles = (x & (LO * 0x0f)) + (letter >> 7) * 9;
-    // Bytes n0..n7 (n0 first) into n0n1n2n3n4n5n6n7: pairs, then quads, then all.
-    let pairs = ((nibbles << 4) | (nibbles >> 8)) & 0x00ff_00ff_00ff_00ff;
-    let quads = ((pairs << 8) | (pairs >> 16)) & 0x0000_ffff_0000_ffff;
-    u32::try_from(((quads << 16) | (quads >> 32)) & 0xffff_ffff).ok()
 }
 
 /// The value of at most 16 hex digits, one at a time, with the reason for the first one

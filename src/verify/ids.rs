@@ -111,7 +111,9 @@ pub(crate) enum TraceKey {
 fn hex64(bytes: &[u8]) -> Option<u64> {
     if let Ok(sixteen) = <&[u8; 16]>::try_from(bytes) {
         let (high, low) = sixteen.split_at(8);
-        return Some((u64::from(hex8(high)?) << 32) | u64::from(hex8(low)?));
+        return Some(
+            (u64::from(crate::hex::eight(high)?) << 32) | u64::from(crate::hex::eight(low)?),
+        );
     }
     let mut v = 0u64;
     let mut bad = 0u8;
@@ -121,34 +123,6 @@ fn hex64(bytes: &[u8]) -> Option<u64> {
         v = (v << 4) | u64::from(d & 0x0f);
     }
     (bad & 0xf0 == 0).then_some(v)
-}
-
-/// Eight lowercase hex digits as the integer they spell, a word at a time: each byte
-/// must be `0`-`9` or `a`-`f`.
-#[inline]
-fn hex8(bytes: &[u8]) -> Option<u32> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    // The first digit in the highest byte.
-    let x = u64::from_be_bytes(bytes.try_into().ok()?);
-    // Every byte below 0x80 (so that adding to a byte cannot carry into the next).
-    if x & HI != 0 {
-        return None;
-    }
-    // High bit set in a byte when it is >= the bound (bytes < 0x80, bounds <= 0x80).
-    let at_least = |bound: u8| (x + LO * u64::from(0x80 - bound)) & HI;
-    let digit = at_least(b'0') & !at_least(b'9' + 1);
-    let letter = at_least(b'a') & !at_least(b'f' + 1);
-    if digit | letter != HI {
-        return None;
-    }
-    // '0'-'9' are 0x30-0x39, 'a'-'f' 0x61-0x66: the low nibble, plus 9 for letters.
-    let nibbles = (x & (LO * 0x0f)) + (letter >> 7) * 9;
-    // Pairs of digits into bytes, pairs of bytes into 16 bits, then into 32.
-    let bytes = ((nibbles >> 4) | nibbles) & 0x00ff_00ff_00ff_00ff;
-    let halves = ((bytes >> 8) | bytes) & 0x0000_ffff_0000_ffff;
-    let v = (((halves >> 16) | halves) & 0xffff_ffff) as u32;
-    Some(v)
 }
 
 /// `s` as an integer, when it is exactly `digits` lowercase hex digits (16 or 32).
