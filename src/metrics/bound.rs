@@ -12,8 +12,10 @@ use crate::messaging::attributes as attr;
 use crate::messaging::{Incoming, Outgoing};
 use crate::propagation::{ContextSource, Extracted};
 
-/// How many destinations a cache binds instruments for; past that (unbounded subject
-/// names without a template), each message is measured with its attributes unbound.
+/// How many destinations a cache keeps bound instruments for; past that (unbounded
+/// subject names without a template), a message of a destination not cached binds its
+/// instruments for itself and they are not kept (memory stays bounded; such messages pay
+/// the binding each time: give such subjects a destination template).
 const MAX_CACHED: usize = 1024;
 
 /// Send instruments per system (a handle may send to several brokers), then destination.
