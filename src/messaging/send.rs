@@ -98,14 +98,12 @@ impl SendSpan {
         describe: impl FnOnce() -> Outgoing<'a>,
     ) -> SendSpan {
         let hooks = &inner.hooks;
-        if hooks.filter.is_some()
-            && !hooks.keeps(&MessageRef {
-                system: target.system,
-                destination: target.destination,
-                operation: Operation::Send,
-                headers: target.headers,
-            })
-        {
+        if !hooks.keeps(&MessageRef {
+            system: target.system,
+            destination: target.destination,
+            operation: Operation::Send,
+            headers: target.headers,
+        }) {
             return SendSpan {
                 cx: parent.clone(),
                 recording: false,

@@ -85,14 +85,12 @@ impl Telemetry {
         destination: &str,
         headers: &dyn ReadCarrier,
     ) -> bool {
-        let hooks = &self.inner().hooks;
-        hooks.filter.is_none()
-            || hooks.keeps(&super::MessageRef {
-                system,
-                destination,
-                operation: super::Operation::Process,
-                headers: Some(headers),
-            })
+        self.inner().hooks.keeps(&super::MessageRef {
+            system,
+            destination,
+            operation: super::Operation::Process,
+            headers: Some(headers),
+        })
     }
 
     /// Open a process span for a message whose headers were already read.

@@ -326,13 +326,11 @@ impl<S: Source> Consumer<S> {
             .inner()
             .propagation
             .extract(delivery.headers());
-        // Asked only when a filter is set (a source's `system` may describe the delivery).
-        let traced = self.telemetry.inner().hooks.filter.is_none()
-            || self.telemetry.traces(
-                delivery.system(),
-                delivery.destination(),
-                delivery.headers(),
-            );
+        let traced = self.telemetry.traces(
+            delivery.system(),
+            delivery.destination(),
+            delivery.headers(),
+        );
         let measure = self
             .metrics
             .as_ref()
