@@ -47,6 +47,29 @@ pub(crate) fn put(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// The sixteen lowercase hex digits of `v`, most significant first, into `out` (which is
+/// sixteen bytes long), a word at a time.
+#[inline]
+pub(crate) fn put_u64(out: &mut [u8], v: u64) {
+    out[..8].copy_from_slice(&spread((v >> 32) as u32).to_be_bytes());
+    out[8..16].copy_from_slice(&spread(v as u32).to_be_bytes());
+}
+
+/// The eight nibbles of `x` as eight lowercase hex digits in one word, the first digit in
+/// the highest byte.
+#[inline]
+fn spread(x: u32) -> u64 {
+    let x = u64::from(x);
+    // Nibble pairs, then nibbles, into bytes of their own: the first nibble into the
+    // highest byte.
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte whose nibble is 10 or more (adding 6 carries into its bit 4).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)
+}
+
 /// Eight lowercase hex digits as the integer they spell, a word at a time: each byte
 /// must be `0`-`9` or `a`-`f`.
 #[inline]
@@ -77,6 +100,38 @@ pub(crate) fn eight(bytes: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sixteen_digits_as_format_writes_them() {
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        for _ in 0..10_000 {
+            let mut out = [0u8; 16];
+            super::put_u64(&mut out, x);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("ascii"),
+                format!("{x:016x}")
+            );
+            // A cheap walk over many values (xorshift).
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        for x in [
+            0,
+            u64::MAX,
+            0xa,
+            0xa0,
+            0x9999_9999_9999_9999,
+            0xffff_0000_ffff_0000,
+        ] {
+            let mut out = [0u8; 16];
+            super::put_u64(&mut out, x);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("ascii"),
+                format!("{x:016x}")
+            );
+        }
+    }
+
     #[test]
     fn every_byte_as_format_writes_it() {
         for b in 0..=255u8 {
