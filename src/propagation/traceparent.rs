@@ -125,12 +125,17 @@ pub(crate) fn parse(raw: &[u8]) -> Result<Traceparent<'_>, Rejection> {
     if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return Err(Rejection::Malformed);
     }
-    // Fields in order, so that the first bad character decides the reason.
-    let version = hex(&b[0..2])?;
-    let trace_high = hex(&b[3..19])?;
-    let trace_low = hex(&b[19..35])?;
-    let span_id = hex(&b[36..52])?;
-    let flags = hex(&b[53..55])?;
+    let (version, trace_high, trace_low, span_id, flags) = match all_hex(b) {
+        Some(fields) => fields,
+        // Fields in order, so that the first bad character decides the reason.
+        None => (
+            hex(&b[0..2])?,
+            hex(&b[3..19])?,
+            hex(&b[19..35])?,
+            hex(&b[36..52])?,
+            hex(&b[53..55])?,
+        ),
+    };
     match version {
         0xff => return Err(Rejection::ForbiddenVersion),
         0x00 if b.len() != V00_LEN => return Err(Rejection::TrailingData),
@@ -160,6 +165,26 @@ fn trim(raw: &[u8]) -> &[u8] {
     let start = raw.iter().position(|c| !blank(c)).unwrap_or(raw.len());
     let end = raw.iter().rposition(|c| !blank(c)).map_or(start, |i| i + 1);
     &raw[start..end]
+}
+
+/// The five fields of a version-00-sized `traceparent` when every digit is lowercase hex
+/// (nearly always): version, trace id high and low, span id, flags. `None` sends the
+/// caller to the field-by-field reading that names the first bad character.
+#[inline]
+fn all_hex(b: &[u8]) -> Option<(u64, u64, u64, u64, u64)> {
+    let two = |at: usize| {
+        let (high, low) = (
+            hex::VALUES[usize::from(b[at])],
+            hex::VALUES[usize::from(b[at + 1])],
+        );
+        ((high | low) & 0xf0 == 0).then_some(u64::from(high << 4 | low))
+    };
+    let sixteen = |at: usize| {
+        let high = hex::eight(&b[at..at + 8])?;
+        let low = hex::eight(&b[at + 8..at + 16])?;
+        Some(u64::from(high) << 32 | u64::from(low))
+    };
+    Some((two(0)?, sixteen(3)?, sixteen(19)?, sixteen(36)?, two(53)?))
 }
 
 /// The value of at most 16 lowercase hex digits.
