@@ -48,13 +48,34 @@ impl DateCache {
             self.text = civil(secs);
             self.key = secs + 1;
         }
-        out.extend_from_slice(&self.text);
-        let mut fraction = *b".000000000Z";
-        let mut digits = itoa::Buffer::new();
-        // At most nine digits: nanoseconds are below one second.
-        let digits = digits.format(nanos.min(999_999_999)).as_bytes();
-        fraction[10 - digits.len()..10].copy_from_slice(digits);
-        out.extend_from_slice(&fraction);
+        let mut text = [0u8; 30];
+        text[..19].copy_from_slice(&self.text);
+        text[19] = b'.';
+        // Nanoseconds are below one second: nine digits.
+        nine_digits(&mut text[20..29], nanos.min(999_999_999));
+        text[29] = b'Z';
+        out.extend_from_slice(&text);
+    }
+}
+
+/// Every number below 100 as two decimal digits.
+static DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0u8; 2]; 100];
+    let mut n = 0;
+    while n < 100 {
+        pairs[n] = [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+        n += 1;
+    }
+    pairs
+};
+
+/// `n` (below 10⁹) as nine decimal digits, zero-padded, into `out`.
+fn nine_digits(out: &mut [u8], n: u32) {
+    out[0] = b'0' + (n / 100_000_000) as u8;
+    let rest = n % 100_000_000;
+    for (at, four) in [(1, rest / 10_000), (5, rest % 10_000)] {
+        out[at..at + 2].copy_from_slice(&DECIMAL_PAIRS[(four / 100) as usize]);
+        out[at + 2..at + 4].copy_from_slice(&DECIMAL_PAIRS[(four % 100) as usize]);
     }
 }
 
@@ -202,7 +223,16 @@ mod tests {
         // Every ~11 days over 1970..2400, plus the edges of days and leap days.
         let mut secs = 0_u64;
         while secs < 13_569_465_600 {
-            for nanos in [0, 1, 999_999_999] {
+            for nanos in [
+                0,
+                1,
+                90,
+                4_321,
+                60_000,
+                123_456_789,
+                100_000_000,
+                999_999_999,
+            ] {
                 let t = UNIX_EPOCH + Duration::new(secs, nanos);
                 let mut ours = Vec::new();
                 cache.push_rfc3339(&mut ours, t);
