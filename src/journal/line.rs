@@ -11,8 +11,8 @@
 //!
 //! [`SpanRecord`]: super::SpanRecord
 
-use opentelemetry::trace::{SpanId, SpanKind, Status as OtelStatus};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::trace::{SpanId, SpanKind, Status as OtelStatus, TraceId};
+use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
 use crate::hex::DIGITS as HEX;
@@ -53,14 +53,14 @@ pub(crate) fn write_line(
     out.extend_from_slice(b"{\"timestamp\":\"");
     dates.push_rfc3339(out, span.end_time);
     out.extend_from_slice(b"\",\"event\":\"span_finished\",\"trace_id\":");
-    json_hex(out, &sc.trace_id().to_bytes());
+    json_trace_id(out, sc.trace_id());
     out.extend_from_slice(b",\"span_id\":");
-    json_hex(out, &sc.span_id().to_bytes());
+    json_span_id(out, sc.span_id());
     out.extend_from_slice(b",\"parent_span_id\":");
     if span.parent_span_id == SpanId::INVALID {
         out.extend_from_slice(b"null");
     } else {
-        json_hex(out, &span.parent_span_id.to_bytes());
+        json_span_id(out, span.parent_span_id);
     }
     out.extend_from_slice(b",\"service_name\":");
     out.extend_from_slice(service);
@@ -104,9 +104,9 @@ pub(crate) fn write_line(
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"trace_id\":");
-            json_hex(out, &link.span_context.trace_id().to_bytes());
+            json_trace_id(out, link.span_context.trace_id());
             out.extend_from_slice(b",\"span_id\":");
-            json_hex(out, &link.span_context.span_id().to_bytes());
+            json_span_id(out, link.span_context.span_id());
             if !link.attributes.is_empty() {
                 out.extend_from_slice(b",\"attributes\":");
                 json_attributes(out, &link.attributes);
@@ -155,28 +155,45 @@ const HI: u64 = 0x8080_8080_8080_8080;
 
 /// The index of the first byte JSON must escape, eight bytes at a time: a word holds
 /// one if a byte is below 0x20 or equals `"` or `\` (the classic "has zero byte" and
-/// "has byte less than" tests, exact for telling whether there is one).
+/// "has byte less than" tests, exact for telling whether there is one). A string of
+/// eight bytes or more ends with a word that overlaps the one before it, so a clean
+/// string is known clean without looking at a byte alone.
 fn first_escape(bytes: &[u8]) -> Option<usize> {
-    let mut words = bytes.chunks_exact(8);
+    let position = |from: usize| {
+        bytes[from..]
+            .iter()
+            .position(|&b| ESCAPE[usize::from(b)] != 0)
+            .map(|i| from + i)
+    };
+    if bytes.len() < 8 {
+        return position(0);
+    }
     let mut at = 0;
-    for word in &mut words {
-        let mut eight = [0u8; 8];
-        eight.copy_from_slice(word);
-        let x = u64::from_le_bytes(eight);
-        let quote = x ^ (LO * u64::from(b'"'));
-        let backslash = x ^ (LO * u64::from(b'\\'));
-        let found = (quote.wrapping_sub(LO) & !quote)
-            | (backslash.wrapping_sub(LO) & !backslash)
-            | (x.wrapping_sub(LO * 0x20) & !x);
-        if found & HI != 0 {
-            break;
+    while at + 8 <= bytes.len() {
+        if needs_escape(&bytes[at..at + 8]) {
+            return position(at);
         }
         at += 8;
     }
-    bytes[at..]
-        .iter()
-        .position(|&b| ESCAPE[usize::from(b)] != 0)
-        .map(|i| at + i)
+    if at == bytes.len() || !needs_escape(&bytes[bytes.len() - 8..]) {
+        return None;
+    }
+    // The bytes before `at` are clean: the one to escape is in the tail.
+    position(at)
+}
+
+/// Whether eight bytes hold one JSON must escape.
+#[inline]
+fn needs_escape(word: &[u8]) -> bool {
+    let mut eight = [0u8; 8];
+    eight.copy_from_slice(word);
+    let x = u64::from_le_bytes(eight);
+    let quote = x ^ (LO * u64::from(b'"'));
+    let backslash = x ^ (LO * u64::from(b'\\'));
+    let found = (quote.wrapping_sub(LO) & !quote)
+        | (backslash.wrapping_sub(LO) & !backslash)
+        | (x.wrapping_sub(LO * 0x20) & !x);
+    found & HI != 0
 }
 
 /// The rest of a string from its first byte to escape, at `at`.
@@ -204,12 +221,20 @@ fn escape_from(out: &mut Vec<u8>, bytes: &[u8], at: usize) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-/// An id as a JSON string of lowercase hex, as its `Display` writes it.
-fn json_hex(out: &mut Vec<u8>, id: &[u8]) {
+/// A trace id as a JSON string of lowercase hex, as its `Display` writes it.
+fn json_trace_id(out: &mut Vec<u8>, id: TraceId) {
+    let id = u128::from_be_bytes(id.to_bytes());
     let mut buf = [b'"'; 34];
-    let len = 2 * id.len();
-    crate::hex::put(&mut buf[1..=len], id);
-    out.extend_from_slice(&buf[..len + 2]);
+    crate::hex::put_u64(&mut buf[1..17], (id >> 64) as u64);
+    crate::hex::put_u64(&mut buf[17..33], id as u64);
+    out.extend_from_slice(&buf);
+}
+
+/// A span id as a JSON string of lowercase hex, as its `Display` writes it.
+fn json_span_id(out: &mut Vec<u8>, id: SpanId) {
+    let mut buf = [b'"'; 18];
+    crate::hex::put_u64(&mut buf[1..17], u64::from_be_bytes(id.to_bytes()));
+    out.extend_from_slice(&buf);
 }
 
 fn json_u64(out: &mut Vec<u8>, n: u64) {
@@ -223,11 +248,53 @@ fn json_i64(out: &mut Vec<u8>, n: i64) {
 /// A float as `serde_json` writes it; not finite: `null` (as the record's
 /// `Number::from_f64` gives).
 fn json_f64(out: &mut Vec<u8>, f: f64) {
-    if f.is_finite() {
+    if let Some(thousandths) = whole_thousandths(f) {
+        json_thousandths(out, thousandths);
+    } else if f.is_finite() {
         out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes());
     } else {
         out.extend_from_slice(b"null");
     }
+}
+
+/// Below this many thousandths a float's shortest decimal has at most three decimals
+/// if it is a whole number of thousandths: its neighbours are less than 0.001 away.
+const THOUSANDTHS_BELOW: f64 = 1_099_511_627_776.0; // 2^40
+
+/// `f` as a whole number of thousandths, when it is one (a time in milliseconds with
+/// microsecond precision, as tracehop's latencies and queue times are) and small enough
+/// that its shortest decimal is that number's: then [`json_thousandths`] writes what
+/// `zmij` would, without its general algorithm.
+fn whole_thousandths(f: f64) -> Option<u64> {
+    if !(0.0..THOUSANDTHS_BELOW).contains(&f) || f.is_sign_negative() {
+        return None;
+    }
+    // Rounded to the nearest whole number (`f` is not negative).
+    let thousandths = (f * 1000.0 + 0.5) as u64;
+    (thousandths as f64 / 1000.0 == f).then_some(thousandths)
+}
+
+/// `n / 1000` in decimal, as the shortest float formatting writes it: `1.5`, `0.713`,
+/// `7.0`.
+fn json_thousandths(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
+    let fraction = (n % 1000) as u16;
+    let digits = [
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    let len = match fraction {
+        0 => {
+            out.extend_from_slice(b".0");
+            return;
+        }
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    out.push(b'.');
+    out.extend_from_slice(&digits[..len]);
 }
 
 /// Attribute lists longer than this are put in order on the heap.
@@ -291,8 +358,9 @@ const SHAPE_MAX_KEYS: usize = 64;
 
 #[derive(Debug)]
 struct Shape {
-    /// The keys, in list order.
-    keys: Vec<Box<str>>,
+    /// The keys, in list order (clones: a static key keeps its address, so most
+    /// comparisons are of two pointers).
+    keys: Vec<Key>,
     /// In key order, each key once: the attribute whose value is written, and the range
     /// of `prefixes` written before it (`,"key":`, without the comma for the first).
     writes: Vec<(usize, usize, usize)>,
@@ -323,7 +391,7 @@ impl Shape {
             writes.push((at, start, prefixes.len()));
         }
         Shape {
-            keys: attributes.iter().map(|kv| kv.key.as_str().into()).collect(),
+            keys: attributes.iter().map(|kv| kv.key.clone()).collect(),
             writes,
             prefixes,
         }
@@ -331,11 +399,11 @@ impl Shape {
 
     fn fits(&self, attributes: &[KeyValue]) -> bool {
         self.keys.len() == attributes.len()
-            && self
-                .keys
-                .iter()
-                .zip(attributes)
-                .all(|(key, kv)| **key == *kv.key.as_str())
+            && self.keys.iter().zip(attributes).all(|(key, kv)| {
+                let (key, other) = (key.as_str(), kv.key.as_str());
+                // Keys are mostly the same `&'static str` each time: the same bytes.
+                std::ptr::eq(key, other) || key == other
+            })
     }
 }
 
@@ -416,7 +484,50 @@ fn json_array(out: &mut Vec<u8>, array: &opentelemetry::Array) {
 
 #[cfg(test)]
 mod tests {
-    use super::json_str;
+    use super::{json_f64, json_str};
+
+    /// Milliseconds with microsecond precision, written as `zmij` (serde_json) writes
+    /// them, whether or not the shortcut takes them; and floats that are no such number.
+    #[test]
+    fn floats_are_written_as_serde_json_writes_them() {
+        let check = |f: f64| {
+            let mut ours = Vec::new();
+            json_f64(&mut ours, f);
+            let theirs = serde_json::to_string(&f).expect("json");
+            assert_eq!(String::from_utf8(ours).expect("utf-8"), theirs, "{f:e}");
+        };
+        for micros in 0..300_000_u64 {
+            check(micros as f64 / 1000.0);
+        }
+        // A walk over the whole range the shortcut takes, and past it.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..300_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let micros = x % (1 << 50);
+            check(micros as f64 / 1000.0);
+            check((x >> 11) as f64 / (1u64 << 53) as f64);
+        }
+        for f in [
+            -0.0,
+            -1.5,
+            0.1,
+            0.3,
+            1e-7,
+            1e15,
+            1e16,
+            1e21,
+            1_099_511_627.775,
+            1_099_511_627.776,
+            1_099_511_627_776.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+        ] {
+            check(f);
+        }
+    }
 
     /// Every byte JSON escapes, at every position of the eight-byte words and the tail,
     /// next to multi-byte characters: what serde_json writes.

@@ -206,6 +206,11 @@ impl Shared {
                 }
             }
         }
+        if filling.chunk.bytes.capacity() == 0 {
+            // The first block, or the one after an idle hand-over: a buffer of full size
+            // (an emptied one if there is one), not an empty `Vec` growing by doubling.
+            filling.chunk.bytes = self.take_buffer();
+        }
         filling.chunk.bytes.extend_from_slice(line);
         filling.chunk.lines += 1;
     }
