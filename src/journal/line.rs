@@ -248,53 +248,11 @@ fn json_i64(out: &mut Vec<u8>, n: i64) {
 /// A float as `serde_json` writes it; not finite: `null` (as the record's
 /// `Number::from_f64` gives).
 fn json_f64(out: &mut Vec<u8>, f: f64) {
-    if let Some(thousandths) = whole_thousandths(f) {
-        json_thousandths(out, thousandths);
-    } else if f.is_finite() {
+    if f.is_finite() {
         out.extend_from_slice(zmij::Buffer::new().format_finite(f).as_bytes());
     } else {
         out.extend_from_slice(b"null");
     }
-}
-
-/// Below this many thousandths a float's shortest decimal has at most three decimals
-/// if it is a whole number of thousandths: its neighbours are less than 0.001 away.
-const THOUSANDTHS_BELOW: f64 = 1_099_511_627_776.0; // 2^40
-
-/// `f` as a whole number of thousandths, when it is one (a time in milliseconds with
-/// microsecond precision, as tracehop's latencies and queue times are) and small enough
-/// that its shortest decimal is that number's: then [`json_thousandths`] writes what
-/// `zmij` would, without its general algorithm.
-fn whole_thousandths(f: f64) -> Option<u64> {
-    if !(0.0..THOUSANDTHS_BELOW).contains(&f) || f.is_sign_negative() {
-        return None;
-    }
-    // Rounded to the nearest whole number (`f` is not negative).
-    let thousandths = (f * 1000.0 + 0.5) as u64;
-    (thousandths as f64 / 1000.0 == f).then_some(thousandths)
-}
-
-/// `n / 1000` in decimal, as the shortest float formatting writes it: `1.5`, `0.713`,
-/// `7.0`.
-fn json_thousandths(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
-    let fraction = (n % 1000) as u16;
-    let digits = [
-        b'0' + (fraction / 100) as u8,
-        b'0' + (fraction / 10 % 10) as u8,
-        b'0' + (fraction % 10) as u8,
-    ];
-    let len = match fraction {
-        0 => {
-            out.extend_from_slice(b".0");
-            return;
-        }
-        f if f % 100 == 0 => 1,
-        f if f % 10 == 0 => 2,
-        _ => 3,
-    };
-    out.push(b'.');
-    out.extend_from_slice(&digits[..len]);
 }
 
 /// Attribute lists longer than this are put in order on the heap.
@@ -486,8 +444,8 @@ fn json_array(out: &mut Vec<u8>, array: &opentelemetry::Array) {
 mod tests {
     use super::{json_f64, json_str};
 
-    /// Milliseconds with microsecond precision, written as `zmij` (serde_json) writes
-    /// them, whether or not the shortcut takes them; and floats that are no such number.
+    /// Floats as the record's serialization (serde_json) writes them: milliseconds with
+    /// microsecond precision (latencies, queue times), any fraction, the edges.
     #[test]
     fn floats_are_written_as_serde_json_writes_them() {
         let check = |f: f64| {
