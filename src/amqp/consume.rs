@@ -130,7 +130,12 @@ impl Source for Deliveries {
     async fn next(&self) -> Option<Result<AmqpDelivery<'_>, SourceError>> {
         let next = std::future::poll_fn(|cx| {
             let mut receiving = self.consumer.lock().unwrap_or_else(PoisonError::into_inner);
-            let polled = receiving.consumer.poll_next_unpin(cx);
+            // Boxed as it arrives: a `Delivery` is large (about a kilobyte), and waiting
+            // and wrapping it would otherwise copy it several times.
+            let polled = receiving
+                .consumer
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|delivery| delivery.map(Box::new)));
             if let std::task::Poll::Ready(Some(Ok(delivery))) = &polled {
                 receiving.last = Some(delivery.acker.clone());
             }
@@ -154,7 +159,7 @@ impl Source for Deliveries {
                 acker: delivery.acker.clone(),
                 delivery_tag: delivery.delivery_tag,
                 redeliveries: redeliveries(&self.queue, &delivery.properties, delivery.redelivered),
-                delivery: Some(Box::new(delivery)),
+                delivery: Some(delivery),
             })),
             // lapin follows an error with the end of the stream: the channel is gone.
             Ok(Some(Err(e))) => Some(Err(SourceError::fatal(e))),
