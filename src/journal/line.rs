@@ -323,6 +323,54 @@ struct Shape {
     /// of `prefixes` written before it (`,"key":`, without the comma for the first).
     writes: Vec<(usize, usize, usize)>,
     prefixes: Vec<u8>,
+    /// Per write, the string value written there last, when it is one that keeps its
+    /// address (see [`Memo`]).
+    memos: Vec<Memo>,
+}
+
+/// A string value written before, with its JSON: a value at the same address (and of
+/// the same length) is the same text, written again by copying the JSON. Only values
+/// whose address stays theirs while the memo holds a clone are kept: a `&'static str`
+/// and a shared `Arc<str>` (its clone has the same address). A value that owns its text
+/// (its clone is a copy elsewhere) is never kept, nor is a slot whose values keep
+/// changing.
+#[derive(Debug, Default)]
+struct Memo {
+    value: Option<opentelemetry::StringValue>,
+    json: Vec<u8>,
+    /// Misses in a row; at [`MEMO_GIVE_UP`] the slot stops remembering.
+    misses: u8,
+}
+
+/// A slot that misses this many times in a row (a per-message value) is left alone.
+const MEMO_GIVE_UP: u8 = 4;
+
+impl Memo {
+    fn write(&mut self, out: &mut Vec<u8>, value: &opentelemetry::StringValue) {
+        if let Some(kept) = &self.value {
+            if std::ptr::eq(kept.as_str(), value.as_str()) {
+                self.misses = 0;
+                out.extend_from_slice(&self.json);
+                return;
+            }
+        }
+        let start = out.len();
+        json_str(out, value.as_str());
+        if self.misses >= MEMO_GIVE_UP {
+            return;
+        }
+        self.misses += 1;
+        let kept = value.clone();
+        if std::ptr::eq(kept.as_str(), value.as_str()) {
+            self.json.clear();
+            self.json.extend_from_slice(&out[start..]);
+            self.value = Some(kept);
+        } else {
+            // It owns its text: no later value can be known to be this one.
+            self.value = None;
+            self.misses = MEMO_GIVE_UP;
+        }
+    }
 }
 
 impl Shape {
@@ -350,6 +398,7 @@ impl Shape {
         }
         Shape {
             keys: attributes.iter().map(|kv| kv.key.clone()).collect(),
+            memos: writes.iter().map(|_| Memo::default()).collect(),
             writes,
             prefixes,
         }
@@ -385,11 +434,14 @@ impl Shapes {
                 at
             }
         };
-        let shape = &self.shapes[at];
+        let shape = &mut self.shapes[at];
         out.push(b'{');
-        for &(attribute, start, end) in &shape.writes {
+        for (&(attribute, start, end), memo) in shape.writes.iter().zip(&mut shape.memos) {
             out.extend_from_slice(&shape.prefixes[start..end]);
-            json_value(out, &attributes[attribute].value);
+            match &attributes[attribute].value {
+                Value::String(value) => memo.write(out, value),
+                other => json_value(out, other),
+            }
         }
         out.push(b'}');
     }

@@ -146,6 +146,64 @@ fn many_attribute_shapes_equal_serialized_records() {
     }
 }
 
+/// One attribute list whose string values are static, shared (`Arc<str>`: the same one
+/// again, or a new one each time, some with the same text), owned, or not strings at all,
+/// changing from span to span: each line equals its record (remembered values are only
+/// ever the same text).
+#[test]
+fn remembered_values_are_only_the_same_text() {
+    let keep = Keep::default();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
+        .build();
+    let tracer = provider.tracer("t");
+    // Texts of the same length, so that only the right one is ever taken for another.
+    let statics = ["nats", "amqp", "esc\"aped\n", ""];
+    let shared: Vec<Arc<str>> = ["orders", "orders", "refund"]
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for n in 0..400_i64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let pick = |shift: u32, of: usize| (x >> shift) as usize % of;
+        let fresh: Arc<str> = Arc::from(format!("subject.{}", pick(40, 3)));
+        let third = match pick(8, 5) {
+            0 => opentelemetry::Value::from(statics[pick(16, 4)]),
+            1 => opentelemetry::Value::from(opentelemetry::StringValue::from(
+                shared[pick(16, 3)].clone(),
+            )),
+            2 => opentelemetry::Value::from(opentelemetry::StringValue::from(fresh)),
+            3 => opentelemetry::Value::from(format!("owned {}", pick(16, 2))),
+            _ => opentelemetry::Value::from(n),
+        };
+        tracer
+            .span_builder("memo")
+            .with_attributes([
+                KeyValue::new("a.static", statics[pick(0, 4)]),
+                KeyValue::new(
+                    "b.shared",
+                    opentelemetry::StringValue::from(shared[pick(4, 3)].clone()),
+                ),
+                KeyValue::new("c.mixed", third),
+                KeyValue::new("d.owned", format!("o{}", pick(24, 2))),
+            ])
+            .start(&tracer)
+            .end();
+    }
+    let mut scratch = Scratch::default();
+    let spans = keep.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 400);
+    for span in &spans {
+        let mut direct = Vec::new();
+        write_line(&mut direct, span, &service_json(Some("s")), &mut scratch);
+        let record = serde_json::to_string(&to_record(span, Some("s"))).expect("json");
+        assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
+    }
+}
+
 /// A destination that takes nothing until it is opened, and counts the lines it took.
 #[derive(Clone, Default)]
 struct Gate {
