@@ -25,6 +25,17 @@ impl SpanExporter for Keep {
     }
 }
 
+/// Each of `spans`, written by one thread's writer (`scratch`, in order), is exactly its
+/// record serialized.
+fn assert_lines_equal_records(spans: &[SpanData], service: Option<&str>, scratch: &mut Scratch) {
+    for span in spans {
+        let mut direct = Vec::new();
+        write_line(&mut direct, span, &service_json(service), scratch);
+        let record = serde_json::to_string(&to_record(span, service)).expect("json");
+        assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
+    }
+}
+
 /// The direct writer writes exactly what serializing the record writes, for spans
 /// with every kind of field: escapes, non-ASCII, repeated and unsorted attribute
 /// keys, every value type, non-finite floats, links, each status.
@@ -106,12 +117,7 @@ fn direct_lines_equal_serialized_records() {
     // Twice over, so that the second time every attribute list is a known shape.
     let mut scratch = Scratch::default();
     for service in [Some("svc \"q\""), None, Some("again")] {
-        for span in &spans {
-            let mut direct = Vec::new();
-            write_line(&mut direct, span, &service_json(service), &mut scratch);
-            let record = serde_json::to_string(&to_record(span, service)).expect("json");
-            assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
-        }
+        assert_lines_equal_records(&spans, service, &mut scratch);
     }
 }
 
@@ -135,15 +141,9 @@ fn many_attribute_shapes_equal_serialized_records() {
                 .end();
         }
     }
-    let mut scratch = Scratch::default();
     let spans = keep.0.lock().expect("lock").clone();
     assert_eq!(spans.len(), 39);
-    for span in &spans {
-        let mut direct = Vec::new();
-        write_line(&mut direct, span, &service_json(Some("s")), &mut scratch);
-        let record = serde_json::to_string(&to_record(span, Some("s"))).expect("json");
-        assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
-    }
+    assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
 }
 
 /// One attribute list whose string values are static, shared (`Arc<str>`: the same one
@@ -193,15 +193,9 @@ fn remembered_values_are_only_the_same_text() {
             .start(&tracer)
             .end();
     }
-    let mut scratch = Scratch::default();
     let spans = keep.0.lock().expect("lock").clone();
     assert_eq!(spans.len(), 400);
-    for span in &spans {
-        let mut direct = Vec::new();
-        write_line(&mut direct, span, &service_json(Some("s")), &mut scratch);
-        let record = serde_json::to_string(&to_record(span, Some("s"))).expect("json");
-        assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
-    }
+    assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
 }
 
 /// A destination that takes nothing until it is opened, and counts the lines it took.
