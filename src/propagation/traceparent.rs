@@ -129,11 +129,11 @@ pub(crate) fn parse(raw: &[u8]) -> Result<Traceparent<'_>, Rejection> {
         Some(fields) => fields,
         // Fields in order, so that the first bad character decides the reason.
         None => (
-            hex(&b[0..2])?,
-            hex(&b[3..19])?,
-            hex(&b[19..35])?,
-            hex(&b[36..52])?,
-            hex(&b[53..55])?,
+            hex_digits(&b[0..2])?,
+            hex_digits(&b[3..19])?,
+            hex_digits(&b[19..35])?,
+            hex_digits(&b[36..52])?,
+            hex_digits(&b[53..55])?,
         ),
     };
     match version {
@@ -179,23 +179,16 @@ fn all_hex(b: &[u8]) -> Option<(u64, u64, u64, u64, u64)> {
         );
         ((high | low) & 0xf0 == 0).then_some(u64::from(high << 4 | low))
     };
-    let sixteen = |at: usize| {
-        let high = hex::eight(&b[at..at + 8])?;
-        let low = hex::eight(&b[at + 8..at + 16])?;
-        Some(u64::from(high) << 32 | u64::from(low))
-    };
+    let sixteen = |at: usize| hex_sixteen(&b[at..at + 16]);
     Some((two(0)?, sixteen(3)?, sixteen(19)?, sixteen(36)?, two(53)?))
 }
 
-/// The value of at most 16 lowercase hex digits.
-fn hex(field: &[u8]) -> Result<u64, Rejection> {
-    match field.len() {
-        16 => match (hex::eight(&field[..8]), hex::eight(&field[8..])) {
-            (Some(high), Some(low)) => Ok(u64::from(high) << 32 | u64::from(low)),
-            _ => hex_digits(field),
-        },
-        _ => hex_digits(field),
-    }
+/// Sixteen lowercase hex digits as their value, eight at a time; `None` if one is not.
+#[inline]
+fn hex_sixteen(field: &[u8]) -> Option<u64> {
+    let high = hex::eight(&field[..8])?;
+    let low = hex::eight(&field[8..16])?;
+    Some(u64::from(high) << 32 | u64::from(low))
 }
 
 /// The value of at most 16 hex digits, one at a time, with the reason for the first one
@@ -297,12 +290,19 @@ mod tests {
             for b in 0..=255u8 {
                 let mut field = base;
                 field[at] = b;
-                assert_eq!(hex(&field), hex_digits(&field), "{b:#x} at {at}");
+                assert_eq!(
+                    hex_sixteen(&field),
+                    hex_digits(&field).ok(),
+                    "{b:#x} at {at}"
+                );
             }
         }
-        assert_eq!(hex(b"ffffffffffffffff"), Ok(u64::MAX));
-        assert_eq!(hex(b"0000000000000000"), Ok(0));
-        assert_eq!(hex(b"00f067aa0ba902b7"), Ok(0x00f0_67aa_0ba9_02b7));
+        assert_eq!(hex_sixteen(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(hex_sixteen(b"0000000000000000"), Some(0));
+        assert_eq!(
+            hex_sixteen(b"00f067aa0ba902b7"),
+            Some(0x00f0_67aa_0ba9_02b7)
+        );
     }
 
     #[test]
