@@ -55,6 +55,14 @@ pub(crate) fn put_u64(out: &mut [u8], v: u64) {
     out[8..16].copy_from_slice(&spread(v as u32).to_be_bytes());
 }
 
+/// The thirty-two lowercase hex digits of `v` (a trace id), most significant first, into
+/// `out` (thirty-two bytes long).
+#[inline]
+pub(crate) fn put_u128(out: &mut [u8], v: u128) {
+    put_u64(&mut out[..16], (v >> 64) as u64);
+    put_u64(&mut out[16..32], v as u64);
+}
+
 /// The eight nibbles of `x` as eight lowercase hex digits in one word, the first digit in
 /// the highest byte.
 #[inline]
@@ -128,6 +136,24 @@ mod tests {
             assert_eq!(
                 std::str::from_utf8(&out).expect("ascii"),
                 format!("{x:016x}")
+            );
+        }
+    }
+
+    #[test]
+    fn thirty_two_digits_as_format_writes_them() {
+        for x in [
+            0,
+            u128::MAX,
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            1 << 64,
+            0xa,
+        ] {
+            let mut out = [0u8; 32];
+            super::put_u128(&mut out, x);
+            assert_eq!(
+                std::str::from_utf8(&out).expect("ascii"),
+                format!("{x:032x}")
             );
         }
     }

@@ -23,9 +23,10 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
     if sc.is_valid() {
         // `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, laid out in place.
         let mut tp = *b"00-________________________________-________________-__";
-        let trace_id = u128::from_be_bytes(sc.trace_id().to_bytes());
-        crate::hex::put_u64(&mut tp[3..19], (trace_id >> 64) as u64);
-        crate::hex::put_u64(&mut tp[19..35], trace_id as u64);
+        crate::hex::put_u128(
+            &mut tp[3..35],
+            u128::from_be_bytes(sc.trace_id().to_bytes()),
+        );
         crate::hex::put_u64(&mut tp[36..52], u64::from_be_bytes(sc.span_id().to_bytes()));
         put_hex(
             &mut tp[53..55],
