@@ -9,7 +9,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    SdkTracer, SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter,
+};
 
 use super::collector::to_record;
 use super::line::{service_json, write_line, Scratch};
@@ -22,6 +24,17 @@ impl SpanExporter for Keep {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         self.0.lock().expect("lock").extend(batch);
         Ok(())
+    }
+}
+
+impl Keep {
+    /// A tracer whose finished spans are kept, each as soon as it ends.
+    fn tracer() -> (Keep, SdkTracer) {
+        let keep = Keep::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
+            .build();
+        (keep, provider.tracer("t"))
     }
 }
 
@@ -41,11 +54,7 @@ fn assert_lines_equal_records(spans: &[SpanData], service: Option<&str>, scratch
 /// keys, every value type, non-finite floats, links, each status.
 #[test]
 fn direct_lines_equal_serialized_records() {
-    let keep = Keep::default();
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
-        .build();
-    let tracer = provider.tracer("t");
+    let (keep, tracer) = Keep::tracer();
     let remote = SpanContext::new(
         0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128.into(),
         0x00f0_67aa_0ba9_02b7_u64.into(),
@@ -125,11 +134,7 @@ fn direct_lines_equal_serialized_records() {
 /// its record.
 #[test]
 fn many_attribute_shapes_equal_serialized_records() {
-    let keep = Keep::default();
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
-        .build();
-    let tracer = provider.tracer("t");
+    let (keep, tracer) = Keep::tracer();
     for round in 0..3_i64 {
         for shape in 0..13_i64 {
             tracer
@@ -152,11 +157,7 @@ fn many_attribute_shapes_equal_serialized_records() {
 /// ever the same text).
 #[test]
 fn remembered_values_are_only_the_same_text() {
-    let keep = Keep::default();
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(SimpleSpanProcessor::new(keep.clone()))
-        .build();
-    let tracer = provider.tracer("t");
+    let (keep, tracer) = Keep::tracer();
     // Texts of the same length, so that only the right one is ever taken for another.
     let statics = ["nats", "amqp", "esc\"aped\n", ""];
     let shared: Vec<Arc<str>> = ["orders", "orders", "refund"]
