@@ -109,15 +109,18 @@ pub(crate) fn eight(bytes: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn sixteen_digits_as_format_writes_them() {
-        let mut x: u64 = 0x0123_4567_89ab_cdef;
-        for _ in 0..10_000 {
+    fn sixteen_and_thirty_two_digits_as_format_writes_them() {
+        let sixteen = |x: u64| {
             let mut out = [0u8; 16];
             super::put_u64(&mut out, x);
             assert_eq!(
                 std::str::from_utf8(&out).expect("ascii"),
                 format!("{x:016x}")
             );
+        };
+        let mut x: u64 = 0x0123_4567_89ab_cdef;
+        for _ in 0..10_000 {
+            sixteen(x);
             // A cheap walk over many values (xorshift).
             x ^= x << 13;
             x ^= x >> 7;
@@ -131,17 +134,8 @@ mod tests {
             0x9999_9999_9999_9999,
             0xffff_0000_ffff_0000,
         ] {
-            let mut out = [0u8; 16];
-            super::put_u64(&mut out, x);
-            assert_eq!(
-                std::str::from_utf8(&out).expect("ascii"),
-                format!("{x:016x}")
-            );
+            sixteen(x);
         }
-    }
-
-    #[test]
-    fn thirty_two_digits_as_format_writes_them() {
         for x in [
             0,
             u128::MAX,
