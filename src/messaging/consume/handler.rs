@@ -4,9 +4,9 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{self, Poll};
 
-use futures_util::FutureExt as _;
-use opentelemetry::context::FutureExt as _;
 use opentelemetry::Context;
 
 use super::summary::HandlerFailure;
@@ -27,25 +27,55 @@ pub(crate) async fn run_guarded<Fut, T, E>(
 where
     Fut: Future<Output = Result<T, E>>,
 {
-    let called = catch_unwind(AssertUnwindSafe(|| {
-        let _current = cx.clone().attach();
-        call()
-    }));
-    let result = match called {
-        Ok(future) => {
-            AssertUnwindSafe(future.with_context(cx.clone()))
-                .catch_unwind()
-                .await
-        }
-        Err(payload) => Err(payload),
+    let guarded = Guarded {
+        cx,
+        call: Some(call),
+        future: None,
     };
-    match result {
+    match guarded.await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(HandlerFailure::Error(error)),
         Err(payload) => Err(HandlerFailure::Panic(Panic {
             message: panic_message(&*payload),
             payload,
         })),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's call, made on the first poll, then the future it returned: each
+    /// poll with `cx` attached once (the call and the first poll of its future share
+    /// it), and a panic in either caught.
+    struct Guarded<'c, C, Fut> {
+        cx: &'c Context,
+        call: Option<C>,
+        #[pin]
+        future: Option<Fut>,
+    }
+}
+
+impl<C, Fut> Future for Guarded<'_, C, Fut>
+where
+    C: FnOnce() -> Fut,
+    Fut: Future,
+{
+    type Output = Result<Fut::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, task: &mut task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _current = this.cx.clone().attach();
+        let polled = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(call) = this.call.take() {
+                this.future.set(Some(call()));
+            }
+            this.future.as_mut().as_pin_mut().map(|future| future.poll(task))
+        }));
+        match polled {
+            Ok(Some(poll)) => poll.map(Ok),
+            // The call panicked and was reported; nothing polls a run again after that.
+            Ok(None) => panic!("a handler's run was polled again after its call panicked"),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
     }
 }
 
@@ -82,6 +112,67 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value only the run's context holds.
+    #[derive(Debug, PartialEq)]
+    struct Marker(u32);
+
+    fn marker() -> Option<u32> {
+        Context::current().get::<Marker>().map(|m| m.0)
+    }
+
+    #[tokio::test]
+    async fn the_context_is_current_in_the_call_and_in_each_poll_only() {
+        let cx = Context::new().with_value(Marker(7));
+        let run = run_guarded(&cx, || {
+            let at_call = marker();
+            async move {
+                let first_poll = marker();
+                tokio::task::yield_now().await;
+                Ok::<_, String>((at_call, first_poll, marker()))
+            }
+        });
+        // Polled beside the run, in the same task: between the run's polls its context
+        // is not current.
+        let beside = async {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                seen.push(marker());
+                tokio::task::yield_now().await;
+            }
+            seen
+        };
+        let (ran, beside) = tokio::join!(run, beside);
+        assert_eq!(ran.ok(), Some((Some(7), Some(7), Some(7))));
+        assert_eq!(beside, vec![None, None, None]);
+        assert_eq!(marker(), None, "nothing stays attached after the run");
+    }
+
+    #[tokio::test]
+    async fn panics_in_the_call_and_in_a_later_poll_are_caught() {
+        let cx = Context::new();
+        let in_call = run_guarded(&cx, || -> std::future::Ready<Result<(), String>> {
+            panic!("in the call")
+        })
+        .await;
+        let in_poll = run_guarded(&cx, || async {
+            tokio::task::yield_now().await;
+            if marker().is_none() {
+                panic!("after a yield");
+            }
+            Ok::<(), String>(())
+        })
+        .await;
+        let message = |r: Result<(), HandlerFailure<String>>| match r {
+            Err(HandlerFailure::Panic(p)) => p.message,
+            Err(HandlerFailure::Error(e)) => format!("error {e}"),
+            Ok(()) => "ok".to_owned(),
+        };
+        assert_eq!(message(in_call), "in the call");
+        assert_eq!(message(in_poll), "after a yield");
+        let failed = run_guarded(&cx, || async { Err::<(), _>("no".to_owned()) }).await;
+        assert_eq!(message(failed), "error no");
+    }
 
     #[test]
     fn panic_messages_are_read_from_str_and_string_payloads() {
