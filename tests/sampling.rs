@@ -110,6 +110,73 @@ fn parent_based_sampling_follows_the_message_across_the_hop() {
 }
 
 #[test]
+fn a_dropped_process_span_keeps_the_trace_state_and_baggage_of_its_message() {
+    use opentelemetry::baggage::BaggageExt as _;
+    let spans = SpanCollector::new();
+    let producer = service(&spans, "producer", Sampler::AlwaysOn);
+    let consumer = service(&spans, "consumer", Sampler::AlwaysOff);
+    let downstream = service(&spans, "downstream", Sampler::AlwaysOn);
+    let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let parent = Context::new()
+        .with_remote_span_context(opentelemetry::trace::SpanContext::new(
+            trace,
+            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "kept")]).unwrap(),
+        ))
+        .with_baggage([KeyValue::new("run_id", "r-7")]);
+    let (headers, process) = hop(&producer, &consumer, &parent);
+    let send_span_id = headers[TRACEPARENT][36..52].to_owned();
+    let sc = process.span().span_context().clone();
+    assert_eq!(sc.trace_id(), trace);
+    assert!(sc.is_valid() && !sc.is_sampled());
+    assert_ne!(
+        sc.span_id().to_string(),
+        send_span_id,
+        "a span id of its own"
+    );
+    assert_eq!(sc.trace_state().header(), "vendor=kept");
+    assert_eq!(
+        process.baggage().get("run_id").map(|v| v.to_string()),
+        Some("r-7".to_owned())
+    );
+    // Forwarded from inside the dropped span: the same trace, this span as the parent,
+    // not sampled, with the trace state and baggage.
+    let (forwarded, _) = hop(&consumer, &downstream, &process);
+    assert_eq!(
+        forwarded[TRACEPARENT][..36],
+        format!("00-{trace}-"),
+        "{forwarded:?}"
+    );
+    assert!(forwarded[TRACEPARENT].ends_with("-00"));
+    assert_eq!(forwarded["tracestate"], "vendor=kept");
+    assert!(forwarded["baggage"].contains("run_id=r-7"), "{forwarded:?}");
+    let records = spans.records();
+    let process_of = |service: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r.service_name.as_deref() == Some(service)
+                    && r.operation_name.as_deref() == Some("process jobs")
+            })
+            .cloned()
+    };
+    assert!(
+        process_of("consumer").is_none(),
+        "the consumer records nothing"
+    );
+    let downstream_span = process_of("downstream").expect("downstream records its span");
+    assert_eq!(downstream_span.trace_id, trace.to_string());
+    assert_eq!(
+        downstream_span.parent_span_id.as_deref(),
+        Some(&forwarded[TRACEPARENT][36..52]),
+        "its parent is the consumer's unrecorded send span"
+    );
+    assert_ne!(forwarded[TRACEPARENT][36..52], sc.span_id().to_string());
+}
+
+#[test]
 fn a_trace_id_ratio_decides_the_same_on_both_sides_of_a_hop() {
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer", Sampler::TraceIdRatioBased(0.5));

@@ -54,7 +54,7 @@ impl BatchSpan {
         let inner = telemetry.inner();
         let links: Vec<Link> = messages
             .iter()
-            .map(|m| m.context.span().span_context().clone())
+            .map(|m| m.span_context().clone())
             .filter(|sc| sc.is_valid())
             .map(Link::with_context)
             .collect();

@@ -75,20 +75,35 @@ impl ProcessSpan {
         headers: Option<&dyn ReadCarrier>,
         describe: impl FnOnce() -> Incoming<'a>,
     ) -> ProcessSpan {
-        let remote = extracted.context.span().span_context().clone();
-        // The parent: the batch span, a fresh root (link mode), or the message's context.
-        // The message's baggage comes along except across a trust boundary (link mode).
-        let parent = match (parent_override, policy) {
-            (Some(batch), _) => with_baggage_of(extracted, batch.clone()),
-            (None, ParentPolicy::Link) => Context::new(),
-            (None, ParentPolicy::Child) if remote.is_valid() => extracted.context.clone(),
-            (None, ParentPolicy::Child) => with_baggage_of(extracted, Context::new()),
+        let remote = extracted.span_context();
+        // The parent: the batch span, a fresh root (link mode), or the message's context
+        // (`None`: built from the extracted parts only if the span is recorded). The
+        // message's baggage comes along except across a trust boundary (link mode).
+        let chosen = match (parent_override, policy) {
+            (Some(batch), _) => Some(with_baggage_of(extracted, batch.clone())),
+            (None, ParentPolicy::Link) => Some(Context::new()),
+            (None, ParentPolicy::Child) if remote.is_valid() => None,
+            (None, ParentPolicy::Child) => Some(with_baggage_of(extracted, Context::new())),
         };
         let join = match (parent_override, policy) {
             (None, ParentPolicy::Child) => extracted.join_trace,
             _ => None,
         };
-        let join = match super::sampling::decide(inner, &parent, SpanKind::Consumer, join) {
+        let early = match &chosen {
+            Some(parent) => super::sampling::decide(
+                inner,
+                &super::sampling::Parent::Context(parent),
+                SpanKind::Consumer,
+                join,
+            ),
+            None => super::sampling::decide(
+                inner,
+                &super::sampling::Parent::Extracted(extracted),
+                SpanKind::Consumer,
+                join,
+            ),
+        };
+        let join = match early {
             super::sampling::Early::Record(trace) => trace,
             super::sampling::Early::Dropped(cx) => {
                 return ProcessSpan {
@@ -97,6 +112,7 @@ impl ProcessSpan {
                 }
             }
         };
+        let parent = chosen.unwrap_or_else(|| extracted.context().clone());
 
         let mut msg = describe();
         if let Some(template) = inner.hooks.template.as_ref() {
@@ -161,7 +177,7 @@ impl ProcessSpan {
         let link_to_message = parent_override.is_some() || policy == ParentPolicy::Link;
         let mut links = Vec::new();
         if link_to_message && remote.is_valid() {
-            links.push(Link::with_context(remote));
+            links.push(Link::with_context(remote.clone()));
             if parent_override.is_none() {
                 attributes.push(KeyValue::new(attr::CONTEXT_LINKED, true));
             }
@@ -295,7 +311,7 @@ impl ProcessSpan {
 
 /// `cx` with the baggage the message carried.
 fn with_baggage_of(extracted: &Extracted, cx: Context) -> Context {
-    let baggage = extracted.context.baggage();
+    let baggage = extracted.base().baggage();
     if baggage.is_empty() {
         return cx;
     }

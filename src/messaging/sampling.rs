@@ -15,6 +15,7 @@ use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
 };
 
+use crate::propagation::Extracted;
 use crate::telemetry::Inner;
 
 /// What the sampler said before the span was described.
@@ -26,22 +27,53 @@ pub(crate) enum Early {
     Record(Option<TraceId>),
 }
 
+/// The parent of a span that is being decided.
+pub(crate) enum Parent<'a> {
+    /// A context (the current one, a batch span's, a fresh root).
+    Context(&'a Context),
+    /// A message's extracted context: its parts are enough for a span that is dropped,
+    /// so its context is built only if the sampler needs it.
+    Extracted(&'a Extracted),
+}
+
 /// Ask the configured sampler about a span, a child of `parent`, before it is described.
 /// `join` is the trace a root would join (the article's `x-trace-id`).
 pub(crate) fn decide(
     inner: &Inner,
-    parent: &Context,
+    parent: &Parent<'_>,
     kind: SpanKind,
     join: Option<TraceId>,
 ) -> Early {
     let Some(sampler) = inner.sampler.as_ref() else {
         return Early::Record(join);
     };
-    let (has_parent, parent_trace, flags) = {
-        let span = parent.span();
-        let sc = span.span_context();
-        (sc.is_valid(), sc.trace_id(), sc.trace_flags())
-    };
+    match parent {
+        Parent::Context(cx) => {
+            let span = cx.span();
+            decide_below(sampler, span.span_context(), cx, || cx, kind, join)
+        }
+        Parent::Extracted(message) => decide_below(
+            sampler,
+            message.span_context(),
+            message.base(),
+            || message.context(),
+            kind,
+            join,
+        ),
+    }
+}
+
+/// [`decide`] for a parent with span context `parent` (invalid: none) and the other
+/// entries of `entries` (baggage); `context` is the parent as one context.
+fn decide_below<'c>(
+    sampler: &Sampler,
+    parent: &SpanContext,
+    entries: &Context,
+    context: impl FnOnce() -> &'c Context,
+    kind: SpanKind,
+    join: Option<TraceId>,
+) -> Early {
+    let has_parent = parent.is_valid();
     let decides_alone = match sampler {
         Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
         Sampler::ParentBased(_) => has_parent,
@@ -52,20 +84,33 @@ pub(crate) fn decide(
     }
     let ids = RandomIdGenerator::default();
     let trace_id = if has_parent {
-        parent_trace
+        parent.trace_id()
     } else {
         join.unwrap_or_else(|| ids.new_trace_id())
     };
-    let result = sampler.should_sample(Some(parent), trace_id, "", &kind, &[], &[]);
-    if !matches!(result.decision, SamplingDecision::Drop) {
+    // What the SDK's `should_sample` answers for these two, from the parent's span
+    // context alone (the trace state is always the parent's); the others are asked.
+    let (dropped, trace_state) = match sampler {
+        Sampler::AlwaysOff => (true, parent.trace_state().clone()),
+        // Reached with a valid parent only: the parent's decision.
+        Sampler::ParentBased(_) => (!parent.is_sampled(), parent.trace_state().clone()),
+        _ => {
+            let result = sampler.should_sample(Some(context()), trace_id, "", &kind, &[], &[]);
+            (
+                matches!(result.decision, SamplingDecision::Drop),
+                result.trace_state,
+            )
+        }
+    };
+    if !dropped {
         return Early::Record((!has_parent).then_some(trace_id));
     }
     let sc = SpanContext::new(
         trace_id,
         ids.new_span_id(),
-        flags.with_sampled(false),
+        parent.trace_flags().with_sampled(false),
         false,
-        result.trace_state,
+        trace_state,
     );
-    Early::Dropped(parent.with_remote_span_context(sc))
+    Early::Dropped(entries.with_remote_span_context(sc))
 }

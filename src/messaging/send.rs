@@ -130,7 +130,12 @@ impl SendSpan {
                 start: Instant::now(),
             }
         });
-        let root_trace = match super::sampling::decide(inner, parent, SpanKind::Producer, None) {
+        let root_trace = match super::sampling::decide(
+            inner,
+            &super::sampling::Parent::Context(parent),
+            SpanKind::Producer,
+            None,
+        ) {
             Early::Record(root_trace) => root_trace,
             Early::Dropped(cx) => {
                 let now = inner

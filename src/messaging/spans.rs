@@ -131,14 +131,14 @@ impl Telemetry {
         let mut extracted = self.inner().propagation.extract(headers);
         let msg = msg.temporary();
         let span = if msg.policy == ParentPolicy::Link {
-            let remote = extracted.context.span().span_context().clone();
-            extracted.context = Context::new().with_remote_span_context(remote);
+            let remote = extracted.span_context().clone();
+            extracted.set_context(Context::new().with_remote_span_context(remote));
             extracted.join_trace = None;
             ProcessSpan::start(self.inner(), msg, &extracted, Some(request))
         } else {
             if !extracted.has_parent() {
                 // Keep `source`/`rejected` as found, so the span still says why.
-                extracted.context = request.clone();
+                extracted.set_context(request.clone());
                 extracted.join_trace = None;
             }
             ProcessSpan::start(self.inner(), msg, &extracted, None)

@@ -158,11 +158,19 @@ pub enum ContextSource {
 }
 
 /// The result of reading a message's headers.
+///
+/// Its [`context`](Self::context) (the remote parent and the baggage) is built when first
+/// asked for: a consumer whose sampler drops the message's span makes its own child
+/// context from the parts and never builds this one.
 #[derive(Debug, Clone)]
 pub struct Extracted {
-    /// The remote parent (if any) and baggage. Never the ambient context: a consumer does
-    /// not inherit whatever happens to be current where it runs.
-    pub context: Context,
+    /// The remote parent's span context; invalid when the message had none.
+    remote: SpanContext,
+    /// The message's baggage (and whatever else a custom propagator extracted): the
+    /// context whose span is `remote`.
+    base: Context,
+    /// `base` with `remote` as its span (`base` alone without a valid parent).
+    context: std::sync::OnceLock<Context>,
     /// Where the context came from.
     pub source: ContextSource,
     /// Why incoming context was ignored, if it was.
@@ -178,9 +186,58 @@ pub struct Extracted {
 }
 
 impl Extracted {
+    /// Nothing found: no parent, no baggage.
+    fn empty() -> Extracted {
+        Extracted::from_parts(SpanContext::empty_context(), Context::new())
+    }
+
+    fn from_parts(remote: SpanContext, base: Context) -> Extracted {
+        Extracted {
+            remote,
+            base,
+            context: std::sync::OnceLock::new(),
+            source: ContextSource::None,
+            rejected: None,
+            join_trace: None,
+            sent_at: None,
+            attempt: None,
+            discarded: Vec::new(),
+        }
+    }
+
+    /// The remote parent (if any) and baggage, as one context. Never the ambient context:
+    /// a consumer does not inherit whatever happens to be current where it runs.
+    pub fn context(&self) -> &Context {
+        self.context.get_or_init(|| {
+            if self.remote.is_valid() {
+                self.base.with_remote_span_context(self.remote.clone())
+            } else {
+                self.base.clone()
+            }
+        })
+    }
+
+    /// The remote parent's span context: invalid (see [`SpanContext::is_valid`]) when the
+    /// message carried none that could be used.
+    pub fn span_context(&self) -> &SpanContext {
+        &self.remote
+    }
+
     /// Whether a valid remote parent span was found.
     pub fn has_parent(&self) -> bool {
-        self.context.span().span_context().is_valid()
+        self.remote.is_valid()
+    }
+
+    /// The message's baggage and other extracted entries, without the remote span.
+    pub(crate) fn base(&self) -> &Context {
+        &self.base
+    }
+
+    /// Make `cx` the extracted context (its span the remote parent).
+    pub(crate) fn set_context(&mut self, cx: Context) {
+        self.remote = cx.span().span_context().clone();
+        self.base = cx.clone();
+        self.context = std::sync::OnceLock::from(cx);
     }
 }
 
@@ -317,23 +374,23 @@ impl Propagation {
                 None
             }
         };
-        let mut context = match &self.codec {
+        let mut extracted = match &self.codec {
             Codec::W3c { .. } => {
-                let mut cx = Context::new();
-                if let Some(tp) = traceparent {
-                    let state = w3c::trace_state(tracestate.as_deref(), &mut discarded);
-                    cx = cx.with_remote_span_context(SpanContext::new(
+                let remote = match traceparent {
+                    Some(tp) => SpanContext::new(
                         tp.trace_id,
                         tp.span_id,
                         tp.flags,
                         true,
-                        state,
-                    ));
-                }
-                match &baggage {
-                    Some(b) => w3c::extract_baggage(cx, &limits::limit_baggage(b)),
-                    None => cx,
-                }
+                        w3c::trace_state(tracestate.as_deref(), &mut discarded),
+                    ),
+                    None => SpanContext::empty_context(),
+                };
+                let base = match &baggage {
+                    Some(b) => w3c::extract_baggage(Context::new(), &limits::limit_baggage(b)),
+                    None => Context::new(),
+                };
+                Extracted::from_parts(remote, base)
             }
             Codec::Custom(propagator) => {
                 let bridge = ExtractBridge {
@@ -351,41 +408,36 @@ impl Propagation {
                         }),
                     baggage: baggage.as_deref().map(limits::limit_baggage),
                 };
-                propagator.extract_with_context(&Context::new(), &bridge)
+                let mut extracted = Extracted::empty();
+                extracted.set_context(propagator.extract_with_context(&Context::new(), &bridge));
+                extracted
             }
         };
-        let mut source = if context.span().span_context().is_valid() {
-            ContextSource::Propagator
-        } else {
-            ContextSource::None
-        };
-        let mut join_trace = None;
-        if source == ContextSource::None && rejected.is_none() && self.read_simple {
+        if extracted.has_parent() {
+            extracted.source = ContextSource::Propagator;
+        } else if rejected.is_none() && self.read_simple {
             match simple::extract_values(scan.x_trace_id, scan.x_span_id, scan.x_parent_span_id) {
                 Ok(Some(simple::SimpleContext::Parent(sc))) => {
-                    context = context.with_remote_span_context(sc);
-                    source = ContextSource::SimpleHeaders;
+                    extracted.remote = sc;
+                    extracted.context = std::sync::OnceLock::new();
+                    extracted.source = ContextSource::SimpleHeaders;
                 }
                 Ok(Some(simple::SimpleContext::TraceOnly(trace_id))) => {
-                    join_trace = Some(trace_id);
-                    source = ContextSource::SimpleHeaders;
+                    extracted.join_trace = Some(trace_id);
+                    extracted.source = ContextSource::SimpleHeaders;
                 }
                 Ok(None) => {}
                 Err(why) => rejected = Some(why),
             }
         }
-        Extracted {
-            context,
-            source,
-            rejected,
-            join_trace,
-            sent_at: scan
-                .sent_at
-                .and_then(extract::parse_decimal)
-                .and_then(crate::time::from_unix_micros),
-            attempt: scan.attempt.and_then(extract::parse_attempt),
-            discarded,
-        }
+        extracted.rejected = rejected;
+        extracted.sent_at = scan
+            .sent_at
+            .and_then(extract::parse_decimal)
+            .and_then(crate::time::from_unix_micros);
+        extracted.attempt = scan.attempt.and_then(extract::parse_attempt);
+        extracted.discarded = discarded;
+        extracted
     }
 }
 

@@ -68,7 +68,10 @@ where
             if let Some(call) = this.call.take() {
                 this.future.set(Some(call()));
             }
-            this.future.as_mut().as_pin_mut().map(|future| future.poll(task))
+            this.future
+                .as_mut()
+                .as_pin_mut()
+                .map(|future| future.poll(task))
         }));
         match polled {
             Ok(Some(poll)) => poll.map(Ok),
