@@ -89,20 +89,11 @@ impl ProcessSpan {
             (None, ParentPolicy::Child) => extracted.join_trace,
             _ => None,
         };
-        let early = match &chosen {
-            Some(parent) => super::sampling::decide(
-                inner,
-                &super::sampling::Parent::Context(parent),
-                SpanKind::Consumer,
-                join,
-            ),
-            None => super::sampling::decide(
-                inner,
-                &super::sampling::Parent::Extracted(extracted),
-                SpanKind::Consumer,
-                join,
-            ),
+        let of = match &chosen {
+            Some(parent) => super::sampling::Parent::Context(parent),
+            None => super::sampling::Parent::Extracted(extracted),
         };
+        let early = super::sampling::decide(inner, &of, SpanKind::Consumer, join);
         let join = match early {
             super::sampling::Early::Record(trace) => trace,
             super::sampling::Early::Dropped(cx) => {
