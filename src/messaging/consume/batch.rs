@@ -174,44 +174,47 @@ impl<S: Source> Consumer<S> {
         E: fmt::Display + Send,
         S::Message: Sync,
     {
-        self.source.prepare(self.limit).await;
-        let mut summary = Summary::default();
-        let mut stop = self.stop.clone();
-        loop {
-            let room = match self.limit {
-                Some(n) if summary.messages >= n => break,
-                Some(n) => usize::try_from(n - summary.messages).unwrap_or(usize::MAX),
-                None => usize::MAX,
-            };
-            let first = match receive!(self, stop) {
-                None => break,
-                Some(Err(e)) => {
-                    self.source_error(e, &mut summary)?;
-                    continue;
-                }
-                Some(Ok(delivery)) => delivery,
-            };
-            let mut deliveries = vec![first];
-            let mut ended = false;
-            let deadline = tokio::time::Instant::now() + options.max_wait;
-            while deliveries.len() < options.max_messages.min(room) {
-                match tokio::time::timeout_at(deadline, self.source.next()).await {
-                    Err(_elapsed) => break,
-                    Ok(None) => {
-                        ended = true;
-                        break;
+        super::watch::beating(async move {
+            self.source.prepare(self.limit).await;
+            let mut summary = Summary::default();
+            let mut stop = self.stop.clone();
+            loop {
+                let room = match self.limit {
+                    Some(n) if summary.messages >= n => break,
+                    Some(n) => usize::try_from(n - summary.messages).unwrap_or(usize::MAX),
+                    None => usize::MAX,
+                };
+                let first = match receive!(self, stop) {
+                    None => break,
+                    Some(Err(e)) => {
+                        self.source_error(e, &mut summary)?;
+                        continue;
                     }
-                    Ok(Some(Ok(delivery))) => deliveries.push(delivery),
-                    Ok(Some(Err(e))) => self.source_error(e, &mut summary)?,
+                    Some(Ok(delivery)) => delivery,
+                };
+                let mut deliveries = vec![first];
+                let mut ended = false;
+                let deadline = tokio::time::Instant::now() + options.max_wait;
+                while deliveries.len() < options.max_messages.min(room) {
+                    match tokio::time::timeout_at(deadline, self.source.next()).await {
+                        Err(_elapsed) => break,
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Ok(Some(Ok(delivery))) => deliveries.push(delivery),
+                        Ok(Some(Err(e))) => self.source_error(e, &mut summary)?,
+                    }
+                }
+                self.handle_batch(deliveries, &mut handler, &mut summary)
+                    .await?;
+                if ended {
+                    break;
                 }
             }
-            self.handle_batch(deliveries, &mut handler, &mut summary)
-                .await?;
-            if ended {
-                break;
-            }
-        }
-        Ok(summary)
+            Ok(summary)
+        })
+        .await
     }
 
     async fn handle_batch<F, Fut, T, E>(

@@ -222,21 +222,24 @@ impl<S: Source> Consumer<S> {
         Fut: Future<Output = Result<T, E>> + Send,
         E: fmt::Display + Send,
     {
-        self.source.prepare(self.limit).await;
-        let mut summary = Summary::default();
-        let mut stop = self.stop.clone();
-        loop {
-            if self.limit.is_some_and(|n| summary.messages >= n) {
-                break;
+        watch::beating(async move {
+            self.source.prepare(self.limit).await;
+            let mut summary = Summary::default();
+            let mut stop = self.stop.clone();
+            loop {
+                if self.limit.is_some_and(|n| summary.messages >= n) {
+                    break;
+                }
+                let item = receive!(self, stop);
+                match item {
+                    None => break,
+                    Some(Err(e)) => self.source_error(e, &mut summary)?,
+                    Some(Ok(delivery)) => self.handle(delivery, &mut handler, &mut summary).await?,
+                }
             }
-            let item = receive!(self, stop);
-            match item {
-                None => break,
-                Some(Err(e)) => self.source_error(e, &mut summary)?,
-                Some(Ok(delivery)) => self.handle(delivery, &mut handler, &mut summary).await?,
-            }
-        }
-        Ok(summary)
+            Ok(summary)
+        })
+        .await
     }
 
     /// If the stop signal has fired: forget it and drain the source (`Some(true)`: go on
