@@ -110,6 +110,66 @@ fn parent_based_sampling_follows_the_message_across_the_hop() {
 }
 
 #[test]
+fn an_unsampled_send_writes_its_own_context_with_every_propagation() {
+    use opentelemetry::baggage::BaggageExt as _;
+    use tracehop::propagation::Propagation;
+    let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let parent = Context::new()
+        .with_remote_span_context(opentelemetry::trace::SpanContext::new(
+            trace,
+            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "kept")]).unwrap(),
+        ))
+        .with_baggage([KeyValue::new("run_id", "r-9")]);
+    // tracehop's own W3C codec, and the SDK's propagators (a custom propagator).
+    for (name, propagation) in [
+        ("direct", Propagation::default()),
+        ("sdk", Propagation::sdk_w3c()),
+    ] {
+        let spans = SpanCollector::new();
+        let producer = Telemetry::builder("producer")
+            .collector(&spans)
+            .sampler(Sampler::AlwaysOff)
+            .propagation(propagation.write_simple_headers(true))
+            .build()
+            .unwrap();
+        let mut headers: HashMap<String, String> = HashMap::new();
+        let send =
+            producer.send_span_with_parent(Outgoing::new("nats", "jobs"), &parent, &mut headers);
+        let sc = send.span_context();
+        assert!(sc.is_valid() && !sc.is_sampled(), "{name}");
+        assert_eq!(sc.trace_id(), trace, "{name}");
+        assert_ne!(sc.span_id().to_string(), "00f067aa0ba902b7", "{name}");
+        assert_eq!(
+            headers[TRACEPARENT],
+            format!("00-{trace}-{}-00", sc.span_id()),
+            "{name}"
+        );
+        assert_eq!(headers["tracestate"], "vendor=kept", "{name}");
+        assert!(
+            headers["baggage"].contains("run_id=r-9"),
+            "{name}: {headers:?}"
+        );
+        assert_eq!(headers["x-trace-id"], trace.to_string(), "{name}");
+        assert_eq!(headers["x-span-id"], sc.span_id().to_string(), "{name}");
+        // The span's context, built when asked for: its span context and the baggage.
+        assert_eq!(send.context().span().span_context(), &sc, "{name}");
+        assert_eq!(
+            send.context()
+                .baggage()
+                .get("run_id")
+                .map(|v| v.to_string()),
+            Some("r-9".to_owned()),
+            "{name}"
+        );
+        send.end();
+        assert!(spans.is_empty(), "{name}: nothing is recorded");
+    }
+}
+
+#[test]
 fn a_dropped_process_span_keeps_the_trace_state_and_baggage_of_its_message() {
     use opentelemetry::baggage::BaggageExt as _;
     let spans = SpanCollector::new();

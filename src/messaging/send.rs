@@ -24,11 +24,43 @@ use crate::telemetry::{with_trace_id, Inner};
 /// ([`end_with_error`](Self::end_with_error)). Dropping it ends it with no status.
 #[must_use = "a send span records the outcome of the send only when it is ended"]
 pub struct SendSpan {
-    cx: Context,
+    cx: SendContext,
     /// Whether the span is recorded (sampled); nothing is set on one that is not.
     recording: bool,
     /// The send's metrics, when they are on.
     metric: Option<SendMetric>,
+}
+
+/// A send span's context. A span that is not recorded keeps its span context and its
+/// parent, and becomes one context only when asked for ([`SendSpan::context`]): most
+/// never are, the message carries the span context and the caller reads it.
+enum SendContext {
+    /// The span's context (a recorded span, or the parent of a send left untraced).
+    Built(Context),
+    /// A span that is not recorded: its span context, a child of `parent`'s.
+    Child {
+        sc: SpanContext,
+        parent: Context,
+        built: std::sync::OnceLock<Context>,
+    },
+}
+
+impl SendContext {
+    fn context(&self) -> &Context {
+        match self {
+            SendContext::Built(cx) => cx,
+            SendContext::Child { sc, parent, built } => {
+                built.get_or_init(|| parent.with_remote_span_context(sc.clone()))
+            }
+        }
+    }
+
+    fn span_context(&self) -> SpanContext {
+        match self {
+            SendContext::Built(cx) => cx.span().span_context().clone(),
+            SendContext::Child { sc, .. } => sc.clone(),
+        }
+    }
 }
 
 /// A send's bound instruments and when it started.
@@ -65,7 +97,7 @@ fn describe_now<'a, F: FnOnce() -> Outgoing<'a>>(
 impl fmt::Debug for SendSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendSpan")
-            .field("span_context", self.cx.span().span_context())
+            .field("span_context", &self.cx.span_context())
             .finish()
     }
 }
@@ -105,7 +137,7 @@ impl SendSpan {
             headers: target.headers,
         }) {
             return SendSpan {
-                cx: parent.clone(),
+                cx: SendContext::Built(parent.clone()),
                 recording: false,
                 metric: None,
             };
@@ -137,14 +169,20 @@ impl SendSpan {
             None,
         ) {
             Early::Record(root_trace) => root_trace,
-            Early::Dropped(cx) => {
+            Early::Dropped(sc) => {
                 let now = inner
                     .propagation
                     .writes_sent_at(stamped)
                     .then(SystemTime::now);
-                inner.propagation.inject_sent_at(&cx, carrier, now, stamped);
+                inner
+                    .propagation
+                    .inject_child(&sc, parent, carrier, now, stamped);
                 return SendSpan {
-                    cx,
+                    cx: SendContext::Child {
+                        sc,
+                        parent: parent.clone(),
+                        built: std::sync::OnceLock::new(),
+                    },
                     recording: false,
                     metric,
                 };
@@ -193,7 +231,7 @@ impl SendSpan {
             cx.span().set_attributes(context);
         }
         SendSpan {
-            cx,
+            cx: SendContext::Built(cx),
             recording,
             metric,
         }
@@ -208,18 +246,20 @@ impl SendSpan {
 
     /// The context of this span: its span context and the baggage that was sent.
     pub fn context(&self) -> &Context {
-        &self.cx
+        self.cx.context()
     }
 
     /// The span context the message carries (trace id and this span's id).
     pub fn span_context(&self) -> SpanContext {
-        self.cx.span().span_context().clone()
+        self.cx.span_context()
     }
 
     /// Add an attribute learnt after the send started (partition, offset, sequence).
     pub fn set_attribute(&self, key: &'static str, value: impl Into<Value>) {
         if self.recording {
-            self.cx.span().set_attribute(KeyValue::new(key, value));
+            self.context()
+                .span()
+                .set_attribute(KeyValue::new(key, value));
         }
     }
 
@@ -229,7 +269,7 @@ impl SendSpan {
             m.bound.ok(m.start.elapsed());
         }
         if self.recording {
-            let span = self.cx.span();
+            let span = self.context().span();
             span.set_status(Status::Ok);
             span.end();
         }
@@ -242,7 +282,7 @@ impl SendSpan {
             m.bound.failed(error_type, m.start.elapsed());
         }
         if self.recording {
-            let span = self.cx.span();
+            let span = self.context().span();
             record_error(&span, error_type, &error.to_string());
             span.end();
         }
