@@ -170,6 +170,34 @@ fn an_unsampled_send_writes_its_own_context_with_every_propagation() {
 }
 
 #[test]
+fn an_unsampled_send_does_not_hold_its_recording_parent_open() {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    let spans = SpanCollector::new();
+    let app = service(&spans, "app", Sampler::AlwaysOn);
+    let producer = service(&spans, "producer", Sampler::AlwaysOff);
+    let parent = app.provider().tracer("app").start("handle_request");
+    let parent_id = parent.span_context().span_id();
+    let parent = Context::current_with_span(parent);
+    let mut headers: HashMap<String, String> = HashMap::new();
+    let send = producer.send_span_with_parent(Outgoing::new("nats", "jobs"), &parent, &mut headers);
+    assert_eq!(
+        send.context().span().span_context().trace_id(),
+        parent.span().span_context().trace_id()
+    );
+    // The caller lets go of its span: it ends now, while the send is still in flight.
+    drop(parent);
+    let records = spans.records();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].span_id, parent_id.to_string());
+    send.end();
+    assert_eq!(
+        spans.records().len(),
+        1,
+        "the unsampled send records nothing"
+    );
+}
+
+#[test]
 fn a_dropped_process_span_keeps_the_trace_state_and_baggage_of_its_message() {
     use opentelemetry::baggage::BaggageExt as _;
     let spans = SpanCollector::new();

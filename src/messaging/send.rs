@@ -177,12 +177,20 @@ impl SendSpan {
                 inner
                     .propagation
                     .inject_child(&sc, parent, carrier, now, stamped);
-                return SendSpan {
-                    cx: SendContext::Child {
+                // Kept for later only under a parent that records nothing: holding a
+                // recording parent would hold its span open (a span dropped by its
+                // caller ends when the last reference goes).
+                let cx = if parent.span().is_recording() {
+                    SendContext::Built(parent.with_remote_span_context(sc))
+                } else {
+                    SendContext::Child {
                         sc,
                         parent: parent.clone(),
                         built: std::sync::OnceLock::new(),
-                    },
+                    }
+                };
+                return SendSpan {
+                    cx,
                     recording: false,
                     metric,
                 };
