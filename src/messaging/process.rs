@@ -96,9 +96,9 @@ impl ProcessSpan {
         let early = super::sampling::decide(inner, &of, SpanKind::Consumer, join);
         let join = match early {
             super::sampling::Early::Record(trace) => trace,
-            super::sampling::Early::Dropped(sc) => {
+            super::sampling::Early::Dropped(cx) => {
                 return ProcessSpan {
-                    cx: of.child(sc),
+                    cx,
                     recording: false,
                 }
             }

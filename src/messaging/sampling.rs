@@ -20,9 +20,8 @@ use crate::telemetry::Inner;
 
 /// What the sampler said before the span was described.
 pub(crate) enum Early {
-    /// It drops the span: this is its span context, a child of the parent's (its
-    /// context is [`Parent::child`]).
-    Dropped(SpanContext),
+    /// It drops the span: this is its context, a child of the parent.
+    Dropped(Context),
     /// It may record the span: describe it and let the SDK decide, for a root in this
     /// trace (the one the sampler was asked about, so the SDK's decision is the same).
     Record(Option<TraceId>),
@@ -35,17 +34,6 @@ pub(crate) enum Parent<'a> {
     /// A message's extracted context: its parts are enough for a span that is dropped,
     /// so its context is built only if the sampler needs it.
     Extracted(&'a Extracted),
-}
-
-impl Parent<'_> {
-    /// The context of a dropped span with span context `sc`: the parent's entries
-    /// (baggage) with `sc` as the span.
-    pub(crate) fn child(&self, sc: SpanContext) -> Context {
-        match self {
-            Parent::Context(cx) => cx.with_remote_span_context(sc),
-            Parent::Extracted(message) => message.base().with_remote_span_context(sc),
-        }
-    }
 }
 
 /// Ask the configured sampler about a span, a child of `parent`, before it is described.
@@ -62,11 +50,12 @@ pub(crate) fn decide(
     match parent {
         Parent::Context(cx) => {
             let span = cx.span();
-            decide_below(sampler, span.span_context(), || cx, kind, join)
+            decide_below(sampler, span.span_context(), cx, || cx, kind, join)
         }
         Parent::Extracted(message) => decide_below(
             sampler,
             message.span_context(),
+            message.base(),
             || message.context(),
             kind,
             join,
@@ -74,11 +63,12 @@ pub(crate) fn decide(
     }
 }
 
-/// [`decide`] for a parent with span context `parent` (invalid: none); `context` is the
-/// parent as one context.
+/// [`decide`] for a parent with span context `parent` (invalid: none) and the other
+/// entries of `entries` (baggage); `context` is the parent as one context.
 fn decide_below<'c>(
     sampler: &Sampler,
     parent: &SpanContext,
+    entries: &Context,
     context: impl FnOnce() -> &'c Context,
     kind: SpanKind,
     join: Option<TraceId>,
@@ -115,11 +105,12 @@ fn decide_below<'c>(
     if !dropped {
         return Early::Record((!has_parent).then_some(trace_id));
     }
-    Early::Dropped(SpanContext::new(
+    let sc = SpanContext::new(
         trace_id,
         ids.new_span_id(),
         parent.trace_flags().with_sampled(false),
         false,
         trace_state,
-    ))
+    );
+    Early::Dropped(entries.with_remote_span_context(sc))
 }

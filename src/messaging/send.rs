@@ -24,43 +24,11 @@ use crate::telemetry::{with_trace_id, Inner};
 /// ([`end_with_error`](Self::end_with_error)). Dropping it ends it with no status.
 #[must_use = "a send span records the outcome of the send only when it is ended"]
 pub struct SendSpan {
-    cx: SendContext,
+    cx: Context,
     /// Whether the span is recorded (sampled); nothing is set on one that is not.
     recording: bool,
     /// The send's metrics, when they are on.
     metric: Option<SendMetric>,
-}
-
-/// A send span's context. A span that is not recorded keeps its span context and its
-/// parent, and becomes one context only when asked for ([`SendSpan::context`]): most
-/// never are, the message carries the span context and the caller reads it.
-enum SendContext {
-    /// The span's context (a recorded span, or the parent of a send left untraced).
-    Built(Context),
-    /// A span that is not recorded: its span context, a child of `parent`'s.
-    Child {
-        sc: SpanContext,
-        parent: Context,
-        built: std::sync::OnceLock<Context>,
-    },
-}
-
-impl SendContext {
-    fn context(&self) -> &Context {
-        match self {
-            SendContext::Built(cx) => cx,
-            SendContext::Child { sc, parent, built } => {
-                built.get_or_init(|| parent.with_remote_span_context(sc.clone()))
-            }
-        }
-    }
-
-    fn span_context(&self) -> SpanContext {
-        match self {
-            SendContext::Built(cx) => cx.span().span_context().clone(),
-            SendContext::Child { sc, .. } => sc.clone(),
-        }
-    }
 }
 
 /// A send's bound instruments and when it started.
@@ -97,7 +65,7 @@ fn describe_now<'a, F: FnOnce() -> Outgoing<'a>>(
 impl fmt::Debug for SendSpan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendSpan")
-            .field("span_context", &self.cx.span_context())
+            .field("span_context", self.cx.span().span_context())
             .finish()
     }
 }
@@ -137,7 +105,7 @@ impl SendSpan {
             headers: target.headers,
         }) {
             return SendSpan {
-                cx: SendContext::Built(parent.clone()),
+                cx: parent.clone(),
                 recording: false,
                 metric: None,
             };
@@ -169,26 +137,12 @@ impl SendSpan {
             None,
         ) {
             Early::Record(root_trace) => root_trace,
-            Early::Dropped(sc) => {
+            Early::Dropped(cx) => {
                 let now = inner
                     .propagation
                     .writes_sent_at(stamped)
                     .then(SystemTime::now);
-                inner
-                    .propagation
-                    .inject_child(&sc, parent, carrier, now, stamped);
-                // Kept for later only under a parent that records nothing: holding a
-                // recording parent would hold its span open (a span dropped by its
-                // caller ends when the last reference goes).
-                let cx = if parent.span().is_recording() {
-                    SendContext::Built(parent.with_remote_span_context(sc))
-                } else {
-                    SendContext::Child {
-                        sc,
-                        parent: parent.clone(),
-                        built: std::sync::OnceLock::new(),
-                    }
-                };
+                inner.propagation.inject_sent_at(&cx, carrier, now, stamped);
                 return SendSpan {
                     cx,
                     recording: false,
@@ -239,7 +193,7 @@ impl SendSpan {
             cx.span().set_attributes(context);
         }
         SendSpan {
-            cx: SendContext::Built(cx),
+            cx,
             recording,
             metric,
         }
@@ -254,20 +208,18 @@ impl SendSpan {
 
     /// The context of this span: its span context and the baggage that was sent.
     pub fn context(&self) -> &Context {
-        self.cx.context()
+        &self.cx
     }
 
     /// The span context the message carries (trace id and this span's id).
     pub fn span_context(&self) -> SpanContext {
-        self.cx.span_context()
+        self.cx.span().span_context().clone()
     }
 
     /// Add an attribute learnt after the send started (partition, offset, sequence).
     pub fn set_attribute(&self, key: &'static str, value: impl Into<Value>) {
         if self.recording {
-            self.context()
-                .span()
-                .set_attribute(KeyValue::new(key, value));
+            self.cx.span().set_attribute(KeyValue::new(key, value));
         }
     }
 
@@ -277,7 +229,7 @@ impl SendSpan {
             m.bound.ok(m.start.elapsed());
         }
         if self.recording {
-            let span = self.context().span();
+            let span = self.cx.span();
             span.set_status(Status::Ok);
             span.end();
         }
@@ -290,7 +242,7 @@ impl SendSpan {
             m.bound.failed(error_type, m.start.elapsed());
         }
         if self.recording {
-            let span = self.context().span();
+            let span = self.cx.span();
             record_error(&span, error_type, &error.to_string());
             span.end();
         }

@@ -38,7 +38,6 @@ pub mod simple;
 pub mod traceparent;
 mod w3c;
 
-use std::borrow::Cow;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -308,50 +307,19 @@ impl Propagation {
         sent_at: Option<SystemTime>,
         stamped: bool,
     ) {
-        let span = cx.span();
-        self.inject_span(
-            span.span_context(),
-            cx,
-            || Cow::Borrowed(cx),
-            carrier,
-            sent_at,
-            stamped,
-        );
-    }
-
-    /// [`inject_sent_at`](Self::inject_sent_at) for a span with span context `sc`, a child
-    /// of `parent` (whose baggage it carries) that has no context of its own yet: the
-    /// context is built (`context`) only for a custom propagator.
-    pub(crate) fn inject_child(
-        &self,
-        sc: &SpanContext,
-        parent: &Context,
-        carrier: &mut dyn WriteCarrier,
-        sent_at: Option<SystemTime>,
-        stamped: bool,
-    ) {
-        let context = || Cow::Owned(parent.with_remote_span_context(sc.clone()));
-        self.inject_span(sc, parent, context, carrier, sent_at, stamped);
-    }
-
-    fn inject_span<'c>(
-        &self,
-        sc: &SpanContext,
-        entries: &Context,
-        context: impl FnOnce() -> Cow<'c, Context>,
-        carrier: &mut dyn WriteCarrier,
-        sent_at: Option<SystemTime>,
-        stamped: bool,
-    ) {
         match &self.codec {
-            Codec::W3c { baggage } => w3c::inject(sc, entries, *baggage, carrier),
-            Codec::Custom(p) => p.inject_context(&context(), &mut InjectBridge(&mut *carrier)),
+            Codec::W3c { baggage } => w3c::inject(cx, *baggage, carrier),
+            Codec::Custom(p) => p.inject_context(cx, &mut InjectBridge(&mut *carrier)),
         }
-        if self.write_simple && sc.is_valid() {
-            let span_id = sc.span_id().to_string();
-            carrier.set(simple::X_TRACE_ID, sc.trace_id().to_string());
-            carrier.set(simple::X_PARENT_SPAN_ID, span_id.clone());
-            carrier.set(simple::X_SPAN_ID, span_id);
+        if self.write_simple {
+            let span = cx.span();
+            let sc = span.span_context();
+            if sc.is_valid() {
+                let span_id = sc.span_id().to_string();
+                carrier.set(simple::X_TRACE_ID, sc.trace_id().to_string());
+                carrier.set(simple::X_PARENT_SPAN_ID, span_id.clone());
+                carrier.set(simple::X_SPAN_ID, span_id);
+            }
         }
         if self.sent_at && !stamped {
             let now = sent_at.unwrap_or_else(SystemTime::now);

@@ -8,7 +8,7 @@
 //! the SDK as usual.
 
 use opentelemetry::baggage::{Baggage, BaggageExt};
-use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+use opentelemetry::trace::{TraceContextExt, TraceFlags, TraceState};
 use opentelemetry::Context;
 
 use super::extract::has_duplicate_keys;
@@ -16,14 +16,10 @@ use super::{limits, Discarded, WriteCarrier, BAGGAGE, TRACEPARENT, TRACESTATE};
 
 use crate::hex::{put as put_hex, DIGITS as HEX};
 
-/// Write `traceparent` and `tracestate` (when not empty) of span context `sc`, and the
-/// `baggage` of `entries` (when not empty).
-pub(crate) fn inject(
-    sc: &SpanContext,
-    entries: &Context,
-    baggage: bool,
-    carrier: &mut dyn WriteCarrier,
-) {
+/// Write `traceparent`, `tracestate` (when not empty) and `baggage` (when not empty).
+pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier) {
+    let span = cx.span();
+    let sc = span.span_context();
     if sc.is_valid() {
         // `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, laid out in place.
         let mut tp = *b"00-________________________________-________________-__";
@@ -47,7 +43,7 @@ pub(crate) fn inject(
         }
     }
     if baggage {
-        let bag = entries.baggage();
+        let bag = cx.baggage();
         if !bag.is_empty() {
             let mut out = String::with_capacity(64);
             for (name, (value, metadata)) in bag {
@@ -203,7 +199,7 @@ mod tests {
     use std::collections::HashMap;
 
     use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceId};
+    use opentelemetry::trace::{SpanContext, SpanId, TraceId};
     use opentelemetry::KeyValue;
     use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -243,7 +239,7 @@ mod tests {
                 for bag in BAGGAGE_CASES {
                     let original = cx(flags, state, bag);
                     let mut ours: HashMap<String, String> = HashMap::new();
-                    inject(original.span().span_context(), &original, true, &mut ours);
+                    inject(&original, true, &mut ours);
                     let tc = TraceContextPropagator::new().extract(&ours);
                     let bc = BaggagePropagator::new().extract(&ours);
                     assert_eq!(
@@ -320,7 +316,7 @@ mod tests {
             &[("pct", "100% sure"), ("k", "a=b")],
         );
         let mut h: HashMap<String, String> = HashMap::new();
-        inject(original.span().span_context(), &original, true, &mut h);
+        inject(&original, true, &mut h);
         let got = extract_baggage(Context::new(), &h[BAGGAGE]);
         assert_eq!(
             got.baggage().get("pct").map(|v| v.to_string()).as_deref(),
