@@ -1,10 +1,12 @@
-//! Sampling: unsampled messages still carry context and get correct parents downstream,
+//! Sampling: unsampled messages still carry context (a span id of their own, the trace
+//! state and the baggage, with every propagation) and get correct parents downstream,
 //! ratio and parent-based decisions hold across a hop, and a sampler that looks at
 //! attributes still sees them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt as _, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{Sampler, SamplingDecision, SamplingResult, ShouldSample};
@@ -17,6 +19,25 @@ fn service(spans: &SpanCollector, name: &str, sampler: Sampler) -> Telemetry {
         .sampler(sampler)
         .build()
         .unwrap()
+}
+
+/// The trace of [`remote_parent`].
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A remote parent span in [`TRACE`] (span `00f067aa0ba902b7`, trace state
+/// `vendor=kept`), with `flags` and the baggage member `run_id` when given.
+fn remote_parent(flags: opentelemetry::trace::TraceFlags, run_id: Option<&'static str>) -> Context {
+    let cx = Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
+        TraceId::from_hex(TRACE).unwrap(),
+        opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        flags,
+        true,
+        TraceState::from_key_value([("vendor", "kept")]).unwrap(),
+    ));
+    match run_id {
+        Some(id) => cx.with_baggage([KeyValue::new("run_id", id)]),
+        None => cx,
+    }
 }
 
 /// Send one message from `producer` (inside `parent`), process it in `consumer`, and
@@ -76,14 +97,7 @@ fn parent_based_sampling_follows_the_message_across_the_hop() {
 
     // Below an unsampled parent nothing is recorded, on either side, and every hop keeps
     // the trace and a fresh span id.
-    let unsampled =
-        Context::new().with_remote_span_context(opentelemetry::trace::SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            opentelemetry::trace::TraceFlags::default(),
-            true,
-            TraceState::from_key_value([("vendor", "kept")]).unwrap(),
-        ));
+    let unsampled = remote_parent(opentelemetry::trace::TraceFlags::default(), None);
     let (headers, process) = hop(&producer, &consumer, &unsampled);
     assert!(headers[TRACEPARENT].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
     assert!(headers[TRACEPARENT].ends_with("-00"));
@@ -111,18 +125,9 @@ fn parent_based_sampling_follows_the_message_across_the_hop() {
 
 #[test]
 fn an_unsampled_send_writes_its_own_context_with_every_propagation() {
-    use opentelemetry::baggage::BaggageExt as _;
     use tracehop::propagation::Propagation;
-    let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
-    let parent = Context::new()
-        .with_remote_span_context(opentelemetry::trace::SpanContext::new(
-            trace,
-            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            true,
-            TraceState::from_key_value([("vendor", "kept")]).unwrap(),
-        ))
-        .with_baggage([KeyValue::new("run_id", "r-9")]);
+    let trace = TraceId::from_hex(TRACE).unwrap();
+    let parent = remote_parent(opentelemetry::trace::TraceFlags::SAMPLED, Some("r-9"));
     // tracehop's own W3C codec, and the SDK's propagators (a custom propagator).
     for (name, propagation) in [
         ("direct", Propagation::default()),
@@ -199,21 +204,12 @@ fn an_unsampled_send_does_not_hold_its_recording_parent_open() {
 
 #[test]
 fn a_dropped_process_span_keeps_the_trace_state_and_baggage_of_its_message() {
-    use opentelemetry::baggage::BaggageExt as _;
     let spans = SpanCollector::new();
     let producer = service(&spans, "producer", Sampler::AlwaysOn);
     let consumer = service(&spans, "consumer", Sampler::AlwaysOff);
     let downstream = service(&spans, "downstream", Sampler::AlwaysOn);
-    let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
-    let parent = Context::new()
-        .with_remote_span_context(opentelemetry::trace::SpanContext::new(
-            trace,
-            opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            opentelemetry::trace::TraceFlags::SAMPLED,
-            true,
-            TraceState::from_key_value([("vendor", "kept")]).unwrap(),
-        ))
-        .with_baggage([KeyValue::new("run_id", "r-7")]);
+    let trace = TraceId::from_hex(TRACE).unwrap();
+    let parent = remote_parent(opentelemetry::trace::TraceFlags::SAMPLED, Some("r-7"));
     let (headers, process) = hop(&producer, &consumer, &parent);
     let send_span_id = headers[TRACEPARENT][36..52].to_owned();
     let sc = process.span().span_context().clone();
