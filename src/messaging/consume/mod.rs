@@ -43,7 +43,6 @@ mod record;
 mod source;
 mod stop;
 mod summary;
-#[cfg(any(feature = "nats", feature = "amqp"))]
 pub(crate) mod watch;
 
 use std::fmt;
