@@ -4,9 +4,10 @@
 //! parent's trace, not sampled), so that the message carries context and the next hop
 //! keeps the trace. The SDK gives one only after the whole span was described: name,
 //! attributes, links. For the samplers whose answer does not depend on any of that
-//! (`AlwaysOff`, `TraceIdRatioBased`, and `ParentBased` below a parent), tracehop asks the
-//! sampler itself first and, if it says drop, makes that span context without describing
-//! the span at all. Any other sampler (a custom one may look at attributes; `ParentBased`
+//! (`AlwaysOff`, `TraceIdRatioBased`, and `ParentBased` below a parent), tracehop decides
+//! first (`AlwaysOff` and `ParentBased` from the parent's span context, as the SDK would;
+//! `TraceIdRatioBased` by asking it) and, on a drop, makes that span context without
+//! describing the span at all. Any other sampler (a custom one may look at attributes; `ParentBased`
 //! for a root asks its delegate) sees the whole span, through the SDK, as before.
 
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceId};

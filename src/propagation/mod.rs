@@ -186,11 +186,6 @@ pub struct Extracted {
 }
 
 impl Extracted {
-    /// Nothing found: no parent, no baggage.
-    fn empty() -> Extracted {
-        Extracted::from_parts(SpanContext::empty_context(), Context::new())
-    }
-
     fn from_parts(remote: SpanContext, base: Context) -> Extracted {
         Extracted {
             remote,
@@ -408,7 +403,8 @@ impl Propagation {
                         }),
                     baggage: baggage.as_deref().map(limits::limit_baggage),
                 };
-                let mut extracted = Extracted::empty();
+                let mut extracted =
+                    Extracted::from_parts(SpanContext::empty_context(), Context::new());
                 extracted.set_context(propagator.extract_with_context(&Context::new(), &bridge));
                 extracted
             }
