@@ -14,7 +14,9 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use crate::export::{Health, SinkKind};
-use crate::journal::{CollectorExporter, Journal, JournalProcessor, JournalStats, SpanCollector};
+use crate::journal::{
+    CollectorExporter, DirectJournal, Journal, JournalProcessor, JournalStats, SpanCollector,
+};
 use crate::messaging::{HeaderCapture, Hooks};
 use crate::metrics::Metrics;
 use crate::propagation::Propagation;
@@ -50,6 +52,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: Option<Arc<Metrics>>,
     /// The user's filter, enrich and destination-template hooks.
     pub(crate) hooks: Hooks,
+    /// The journal tracehop's own spans are written to without the SDK's span, when it
+    /// is the handle's only span processor (see `journal::direct`).
+    pub(crate) direct: Option<Arc<DirectJournal>>,
     /// The headers recorded as span attributes, if any.
     pub(crate) capture: Option<HeaderCapture>,
 }
@@ -76,6 +81,8 @@ impl Telemetry {
             hooks: Hooks::default(),
             capture: None,
             has_processor: false,
+            processors: 0,
+            journal: None,
             failed: None,
             // The SDK's default, unless its environment variable chose another.
             sampler: std::env::var_os("OTEL_TRACES_SAMPLER")
@@ -102,6 +109,7 @@ impl Telemetry {
                 metrics: None,
                 hooks: Hooks::default(),
                 capture: None,
+                direct: None,
             }),
         }
     }
@@ -209,6 +217,11 @@ pub struct TelemetryBuilder {
     hooks: Hooks,
     capture: Option<HeaderCapture>,
     has_processor: bool,
+    /// How many span processors the provider has (an exporter, a journal, a baggage
+    /// recorder).
+    processors: usize,
+    /// The last journal added, for its direct spans.
+    journal: Option<Arc<crate::journal::JournalShared>>,
     /// A journal whose writer thread could not be started: `build` reports it.
     failed: Option<Error>,
     /// The sampler given to the provider, if known (the SDK's default until one is set).
@@ -233,6 +246,7 @@ impl TelemetryBuilder {
         match JournalProcessor::new(journal) {
             Ok(processor) => {
                 self.sinks.push(processor.health());
+                self.journal = Some(processor.sink());
                 self.span_processor(processor)
             }
             Err(source) => {
@@ -328,6 +342,7 @@ impl TelemetryBuilder {
     pub fn span_processor(mut self, processor: impl SpanProcessor + 'static) -> Self {
         self.provider = self.provider.with_span_processor(processor);
         self.has_processor = true;
+        self.processors += 1;
         self
     }
 
@@ -343,6 +358,7 @@ impl TelemetryBuilder {
         let processor = crate::context::BaggageAttributes::new(keys);
         if !processor.keys().is_empty() {
             self.provider = self.provider.with_span_processor(processor);
+            self.processors += 1;
         }
         self
     }
@@ -381,6 +397,24 @@ impl TelemetryBuilder {
             return Err(e);
         }
         let resource = self.resource();
+        // One journal and nothing else, with the SDK's default span limits (which the
+        // environment may change): tracehop's own spans skip the SDK's span.
+        let default_limits = [
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+            "OTEL_SPAN_EVENT_COUNT_LIMIT",
+        ]
+        .iter()
+        .all(|name| std::env::var_os(name).is_none());
+        let direct = match (&self.journal, &self.sampler, self.processors) {
+            (Some(journal), Some(sampler), 1) if default_limits => {
+                Some(Arc::new(DirectJournal::new(
+                    journal.clone(),
+                    crate::journal::service_json_of(&resource),
+                    sampler.clone(),
+                )))
+            }
+            _ => None,
+        };
         let provider = self
             .provider
             .with_resource(resource)
@@ -398,6 +432,7 @@ impl TelemetryBuilder {
                 metrics: self.meter_provider.map(|p| Arc::new(Metrics::new(p))),
                 hooks: self.hooks,
                 capture: self.capture,
+                direct,
             }),
         })
     }

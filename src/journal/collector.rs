@@ -172,9 +172,8 @@ pub(crate) fn to_record(span: &SpanData, service_name: Option<&str>) -> SpanReco
     }
 }
 
-pub(crate) fn exception_message_value(span: &SpanData) -> Option<&Value> {
-    span.events
-        .events
+pub(crate) fn exception_message_value(events: &[opentelemetry::trace::Event]) -> Option<&Value> {
+    events
         .iter()
         .filter(|e| e.name == "exception")
         .flat_map(|e| e.attributes.iter())
@@ -183,7 +182,7 @@ pub(crate) fn exception_message_value(span: &SpanData) -> Option<&Value> {
 }
 
 fn exception_message(span: &SpanData) -> Option<String> {
-    exception_message_value(span).map(|v| v.as_str().into_owned())
+    exception_message_value(&span.events.events).map(|v| v.as_str().into_owned())
 }
 
 fn attribute(kv: &KeyValue) -> (String, Json) {

@@ -11,7 +11,11 @@
 //!
 //! [`SpanRecord`]: super::SpanRecord
 
-use opentelemetry::trace::{SpanId, SpanKind, Status as OtelStatus, TraceId};
+use std::time::SystemTime;
+
+use opentelemetry::trace::{
+    Event, Link, SpanContext, SpanId, SpanKind, Status as OtelStatus, TraceId,
+};
 use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
@@ -36,16 +40,49 @@ pub(crate) fn service_json(name: Option<&str>) -> Vec<u8> {
     out
 }
 
+/// A finished span as the line writer reads it: borrowed from the SDK's [`SpanData`], or
+/// from a span the journal recorded itself (`journal::direct`).
+pub(crate) struct Finished<'a> {
+    pub(crate) span_context: &'a SpanContext,
+    pub(crate) parent_span_id: SpanId,
+    pub(crate) name: &'a str,
+    pub(crate) span_kind: &'a SpanKind,
+    pub(crate) start_time: SystemTime,
+    pub(crate) end_time: SystemTime,
+    pub(crate) status: &'a OtelStatus,
+    pub(crate) attributes: &'a [KeyValue],
+    pub(crate) events: &'a [Event],
+    pub(crate) links: &'a [Link],
+}
+
+impl<'a> Finished<'a> {
+    /// The view of the SDK's span data.
+    pub(crate) fn of(span: &'a SpanData) -> Finished<'a> {
+        Finished {
+            span_context: &span.span_context,
+            parent_span_id: span.parent_span_id,
+            name: &span.name,
+            span_kind: &span.span_kind,
+            start_time: span.start_time,
+            end_time: span.end_time,
+            status: &span.status,
+            attributes: &span.attributes,
+            events: &span.events.events,
+            links: &span.links.links,
+        }
+    }
+}
+
 /// Append `span` as one journal line (without the newline). `service` comes from
 /// [`service_json`].
 pub(crate) fn write_line(
     out: &mut Vec<u8>,
-    span: &SpanData,
+    span: &Finished<'_>,
     service: &[u8],
     scratch: &mut Scratch,
 ) {
     let Scratch { dates, shapes } = scratch;
-    let sc = &span.span_context;
+    let sc = span.span_context;
     let duration = span
         .end_time
         .duration_since(span.start_time)
@@ -65,7 +102,7 @@ pub(crate) fn write_line(
     out.extend_from_slice(b",\"service_name\":");
     out.extend_from_slice(service);
     out.extend_from_slice(b",\"operation_name\":");
-    json_str(out, &span.name);
+    json_str(out, span.name);
     out.extend_from_slice(match span.span_kind {
         SpanKind::Client => b",\"span_kind\":\"client\",\"start_time\":\"",
         SpanKind::Server => b",\"span_kind\":\"server\",\"start_time\":\"",
@@ -78,7 +115,7 @@ pub(crate) fn write_line(
     json_f64(out, crate::time::millis_f64(duration));
     out.extend_from_slice(b",\"duration_ns\":");
     json_u64(out, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
-    match &span.status {
+    match span.status {
         OtelStatus::Ok => out.extend_from_slice(b",\"status\":\"ok\",\"error\":null"),
         OtelStatus::Unset => out.extend_from_slice(b",\"status\":\"unset\",\"error\":null"),
         OtelStatus::Error { description } => {
@@ -86,7 +123,7 @@ pub(crate) fn write_line(
             if !description.is_empty() {
                 json_str(out, description);
             } else {
-                match super::collector::exception_message_value(span) {
+                match super::collector::exception_message_value(span.events) {
                     Some(message) => json_str(out, &message.as_str()),
                     None => out.extend_from_slice(b"\"error\""),
                 }
@@ -95,11 +132,11 @@ pub(crate) fn write_line(
     }
     if !span.attributes.is_empty() {
         out.extend_from_slice(b",\"attributes\":");
-        shapes.write(out, &span.attributes);
+        shapes.write(out, span.attributes);
     }
-    if !span.links.links.is_empty() {
+    if !span.links.is_empty() {
         out.extend_from_slice(b",\"links\":[");
-        for (i, link) in span.links.links.iter().enumerate() {
+        for (i, link) in span.links.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }

@@ -19,6 +19,13 @@
 //!   span data into a buffer that thread reuses (no record, no per-field `io::Write`
 //!   call, strings escaped only when they need it, the date formatted once per second).
 //!   Nothing of the span outlives `end()`: no span data waits in a queue.
+//! - **When the journal is the handle's only span processor** (the default), tracehop's
+//!   own send and process spans skip the SDK's span and span data: the span's fields are
+//!   kept by the journal and written from there when it ends, with the handle's sampler
+//!   and the SDK's span limits, so the line is the one the SDK's span would have given.
+//!   Add any other span processor (an exporter, a collector,
+//!   [`record_baggage`](crate::TelemetryBuilder::record_baggage)) and every span goes
+//!   through the SDK again; your own spans and `tracing`'s always do.
 //! - **Lines are appended to one shared block** (a short lock and a copy). A full block
 //!   (up to 256 KiB) goes to a bounded queue read by the journal's own writer thread,
 //!   which writes whole blocks and flushes after each. A partly filled block is handed
@@ -58,6 +65,7 @@
 //! ```
 
 mod collector;
+mod direct;
 mod line;
 mod processor;
 mod reader;
@@ -69,7 +77,8 @@ use opentelemetry_sdk::Resource;
 
 pub(crate) use collector::CollectorExporter;
 pub use collector::SpanCollector;
-pub(crate) use processor::JournalProcessor;
+pub(crate) use direct::{DirectJournal, SpanStart};
+pub(crate) use processor::{JournalProcessor, Shared as JournalShared};
 pub(crate) use reader::for_each_source;
 pub use reader::{read_files, read_reader, read_str, Malformed, ReadReport};
 pub use record::{Kind, LinkRecord, SpanRecord, Status};
@@ -94,6 +103,11 @@ pub struct JournalStats {
 }
 
 /// `service.name` of a resource.
+/// The service name of `resource` as a journal line writes it.
+pub(crate) fn service_json_of(resource: &Resource) -> Vec<u8> {
+    line::service_json(service_name(resource).as_deref())
+}
+
 fn service_name(resource: &Resource) -> Option<String> {
     resource
         .get(&Key::from_static_str("service.name"))

@@ -14,7 +14,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use super::line::{service_json, write_line, Scratch};
+use super::line::{service_json, write_line, Finished, Scratch};
 use super::target::Journal;
 use crate::export::{Health, Popped, Queue, SinkKind, Wait};
 
@@ -48,7 +48,7 @@ struct Filling {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     filling: Mutex<Filling>,
     queue: Queue<Chunk>,
     /// Emptied blocks, kept for reuse.
@@ -112,33 +112,18 @@ impl JournalProcessor {
     pub(crate) fn health(&self) -> Health {
         self.shared.health.clone()
     }
+
+    /// Where spans the journal records itself go: this processor's blocks and writer.
+    pub(crate) fn sink(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 }
 
 impl SpanProcessor for JournalProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let written = SCRATCH.try_with(|scratch| {
-            let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return false;
-            };
-            let (line, kept) = &mut *scratch;
-            line.clear();
-            write_line(line, &span, &self.service, kept);
-            line.push(b'\n');
-            self.shared.append(line);
-            if line.capacity() > SCRATCH_KEEP {
-                *line = Vec::with_capacity(1024);
-            }
-            true
-        });
-        if written != Ok(true) {
-            // Re-entered, or during thread teardown: a buffer of its own.
-            let mut line = Vec::with_capacity(1024);
-            write_line(&mut line, &span, &self.service, &mut Scratch::default());
-            line.push(b'\n');
-            self.shared.append(&line);
-        }
+        self.shared.write_span(&Finished::of(&span), &self.service);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -171,6 +156,37 @@ impl Drop for JournalProcessor {
 }
 
 impl Shared {
+    /// Write `span`'s line on this thread and append it to the block being filled.
+    pub(super) fn write_span(&self, span: &Finished<'_>, service: &[u8]) {
+        let written = SCRATCH.try_with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return false;
+            };
+            let (line, kept) = &mut *scratch;
+            line.clear();
+            write_line(line, span, service, kept);
+            line.push(b'\n');
+            self.append(line);
+            if line.capacity() > SCRATCH_KEEP {
+                *line = Vec::with_capacity(1024);
+            }
+            true
+        });
+        if written != Ok(true) {
+            // Re-entered, or during thread teardown: a buffer of its own.
+            let mut line = Vec::with_capacity(1024);
+            write_line(&mut line, span, service, &mut Scratch::default());
+            line.push(b'\n');
+            self.append(&line);
+        }
+    }
+
+    /// Whether the journal was shut down (a span ending now is not recorded, as the SDK
+    /// discards spans that end after its provider's shutdown).
+    pub(super) fn is_shut_down(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// Add one line (newline included) to the block being filled, handing the block to
     /// the writer first if the line does not fit.
     fn append(&self, line: &[u8]) {

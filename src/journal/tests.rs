@@ -14,7 +14,7 @@ use opentelemetry_sdk::trace::{
 };
 
 use super::collector::to_record;
-use super::line::{service_json, write_line, Scratch};
+use super::line::{service_json, write_line, Finished, Scratch};
 
 /// Keeps the finished spans as the SDK hands them over.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +43,12 @@ impl Keep {
 fn assert_lines_equal_records(spans: &[SpanData], service: Option<&str>, scratch: &mut Scratch) {
     for span in spans {
         let mut direct = Vec::new();
-        write_line(&mut direct, span, &service_json(service), scratch);
+        write_line(
+            &mut direct,
+            &Finished::of(span),
+            &service_json(service),
+            scratch,
+        );
         let record = serde_json::to_string(&to_record(span, service)).expect("json");
         assert_eq!(String::from_utf8(direct).expect("utf-8"), record);
     }

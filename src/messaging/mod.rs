@@ -36,6 +36,7 @@ pub mod consume;
 mod describe;
 mod hooks;
 mod process;
+mod recorded;
 mod sampling;
 mod send;
 mod sending;

@@ -6,13 +6,14 @@ use std::time::SystemTime;
 
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{Link, Span as _, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::attributes as attr;
 use super::{Incoming, MessageRef, Operation, ParentPolicy};
+use crate::journal::SpanStart;
 use crate::propagation::{ContextSource, Extracted, ReadCarrier};
-use crate::telemetry::{with_trace_id, Inner};
+use crate::telemetry::Inner;
 
 /// What a handler's run came to, as recorded on its process span.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +95,11 @@ impl ProcessSpan {
             None => super::sampling::Parent::Extracted(extracted),
         };
         let early = super::sampling::decide(inner, &of, SpanKind::Consumer, join);
-        let join = match early {
-            super::sampling::Early::Record(trace) => trace,
+        let (join, decided) = match early {
+            super::sampling::Early::Record {
+                root_trace,
+                decided,
+            } => (root_trace, decided),
             super::sampling::Early::Dropped(cx) => {
                 return ProcessSpan {
                     cx,
@@ -174,25 +178,21 @@ impl ProcessSpan {
             }
         }
 
-        let builder = inner
-            .tracer
-            .span_builder(super::span_name(
+        let start = SpanStart {
+            name: super::span_name(
                 msg.operation_name,
                 msg.template
                     .as_ref()
                     .map_or(msg.destination, StringValue::as_str),
                 msg.temporary,
-            ))
-            .with_kind(SpanKind::Consumer)
-            .with_start_time(now)
-            .with_attributes(attributes)
-            .with_links(links);
-        let span = with_trace_id(join, || builder.start_with_context(&inner.tracer, &parent));
-        let recording = span.is_recording();
-        ProcessSpan {
-            cx: parent.with_span(span),
-            recording,
-        }
+            ),
+            kind: SpanKind::Consumer,
+            start_time: now,
+            attributes,
+            links,
+        };
+        let (cx, recording) = super::recorded::start(inner, start, &parent, join, decided);
+        ProcessSpan { cx, recording }
     }
 
     /// A span for a message the filter hook left untraced: nothing is recorded, and the

@@ -25,7 +25,12 @@ pub(crate) enum Early {
     Dropped(Context),
     /// It may record the span: describe it and let the SDK decide, for a root in this
     /// trace (the one the sampler was asked about, so the SDK's decision is the same).
-    Record(Option<TraceId>),
+    Record {
+        /// The trace a root joins.
+        root_trace: Option<TraceId>,
+        /// The sampler has already chosen to record the span, from its parent alone.
+        decided: bool,
+    },
 }
 
 /// The parent of a span that is being decided.
@@ -46,7 +51,10 @@ pub(crate) fn decide(
     join: Option<TraceId>,
 ) -> Early {
     let Some(sampler) = inner.sampler.as_ref() else {
-        return Early::Record(join);
+        return Early::Record {
+            root_trace: join,
+            decided: false,
+        };
     };
     match parent {
         Parent::Context(cx) => {
@@ -81,7 +89,10 @@ fn decide_below<'c>(
         _ => false,
     };
     if !decides_alone {
-        return Early::Record(join);
+        return Early::Record {
+            root_trace: join,
+            decided: false,
+        };
     }
     let ids = RandomIdGenerator::default();
     let trace_id = if has_parent {
@@ -104,7 +115,10 @@ fn decide_below<'c>(
         }
     };
     if !dropped {
-        return Early::Record((!has_parent).then_some(trace_id));
+        return Early::Record {
+            root_trace: (!has_parent).then_some(trace_id),
+            decided: true,
+        };
     }
     let sc = SpanContext::new(
         trace_id,

@@ -4,18 +4,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer,
-};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId};
 use opentelemetry::{Context, KeyValue, Value};
 
 use super::attributes as attr;
 use super::process::record_error;
 use super::sampling::Early;
 use super::{MessageRef, Operation, Outgoing};
+use crate::journal::SpanStart;
 use crate::metrics::SendBound;
 use crate::propagation::WriteCarrier;
-use crate::telemetry::{with_trace_id, Inner};
+use crate::telemetry::Inner;
 
 /// The span of one message being sent (kind PRODUCER, named `send <destination>`).
 ///
@@ -130,13 +129,16 @@ impl SendSpan {
                 start: Instant::now(),
             }
         });
-        let root_trace = match super::sampling::decide(
+        let (root_trace, decided) = match super::sampling::decide(
             inner,
             &super::sampling::Parent::Context(parent),
             SpanKind::Producer,
             None,
         ) {
-            Early::Record(root_trace) => root_trace,
+            Early::Record {
+                root_trace,
+                decided,
+            } => (root_trace, decided),
             Early::Dropped(cx) => {
                 let now = inner
                     .propagation
@@ -168,19 +170,16 @@ impl SendSpan {
         }
         let attributes = msg.span_attributes(attr::operation_type::SEND);
         let named = msg.template.as_deref().unwrap_or(msg.destination);
-        let builder = inner
-            .tracer
-            .span_builder(super::span_name(msg.operation_name, named, msg.temporary))
-            .with_kind(SpanKind::Producer)
-            .with_attributes(attributes);
         // One clock read for the span's start and the `tracehop-sent-at` header.
         let now = SystemTime::now();
-        let builder = builder.with_start_time(now);
-        let span = with_trace_id(root_trace, || {
-            builder.start_with_context(&inner.tracer, parent)
-        });
-        let recording = span.is_recording();
-        let cx = parent.with_span(span);
+        let start = SpanStart {
+            name: super::span_name(msg.operation_name, named, msg.temporary),
+            kind: SpanKind::Producer,
+            start_time: now,
+            attributes,
+            links: Vec::new(),
+        };
+        let (cx, recording) = super::recorded::start(inner, start, parent, root_trace, decided);
         inner
             .propagation
             .inject_sent_at(&cx, carrier, Some(now), stamped);

@@ -1,0 +1,46 @@
+//! Starting a span the sampler may record: through the SDK's tracer, or straight into the
+//! journal when it is the handle's only span processor (see `journal::direct`).
+
+use opentelemetry::trace::{Span as _, TraceContextExt as _, TraceId, Tracer as _};
+use opentelemetry::Context;
+
+use crate::journal::SpanStart;
+use crate::telemetry::{with_trace_id, Inner};
+
+/// Start `span` as a child of `parent` (a root joins `root_trace` if given) and return
+/// `parent` with it, and whether it is recorded. `decided`: the sampler already chose to
+/// record it from the parent alone.
+pub(crate) fn start(
+    inner: &Inner,
+    span: SpanStart,
+    parent: &Context,
+    root_trace: Option<TraceId>,
+    decided: bool,
+) -> (Context, bool) {
+    if let Some(direct) = inner.direct.as_ref() {
+        if !parent.is_telemetry_suppressed() {
+            return direct.start(span, parent, root_trace, decided);
+        }
+    }
+    let SpanStart {
+        name,
+        kind,
+        start_time,
+        attributes,
+        links,
+    } = span;
+    let mut builder = inner
+        .tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_start_time(start_time)
+        .with_attributes(attributes);
+    if !links.is_empty() {
+        builder = builder.with_links(links);
+    }
+    let span = with_trace_id(root_trace, || {
+        builder.start_with_context(&inner.tracer, parent)
+    });
+    let recording = span.is_recording();
+    (parent.with_span(span), recording)
+}
