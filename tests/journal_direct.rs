@@ -134,8 +134,12 @@ fn normalized(lines: &[Value]) -> Vec<Value> {
             for key in ["timestamp", "start_time", "latency_ms", "duration_ns"] {
                 line[key] = Value::Null;
             }
-            if let Some(q) = line["attributes"].get_mut("tracehop.queue_time_ms") {
-                *q = Value::Null;
+            // Clock readings among the attributes: the queue time, `tracing`'s busy and
+            // idle times.
+            for key in ["tracehop.queue_time_ms", "busy_ns", "idle_ns"] {
+                if let Some(v) = line["attributes"].get_mut(key) {
+                    *v = Value::Null;
+                }
             }
             line
         })
@@ -297,4 +301,55 @@ async fn span_limits_are_the_sdks() {
     let attributes = lines[0]["attributes"].as_object().expect("attributes");
     assert_eq!(attributes.len(), 128);
     assert!(attributes.get("app.late").is_none());
+}
+
+#[tracing::instrument(skip_all)]
+async fn instrumented_send(t: &Telemetry, headers: &mut HashMap<String, String>) {
+    t.send_span(Outgoing::new("kafka", "tasks"), headers).end();
+}
+
+/// `tracing` both ways on a direct handle: a send inside an `#[instrument]` span continues
+/// its trace, and a `tracing` span inside the handler is the process span's child.
+#[tokio::test]
+async fn tracing_spans_nest_with_direct_spans() {
+    use tracing::Instrument as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let lines = same_lines(None, |t| async move {
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(t.provider().tracer("app")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        let mut headers: HashMap<String, String> = HashMap::new();
+        instrumented_send(&t, &mut headers).await;
+        let process = t.process_span(Incoming::new("kafka", "tasks"), &headers);
+        process
+            .run(async {
+                // Opened inside the handler, so its parent is the process span.
+                async { Ok::<_, String>(()) }
+                    .instrument(tracing::info_span!("call_llm"))
+                    .await
+            })
+            .await
+            .expect("ok");
+        process.end();
+    })
+    .await;
+    let name = |line: &Value| str_of(line, "operation_name").to_owned();
+    let find = |n: &str| {
+        lines
+            .iter()
+            .find(|l| name(l) == n)
+            .unwrap_or_else(|| panic!("{n} in {lines:#?}"))
+    };
+    let (outer, send, process, inner) = (
+        find("instrumented_send"),
+        find("send tasks"),
+        find("process tasks"),
+        find("call_llm"),
+    );
+    assert_eq!(str_of(send, "parent_span_id"), str_of(outer, "span_id"));
+    assert_eq!(str_of(send, "trace_id"), str_of(outer, "trace_id"));
+    assert_eq!(str_of(process, "parent_span_id"), str_of(send, "span_id"));
+    assert_eq!(str_of(inner, "parent_span_id"), str_of(process, "span_id"));
+    assert_eq!(str_of(inner, "trace_id"), str_of(outer, "trace_id"));
 }
