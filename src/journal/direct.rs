@@ -46,7 +46,8 @@ impl fmt::Debug for DirectJournal {
 
 /// What a recorded span is made of when it starts.
 pub(crate) struct SpanStart {
-    pub(crate) name: String,
+    /// Shared: a service's spans have a few names (see `messaging::names`).
+    pub(crate) name: Arc<str>,
     pub(crate) kind: SpanKind,
     pub(crate) start_time: SystemTime,
     pub(crate) attributes: Vec<KeyValue>,
@@ -141,7 +142,7 @@ impl DirectJournal {
             open: Some(Open {
                 parent_span_id,
                 kind,
-                name: Cow::Owned(name),
+                name: Name::Shared(name),
                 start_time,
                 attributes,
                 events: Vec::new(),
@@ -162,10 +163,25 @@ pub(crate) struct JournalSpan {
     journal: Arc<DirectJournal>,
 }
 
+/// A span's name: the one it started with, or one it was given later.
+enum Name {
+    Shared(Arc<str>),
+    Updated(Cow<'static, str>),
+}
+
+impl Name {
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Shared(name) => name,
+            Name::Updated(name) => name,
+        }
+    }
+}
+
 struct Open {
     parent_span_id: SpanId,
     kind: SpanKind,
-    name: Cow<'static, str>,
+    name: Name,
     start_time: SystemTime,
     attributes: Vec<KeyValue>,
     events: Vec<Event>,
@@ -235,7 +251,7 @@ impl opentelemetry::trace::Span for JournalSpan {
         T: Into<Cow<'static, str>>,
     {
         if let Some(open) = &mut self.open {
-            open.name = new_name.into();
+            open.name = Name::Updated(new_name.into());
         }
     }
 
@@ -273,7 +289,7 @@ impl JournalSpan {
             &Finished {
                 span_context: &self.span_context,
                 parent_span_id: open.parent_span_id,
-                name: &open.name,
+                name: open.name.as_str(),
                 span_kind: &open.kind,
                 start_time: open.start_time,
                 end_time,

@@ -54,7 +54,7 @@ macro_rules! shared_builders {
             let mut attributes = std::mem::take(&mut self.attributes);
             let name = match self.name_value() {
                 Some(name) => name.clone(),
-                None => self.destination.to_owned().into(),
+                None => super::names::destination(self.destination),
             };
             attributes.extend(super::common_attributes(
                 self.system,

@@ -35,6 +35,7 @@ mod batch;
 pub mod consume;
 mod describe;
 mod hooks;
+pub(crate) mod names;
 mod process;
 mod recorded;
 mod sampling;

@@ -131,7 +131,7 @@ impl ProcessSpan {
         let mut attributes = msg.attributes;
         let destination = match msg.destination_value {
             Some(value) => value,
-            None => msg.destination.to_owned().into(),
+            None => super::names::destination(msg.destination),
         };
         // The core's attributes below, at most 9.
         attributes.reserve(9);
@@ -179,7 +179,7 @@ impl ProcessSpan {
         }
 
         let start = SpanStart {
-            name: super::span_name(
+            name: super::names::span(
                 msg.operation_name,
                 msg.template
                     .as_ref()

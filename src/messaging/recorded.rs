@@ -31,7 +31,7 @@ pub(crate) fn start(
     } = span;
     let mut builder = inner
         .tracer
-        .span_builder(name)
+        .span_builder(String::from(&*name))
         .with_kind(kind)
         .with_start_time(start_time)
         .with_attributes(attributes);

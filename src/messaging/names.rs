@@ -1,0 +1,169 @@
+//! The destination names and span names a thread used last, shared instead of made again
+//! for every recorded span: a service sends to and consumes from a few destinations, so
+//! `messaging.destination.name` and `send <destination>` are nearly always the ones the
+//! previous message had. A name not among the last few is made as before (and takes the
+//! oldest place).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use opentelemetry::StringValue;
+
+/// How many names of each kind a thread keeps.
+const KEPT: usize = 8;
+
+/// A destination's name as an attribute value (sharing one allocation).
+pub(crate) fn destination(name: &str) -> StringValue {
+    with_recent(
+        |recent| recent.destination(name),
+        || Arc::<str>::from(name).into(),
+    )
+}
+
+/// The span name `<operation> <destination>` (the operation alone if `temporary`), as
+/// [`span_name`](super::span_name) makes it, shared.
+pub(crate) fn span(operation: &'static str, destination: &str, temporary: bool) -> Arc<str> {
+    with_recent(
+        |recent| recent.span(operation, destination, temporary),
+        || super::span_name(operation, destination, temporary).into(),
+    )
+}
+
+fn with_recent<T>(kept: impl FnOnce(&mut Recent) -> T, make: impl FnOnce() -> T) -> T {
+    RECENT
+        .try_with(|recent| match recent.try_borrow_mut() {
+            Ok(mut recent) => Some(kept(&mut recent)),
+            Err(_) => None,
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(make)
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = const { RefCell::new(Recent::new()) };
+}
+
+struct Recent {
+    destinations: Ring<StringValue>,
+    spans: Ring<SpanName>,
+}
+
+struct SpanName {
+    operation: &'static str,
+    destination: Box<str>,
+    temporary: bool,
+    name: Arc<str>,
+}
+
+/// The last [`KEPT`] values, the oldest replaced first.
+struct Ring<T> {
+    items: Vec<T>,
+    next: usize,
+}
+
+impl<T> Ring<T> {
+    const fn new() -> Ring<T> {
+        Ring {
+            items: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn find_or(&mut self, matches: impl Fn(&T) -> bool, make: impl FnOnce() -> T) -> &T {
+        if let Some(at) = self.items.iter().position(matches) {
+            return &self.items[at];
+        }
+        let item = make();
+        let at = if self.items.len() < KEPT {
+            self.items.push(item);
+            self.items.len() - 1
+        } else {
+            let at = self.next;
+            self.next = (at + 1) % KEPT;
+            self.items[at] = item;
+            at
+        };
+        &self.items[at]
+    }
+}
+
+/// Whether two names are the same text: the same address (a `&'static str`, a name the
+/// caller keeps), else the same bytes.
+#[inline]
+fn same(kept: &str, name: &str) -> bool {
+    kept.len() == name.len() && (std::ptr::eq(kept.as_ptr(), name.as_ptr()) || kept == name)
+}
+
+impl Recent {
+    const fn new() -> Recent {
+        Recent {
+            destinations: Ring::new(),
+            spans: Ring::new(),
+        }
+    }
+
+    fn destination(&mut self, name: &str) -> StringValue {
+        self.destinations
+            .find_or(
+                |kept| same(kept.as_str(), name),
+                || Arc::<str>::from(name).into(),
+            )
+            .clone()
+    }
+
+    fn span(&mut self, operation: &'static str, destination: &str, temporary: bool) -> Arc<str> {
+        self.spans
+            .find_or(
+                |kept| {
+                    kept.temporary == temporary
+                        && same(kept.operation, operation)
+                        && (temporary || same(&kept.destination, destination))
+                },
+                || SpanName {
+                    operation,
+                    destination: if temporary {
+                        "".into()
+                    } else {
+                        destination.into()
+                    },
+                    temporary,
+                    name: super::span_name(operation, destination, temporary).into(),
+                },
+            )
+            .name
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{destination, span, KEPT};
+
+    /// Names come back equal to what is asked for, shared while they are kept, and made
+    /// afresh once more than [`KEPT`] others came since.
+    #[test]
+    fn names_are_shared_while_kept() {
+        let a = destination("orders");
+        let b = destination("orders");
+        assert_eq!(a.as_str(), "orders");
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
+        assert_eq!(destination("orders.eu").as_str(), "orders.eu");
+
+        let s = span("send", "orders", false);
+        assert_eq!(&*s, "send orders");
+        assert!(std::sync::Arc::ptr_eq(&s, &span("send", "orders", false)));
+        assert_eq!(&*span("process", "orders", false), "process orders");
+        assert_eq!(&*span("send", "orders", true), "send");
+        assert_eq!(&*span("send", "inbox.1", true), "send");
+        assert_eq!(&*span("publish", "orders", false), "publish orders");
+
+        for i in 0..KEPT {
+            let name = format!("other.{i}");
+            assert_eq!(destination(&name).as_str(), name);
+        }
+        let again = destination("orders");
+        assert_eq!(again.as_str(), "orders");
+        assert!(!std::ptr::eq(a.as_str(), again.as_str()));
+    }
+}
