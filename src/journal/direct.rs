@@ -29,6 +29,13 @@ const MAX_LINKS: usize = 4096;
 const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
 const MAX_ATTRIBUTES_PER_LINK: usize = 128;
 
+/// Cut `attributes` to `max`, as the SDK does; how many were dropped.
+fn limit(attributes: &mut Vec<KeyValue>, max: usize) -> u32 {
+    let dropped = attributes.len().saturating_sub(max);
+    attributes.truncate(max);
+    u32::try_from(dropped).unwrap_or(u32::MAX)
+}
+
 /// A journal that tracehop's own spans are written to directly, with the handle's
 /// sampler.
 pub(crate) struct DirectJournal {
@@ -122,12 +129,7 @@ impl DirectJournal {
         attributes.truncate(MAX_ATTRIBUTES);
         links.truncate(MAX_LINKS);
         for link in &mut links {
-            let dropped = link
-                .attributes
-                .len()
-                .saturating_sub(MAX_ATTRIBUTES_PER_LINK);
-            link.attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
-            link.dropped_attributes_count = u32::try_from(dropped).unwrap_or(u32::MAX);
+            link.dropped_attributes_count = limit(&mut link.attributes, MAX_ATTRIBUTES_PER_LINK);
         }
         let sc = SpanContext::new(
             trace_id,
@@ -209,14 +211,9 @@ impl opentelemetry::trace::Span for JournalSpan {
     {
         if let Some(open) = &mut self.open {
             if open.events.len() < MAX_EVENTS {
-                let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
-                attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
-                open.events.push(Event::new(
-                    name,
-                    timestamp,
-                    attributes,
-                    u32::try_from(dropped).unwrap_or(u32::MAX),
-                ));
+                let dropped = limit(&mut attributes, MAX_ATTRIBUTES_PER_EVENT);
+                open.events
+                    .push(Event::new(name, timestamp, attributes, dropped));
             }
         }
     }
@@ -258,13 +255,9 @@ impl opentelemetry::trace::Span for JournalSpan {
     fn add_link(&mut self, span_context: SpanContext, mut attributes: Vec<KeyValue>) {
         if let Some(open) = &mut self.open {
             if open.links.len() < MAX_LINKS {
-                let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
-                attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
-                open.links.push(Link::new(
-                    span_context,
-                    attributes,
-                    u32::try_from(dropped).unwrap_or(u32::MAX),
-                ));
+                let dropped = limit(&mut attributes, MAX_ATTRIBUTES_PER_LINK);
+                open.links
+                    .push(Link::new(span_context, attributes, dropped));
             }
         }
     }

@@ -54,7 +54,7 @@ macro_rules! shared_builders {
             let mut attributes = std::mem::take(&mut self.attributes);
             let name = match self.name_value() {
                 Some(name) => name.clone(),
-                None => super::names::destination(self.destination),
+                None => super::names::value(self.destination),
             };
             attributes.extend(super::common_attributes(
                 self.system,
@@ -121,8 +121,9 @@ pub struct Outgoing<'a> {
 /// plus the partition, offset or stream sequence learnt at the end, so the vector is
 /// allocated once.
 const OUTGOING_ATTRIBUTES: usize = 12;
-/// The same for a process span: the adapter's (up to 10) and the core's (up to 7).
-const INCOMING_ATTRIBUTES: usize = 18;
+/// The same for a process span: the adapter's (up to 11: a JetStream delivery with a
+/// message id) and the core's (up to 9), so the core's `reserve` never reallocates.
+const INCOMING_ATTRIBUTES: usize = 20;
 
 impl<'a> Outgoing<'a> {
     fn name_value(&self) -> Option<&StringValue> {

@@ -1,7 +1,7 @@
-//! The destination names and span names a thread used last, shared instead of made again
-//! for every recorded span: a service sends to and consumes from a few destinations, so
-//! `messaging.destination.name` and `send <destination>` are nearly always the ones the
-//! previous message had. A name not among the last few is made as before (and takes the
+//! The names and span names a thread used last, shared instead of made again for every
+//! recorded span: a service sends to and consumes from a few destinations (streams,
+//! consumers), so `messaging.destination.name` and `send <destination>` are nearly always
+//! the ones the previous message had. A name not among the last few is made as before (and takes the
 //! oldest place).
 
 use std::cell::RefCell;
@@ -12,10 +12,11 @@ use opentelemetry::StringValue;
 /// How many names of each kind a thread keeps.
 const KEPT: usize = 8;
 
-/// A destination's name as an attribute value (sharing one allocation).
-pub(crate) fn destination(name: &str) -> StringValue {
+/// A name (a destination, a stream, a consumer) as an attribute value, sharing one
+/// allocation with the last spans that had it.
+pub(crate) fn value(name: &str) -> StringValue {
     with_recent(
-        |recent| recent.destination(name),
+        |recent| recent.value(name),
         || Arc::<str>::from(name).into(),
     )
 }
@@ -45,7 +46,7 @@ thread_local! {
 }
 
 struct Recent {
-    destinations: Ring<StringValue>,
+    values: Ring<StringValue>,
     spans: Ring<SpanName>,
 }
 
@@ -98,13 +99,13 @@ fn same(kept: &str, name: &str) -> bool {
 impl Recent {
     const fn new() -> Recent {
         Recent {
-            destinations: Ring::new(),
+            values: Ring::new(),
             spans: Ring::new(),
         }
     }
 
-    fn destination(&mut self, name: &str) -> StringValue {
-        self.destinations
+    fn value(&mut self, name: &str) -> StringValue {
+        self.values
             .find_or(
                 |kept| same(kept.as_str(), name),
                 || Arc::<str>::from(name).into(),
@@ -138,17 +139,17 @@ impl Recent {
 
 #[cfg(test)]
 mod tests {
-    use super::{destination, span, KEPT};
+    use super::{span, value, KEPT};
 
     /// Names come back equal to what is asked for, shared while they are kept, and made
     /// afresh once more than [`KEPT`] others came since.
     #[test]
     fn names_are_shared_while_kept() {
-        let a = destination("orders");
-        let b = destination("orders");
+        let a = value("orders");
+        let b = value("orders");
         assert_eq!(a.as_str(), "orders");
         assert!(std::ptr::eq(a.as_str(), b.as_str()));
-        assert_eq!(destination("orders.eu").as_str(), "orders.eu");
+        assert_eq!(value("orders.eu").as_str(), "orders.eu");
 
         let s = span("send", "orders", false);
         assert_eq!(&*s, "send orders");
@@ -160,9 +161,9 @@ mod tests {
 
         for i in 0..KEPT {
             let name = format!("other.{i}");
-            assert_eq!(destination(&name).as_str(), name);
+            assert_eq!(value(&name).as_str(), name);
         }
-        let again = destination("orders");
+        let again = value("orders");
         assert_eq!(again.as_str(), "orders");
         assert!(!std::ptr::eq(a.as_str(), again.as_str()));
     }

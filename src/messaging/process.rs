@@ -131,7 +131,7 @@ impl ProcessSpan {
         let mut attributes = msg.attributes;
         let destination = match msg.destination_value {
             Some(value) => value,
-            None => super::names::destination(msg.destination),
+            None => super::names::value(msg.destination),
         };
         // The core's attributes below, at most 9.
         attributes.reserve(9);

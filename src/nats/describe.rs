@@ -170,7 +170,7 @@ pub(crate) fn incoming<'a>(
 ) -> Incoming<'a> {
     // One copy of the subject, shared by `messaging.destination.name` and
     // `messaging.nats.message.subject`.
-    let subject = crate::messaging::names::destination(message.subject.as_str());
+    let subject = crate::messaging::names::value(message.subject.as_str());
     let mut msg = Incoming::with_destination_value(NATS, message.subject.as_str(), subject.clone())
         .body_size(message.payload.len())
         .attribute(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64)

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::message::{Acker, Info};
@@ -17,6 +17,7 @@ use super::describe::{closed, incoming, outage, Held, Outages, Waited};
 use super::TracedJetStream;
 use crate::messaging::attributes::system::NATS;
 use crate::messaging::consume::{BoxError, Settle, SettleError, Settlement, Source, SourceError};
+use crate::messaging::names;
 use crate::propagation::ReadCarrier;
 use crate::{Consumer, Incoming, OnFailure};
 
@@ -277,10 +278,10 @@ pub(super) fn describe_message<'a>(
 
 fn with_info<'a>(msg: Incoming<'a>, info: &Info<'_>) -> Incoming<'a> {
     let msg = msg
-        .attribute(attr::MESSAGING_NATS_JS_STREAM, info.stream.to_owned())
+        .attribute(attr::MESSAGING_NATS_JS_STREAM, names::value(info.stream))
         .attribute(
             attr::MESSAGING_NATS_JS_CONSUMER_NAME,
-            info.consumer.to_owned(),
+            names::value(info.consumer),
         )
         .attribute(
             attr::MESSAGING_NATS_JS_STREAM_SEQUENCE,
@@ -299,6 +300,7 @@ fn with_info<'a>(msg: Incoming<'a>, info: &Info<'_>) -> Incoming<'a> {
 /// When the server stored the message, if it is a time `SystemTime` can hold everywhere
 /// (the conversion panics on Windows for times before 1601).
 fn published_at(published: async_nats::datetime::DateTime) -> Option<SystemTime> {
-    let epoch = async_nats::datetime::DateTime::from(SystemTime::UNIX_EPOCH);
-    (published >= epoch).then(|| SystemTime::from(published))
+    static EPOCH: OnceLock<async_nats::datetime::DateTime> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(|| SystemTime::UNIX_EPOCH.into());
+    (published >= *epoch).then(|| SystemTime::from(published))
 }
