@@ -3,7 +3,9 @@
 //! fields are kept in a [`JournalSpan`] and its line is written from them when it ends,
 //! as the SDK's span would have been written (the same sampler, the same limits, the same
 //! line). Spans made any other way (a user's, `tracing`'s, a batch span) still go through
-//! the SDK to the same journal.
+//! the SDK to the same journal, and a handle with any other span processor, a sampler it
+//! does not know or span limits from the environment uses the SDK for every span (see
+//! `TelemetryBuilder::build`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -71,9 +73,10 @@ impl DirectJournal {
     }
 
     /// Start a span, a child of `parent` (or a root in `root_trace`, else a new trace), as
-    /// the SDK's tracer would, and return `parent` with it and whether it is recorded: `decided` says the sampler
-    /// already chose to record this span from its parent alone (so it is not asked
-    /// again). Not for a parent that suppresses telemetry (the SDK's tracer handles it).
+    /// the SDK's tracer would, and return `parent` with it and whether it is recorded.
+    /// `decided`: the sampler already chose to record this span from its parent alone (it
+    /// is not asked again). Not for a parent that suppresses telemetry (the SDK's tracer
+    /// handles that).
     pub(crate) fn start(
         self: &Arc<Self>,
         span: SpanStart,

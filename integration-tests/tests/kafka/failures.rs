@@ -105,7 +105,7 @@ async fn dead_letter_stays_in_the_trace(broker: Broker) {
     assert_child(dead_process, forward);
     assert_eq!(failed.status, Status::Error);
     assert_eq!(failed.error.as_deref(), Some("tool exploded"));
-    assert_eq!(text(failed, "error.type"), Some("error"));
+    assert_eq!(text(failed, "error.type"), Some("io_error"));
     assert_eq!(settlement(failed), Some("forward"));
     assert_eq!(attempt(failed), Some(1));
     assert_eq!(attempt(dead_process), Some(2));
