@@ -353,3 +353,25 @@ async fn tracing_spans_nest_with_direct_spans() {
     assert_eq!(str_of(inner, "parent_span_id"), str_of(process, "span_id"));
     assert_eq!(str_of(inner, "trace_id"), str_of(outer, "trace_id"));
 }
+
+/// A span that ends after `shutdown` is not written and not counted as lost, on both
+/// paths (the SDK discards it; the direct journal does the same), and the shutdown itself
+/// reports nothing.
+#[tokio::test]
+async fn a_span_ending_after_shutdown_is_not_written() {
+    for (telemetry, buffer) in handles(None) {
+        let mut headers: HashMap<String, String> = HashMap::new();
+        telemetry
+            .send_span(Outgoing::new("kafka", "before"), &mut headers)
+            .end();
+        let late = telemetry.send_span(Outgoing::new("kafka", "late"), &mut headers);
+        telemetry.shutdown().expect("shut down");
+        late.end();
+        let stats = telemetry.journal_stats();
+        assert_eq!(stats[0].written, 1, "{stats:?}");
+        assert_eq!(stats[0].dropped, 0, "{stats:?}");
+        let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("send before"), "{text}");
+    }
+}
