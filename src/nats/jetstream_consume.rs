@@ -3,11 +3,12 @@
 //! success and settled by the failure policy after an error.
 
 use std::fmt;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::message::{Acker, Info};
+use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use futures_util::{Stream, StreamExt as _};
 use opentelemetry::Context;
@@ -158,18 +159,27 @@ where
             // good, which must not look like a clean end.
             Waited::Item(None) => return closed(&self.js.client).map(Err),
         };
+        // The ack subject is parsed once: what the loop needs now (the delivery count),
+        // and where the rest lies for the description, if the span is recorded.
         let info = message.info().ok();
         let delivered = info
             .as_ref()
             .and_then(|info| u32::try_from(info.delivered).ok());
-        let stream_sequence = info.as_ref().map(|info| info.stream_sequence);
-        let published = info.as_ref().and_then(|info| published_at(info.published));
+        let parsed = info.as_ref().and_then(|info| {
+            let reply = message.reply.as_deref()?;
+            Some(Parsed {
+                stream: within(reply, info.stream)?,
+                consumer: within(reply, info.consumer)?,
+                stream_sequence: info.stream_sequence,
+                consumer_sequence: info.consumer_sequence,
+                published: published_at(info.published),
+            })
+        });
         Some(Ok(JetStreamDelivery {
             js: &self.js,
             acker: Acker::new(message.context.clone(), message.reply.clone()),
             delivered,
-            stream_sequence,
-            published,
+            parsed,
             held: Held::new(message),
         }))
     }
@@ -185,10 +195,28 @@ pub struct JetStreamDelivery<'a> {
     acker: Acker,
     /// The server's delivery count (from 1), from the ack subject.
     delivered: Option<u32>,
-    stream_sequence: Option<u64>,
-    /// When the stream stored the message (queue time), from the same ack subject.
-    published: Option<SystemTime>,
+    /// The rest of the ack subject.
+    parsed: Option<Parsed>,
     held: Held<jetstream::Message>,
+}
+
+/// What a delivery's ack subject says besides the delivery count: the stream and consumer
+/// names as where they lie in the subject (the message keeps the text), the sequences,
+/// and when the stream stored the message.
+#[derive(Debug, Clone)]
+struct Parsed {
+    stream: Range<usize>,
+    consumer: Range<usize>,
+    stream_sequence: u64,
+    consumer_sequence: u64,
+    published: Option<SystemTime>,
+}
+
+/// Where `token`, a part of `text` (as the ack subject's parser hands it out), lies in it.
+fn within(text: &str, token: &str) -> Option<Range<usize>> {
+    let start = (token.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start.checked_add(token.len())?;
+    (text.get(start..end) == Some(token)).then_some(start..end)
 }
 
 impl fmt::Debug for JetStreamDelivery<'_> {
@@ -196,7 +224,10 @@ impl fmt::Debug for JetStreamDelivery<'_> {
         f.debug_struct("JetStreamDelivery")
             .field("subject", &self.held.subject())
             .field("delivered", &self.delivered)
-            .field("stream_sequence", &self.stream_sequence)
+            .field(
+                "stream_sequence",
+                &self.parsed.as_ref().map(|p| p.stream_sequence),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -206,8 +237,31 @@ impl Settle for JetStreamDelivery<'_> {
     type Action = JetStreamAction;
 
     fn describe(&self) -> Incoming<'_> {
-        self.held
-            .describe(|message| describe_message(self.js, message))
+        self.held.describe(|message| {
+            let msg = incoming(&self.js.server, &self.js.client, message, None, None, false)
+                .parent_policy(self.js.policy);
+            let reply = message.reply.as_deref().unwrap_or_default();
+            let names = self.parsed.as_ref().and_then(|p| {
+                Some((
+                    reply.get(p.stream.clone())?,
+                    reply.get(p.consumer.clone())?,
+                    p,
+                ))
+            });
+            match names {
+                Some((stream, consumer, p)) => with_info(
+                    msg,
+                    &AckInfo {
+                        stream,
+                        consumer,
+                        stream_sequence: p.stream_sequence,
+                        consumer_sequence: p.consumer_sequence,
+                        published: p.published,
+                    },
+                ),
+                None => msg,
+            }
+        })
     }
 
     fn destination(&self) -> &str {
@@ -219,7 +273,7 @@ impl Settle for JetStreamDelivery<'_> {
     }
 
     fn enqueued_at(&self) -> Option<SystemTime> {
-        self.published
+        self.parsed.as_ref().and_then(|p| p.published)
     }
 
     fn headers(&self) -> &dyn ReadCarrier {
@@ -235,7 +289,7 @@ impl Settle for JetStreamDelivery<'_> {
     }
 
     fn position(&self) -> String {
-        match self.stream_sequence {
+        match self.parsed.as_ref().map(|p| p.stream_sequence) {
             Some(seq) => format!("subject {} (stream sequence {seq})", self.held.subject()),
             None => format!("subject {}", self.held.subject()),
         }
@@ -271,12 +325,30 @@ pub(super) fn describe_message<'a>(
     let mut msg = incoming(&js.server, &js.client, &message.message, None, None, false)
         .parent_policy(js.policy);
     if let Ok(info) = message.info() {
-        msg = with_info(msg, &info);
+        msg = with_info(
+            msg,
+            &AckInfo {
+                stream: info.stream,
+                consumer: info.consumer,
+                stream_sequence: info.stream_sequence,
+                consumer_sequence: info.consumer_sequence,
+                published: published_at(info.published),
+            },
+        );
     }
     msg
 }
 
-fn with_info<'a>(msg: Incoming<'a>, info: &Info<'_>) -> Incoming<'a> {
+/// The parts of a delivery's ack subject its process span records.
+struct AckInfo<'s> {
+    stream: &'s str,
+    consumer: &'s str,
+    stream_sequence: u64,
+    consumer_sequence: u64,
+    published: Option<SystemTime>,
+}
+
+fn with_info<'a>(msg: Incoming<'a>, info: &AckInfo<'_>) -> Incoming<'a> {
     let msg = msg
         .attribute(attr::MESSAGING_NATS_JS_STREAM, names::value(info.stream))
         .attribute(
@@ -291,7 +363,7 @@ fn with_info<'a>(msg: Incoming<'a>, info: &Info<'_>) -> Incoming<'a> {
             attr::MESSAGING_NATS_JS_CONSUMER_SEQUENCE,
             i64::try_from(info.consumer_sequence).unwrap_or(i64::MAX),
         );
-    match published_at(info.published) {
+    match info.published {
         Some(published) => msg.enqueued_at(published),
         None => msg,
     }
@@ -303,4 +375,25 @@ fn published_at(published: async_nats::datetime::DateTime) -> Option<SystemTime>
     static EPOCH: OnceLock<async_nats::datetime::DateTime> = OnceLock::new();
     let epoch = EPOCH.get_or_init(|| SystemTime::UNIX_EPOCH.into());
     (published >= *epoch).then(|| SystemTime::from(published))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+
+    /// A token handed out by a parser of `text` is found where it lies; a string that is
+    /// not a part of `text` (even with the same bytes) is not.
+    #[test]
+    fn a_token_is_found_where_it_lies() {
+        let reply = String::from("$JS.ACK.orders.worker.1.7.3.1700000000000000000.0");
+        let stream = reply.split('.').nth(2).expect("stream");
+        let range = within(&reply, stream).expect("inside");
+        assert_eq!(&reply[range], "orders");
+        let elsewhere = String::from("orders");
+        assert_eq!(within(&reply, &elsewhere), None);
+        assert_eq!(
+            within(&reply, &reply[reply.len()..]),
+            Some(reply.len()..reply.len())
+        );
+    }
 }
