@@ -55,8 +55,7 @@ impl fmt::Debug for DirectJournal {
 
 /// What a recorded span is made of when it starts.
 pub(crate) struct SpanStart {
-    /// Shared: a service's spans have a few names (see `messaging::names`).
-    pub(crate) name: Arc<str>,
+    pub(crate) name: SpanName,
     pub(crate) kind: SpanKind,
     pub(crate) start_time: SystemTime,
     pub(crate) attributes: Vec<KeyValue>,
@@ -107,7 +106,7 @@ impl DirectJournal {
             let result = self.sampler.should_sample(
                 Some(parent),
                 trace_id,
-                &name,
+                name.as_str(),
                 &kind,
                 &attributes,
                 &links,
@@ -147,7 +146,7 @@ impl DirectJournal {
             open: Some(Open {
                 parent_span_id,
                 kind,
-                name: Name::Shared(name),
+                name,
                 start_time,
                 attributes,
                 events: Vec::new(),
@@ -168,17 +167,27 @@ pub(crate) struct JournalSpan {
     journal: Arc<DirectJournal>,
 }
 
-/// A span's name: the one it started with, or one it was given later.
-enum Name {
+/// A span's name: shared when the journal records the span (a service's spans have a few
+/// names, see `messaging::names`), owned when the SDK does (it wants its own) or when the
+/// span was renamed.
+pub(crate) enum SpanName {
     Shared(Arc<str>),
-    Updated(Cow<'static, str>),
+    Owned(Cow<'static, str>),
 }
 
-impl Name {
+impl SpanName {
     fn as_str(&self) -> &str {
         match self {
-            Name::Shared(name) => name,
-            Name::Updated(name) => name,
+            SpanName::Shared(name) => name,
+            SpanName::Owned(name) => name,
+        }
+    }
+
+    /// The name as the SDK's span builder takes it.
+    pub(crate) fn into_cow(self) -> Cow<'static, str> {
+        match self {
+            SpanName::Shared(name) => Cow::Owned(String::from(&*name)),
+            SpanName::Owned(name) => name,
         }
     }
 }
@@ -186,7 +195,7 @@ impl Name {
 struct Open {
     parent_span_id: SpanId,
     kind: SpanKind,
-    name: Name,
+    name: SpanName,
     start_time: SystemTime,
     attributes: Vec<KeyValue>,
     events: Vec<Event>,
@@ -251,7 +260,7 @@ impl opentelemetry::trace::Span for JournalSpan {
         T: Into<Cow<'static, str>>,
     {
         if let Some(open) = &mut self.open {
-            open.name = Name::Updated(new_name.into());
+            open.name = SpanName::Owned(new_name.into());
         }
     }
 

@@ -180,7 +180,8 @@ impl ProcessSpan {
         }
 
         let start = SpanStart {
-            name: super::names::span(
+            name: super::recorded::span_name(
+                inner,
                 msg.operation_name,
                 msg.template
                     .as_ref()

@@ -4,8 +4,24 @@
 use opentelemetry::trace::{Span as _, TraceContextExt as _, TraceId, Tracer as _};
 use opentelemetry::Context;
 
-use crate::journal::SpanStart;
+use crate::journal::{SpanName, SpanStart};
 use crate::telemetry::{with_trace_id, Inner};
+
+/// The name of a span starting as `operation` on `destination` (see
+/// [`span_name`](super::span_name)): shared if the journal will record it, made for the
+/// SDK otherwise.
+pub(crate) fn span_name(
+    inner: &Inner,
+    operation: &'static str,
+    destination: &str,
+    temporary: bool,
+) -> SpanName {
+    if inner.direct.is_some() {
+        SpanName::Shared(super::names::span(operation, destination, temporary))
+    } else {
+        SpanName::Owned(super::span_name(operation, destination, temporary).into())
+    }
+}
 
 /// Start `span` as a child of `parent` (a root joins `root_trace` if given) and return
 /// `parent` with it, and whether it is recorded. `decided`: the sampler already chose to
@@ -31,7 +47,7 @@ pub(crate) fn start(
     } = span;
     let mut builder = inner
         .tracer
-        .span_builder(String::from(&*name))
+        .span_builder(name.into_cow())
         .with_kind(kind)
         .with_start_time(start_time)
         .with_attributes(attributes);
