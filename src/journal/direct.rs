@@ -63,6 +63,8 @@ pub(crate) struct SpanStart {
 }
 
 impl DirectJournal {
+    /// Spans written to `shared` (a journal processor's blocks) as service `service` (its
+    /// JSON), sampled by `sampler`.
     pub(crate) fn new(shared: Arc<Shared>, service: Vec<u8>, sampler: Sampler) -> DirectJournal {
         DirectJournal {
             shared,

@@ -102,12 +102,12 @@ pub struct JournalStats {
     pub buffer_limit: usize,
 }
 
-/// `service.name` of a resource.
 /// The service name of `resource` as a journal line writes it.
 pub(crate) fn service_json_of(resource: &Resource) -> Vec<u8> {
     line::service_json(service_name(resource).as_deref())
 }
 
+/// `service.name` of a resource.
 fn service_name(resource: &Resource) -> Option<String> {
     resource
         .get(&Key::from_static_str("service.name"))

@@ -1,8 +1,8 @@
 //! The names and span names a thread used last, shared instead of made again for every
 //! recorded span: a service sends to and consumes from a few destinations (streams,
 //! consumers), so `messaging.destination.name` and `send <destination>` are nearly always
-//! the ones the previous message had. A name not among the last few is made as before (and takes the
-//! oldest place).
+//! the ones the previous message had. A name not among the last few is made as before,
+//! and takes the oldest one's place.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -47,10 +47,11 @@ thread_local! {
 
 struct Recent {
     values: Ring<StringValue>,
-    spans: Ring<SpanName>,
+    spans: Ring<KeptSpan>,
 }
 
-struct SpanName {
+/// A span name and what it was made of.
+struct KeptSpan {
     operation: &'static str,
     destination: Box<str>,
     temporary: bool,
@@ -121,7 +122,7 @@ impl Recent {
                         && same(kept.operation, operation)
                         && (temporary || same(&kept.destination, destination))
                 },
-                || SpanName {
+                || KeptSpan {
                     operation,
                     destination: if temporary {
                         "".into()

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::message::{Acker, Info};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::{Stream, StreamExt as _};
 use opentelemetry::Context;
@@ -165,16 +165,9 @@ where
         let delivered = info
             .as_ref()
             .and_then(|info| u32::try_from(info.delivered).ok());
-        let parsed = info.as_ref().and_then(|info| {
-            let reply = message.reply.as_deref()?;
-            Some(Parsed {
-                stream: within(reply, info.stream)?,
-                consumer: within(reply, info.consumer)?,
-                stream_sequence: info.stream_sequence,
-                consumer_sequence: info.consumer_sequence,
-                published: published_at(info.published),
-            })
-        });
+        let parsed = info
+            .as_ref()
+            .and_then(|info| Parsed::of(message.reply.as_deref()?, info));
         Some(Ok(JetStreamDelivery {
             js: &self.js,
             acker: Acker::new(message.context.clone(), message.reply.clone()),
@@ -212,6 +205,30 @@ struct Parsed {
     published: Option<SystemTime>,
 }
 
+impl Parsed {
+    /// What `info`, parsed from the ack subject `reply`, says.
+    fn of(reply: &str, info: &Info<'_>) -> Option<Parsed> {
+        Some(Parsed {
+            stream: within(reply, info.stream)?,
+            consumer: within(reply, info.consumer)?,
+            stream_sequence: info.stream_sequence,
+            consumer_sequence: info.consumer_sequence,
+            published: published_at(info.published),
+        })
+    }
+
+    /// The same, with the names read from `reply`, the subject it was parsed from.
+    fn in_subject<'s>(&self, reply: &'s str) -> Option<AckInfo<'s>> {
+        Some(AckInfo {
+            stream: reply.get(self.stream.clone())?,
+            consumer: reply.get(self.consumer.clone())?,
+            stream_sequence: self.stream_sequence,
+            consumer_sequence: self.consumer_sequence,
+            published: self.published,
+        })
+    }
+}
+
 /// Where `token`, a part of `text` (as the ack subject's parser hands it out), lies in it.
 fn within(text: &str, token: &str) -> Option<Range<usize>> {
     let start = (token.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
@@ -237,31 +254,8 @@ impl Settle for JetStreamDelivery<'_> {
     type Action = JetStreamAction;
 
     fn describe(&self) -> Incoming<'_> {
-        self.held.describe(|message| {
-            let msg = incoming(&self.js.server, &self.js.client, message, None, None, false)
-                .parent_policy(self.js.policy);
-            let reply = message.reply.as_deref().unwrap_or_default();
-            let names = self.parsed.as_ref().and_then(|p| {
-                Some((
-                    reply.get(p.stream.clone())?,
-                    reply.get(p.consumer.clone())?,
-                    p,
-                ))
-            });
-            match names {
-                Some((stream, consumer, p)) => with_info(
-                    msg,
-                    &AckInfo {
-                        stream,
-                        consumer,
-                        stream_sequence: p.stream_sequence,
-                        consumer_sequence: p.consumer_sequence,
-                        published: p.published,
-                    },
-                ),
-                None => msg,
-            }
-        })
+        self.held
+            .describe(|message| describe_parsed(self.js, message, self.parsed.as_ref()))
     }
 
     fn destination(&self) -> &str {
@@ -322,21 +316,26 @@ pub(super) fn describe_message<'a>(
     js: &TracedJetStream,
     message: &'a jetstream::Message,
 ) -> Incoming<'a> {
-    let mut msg = incoming(&js.server, &js.client, &message.message, None, None, false)
+    let parsed = message
+        .info()
+        .ok()
+        .and_then(|info| Parsed::of(message.reply.as_deref()?, &info));
+    describe_parsed(js, message, parsed.as_ref())
+}
+
+/// [`describe_message`], from what its ack subject said when it was parsed.
+fn describe_parsed<'a>(
+    js: &TracedJetStream,
+    message: &'a jetstream::Message,
+    parsed: Option<&Parsed>,
+) -> Incoming<'a> {
+    let msg = incoming(&js.server, &js.client, &message.message, None, None, false)
         .parent_policy(js.policy);
-    if let Ok(info) = message.info() {
-        msg = with_info(
-            msg,
-            &AckInfo {
-                stream: info.stream,
-                consumer: info.consumer,
-                stream_sequence: info.stream_sequence,
-                consumer_sequence: info.consumer_sequence,
-                published: published_at(info.published),
-            },
-        );
+    let reply = message.reply.as_deref().unwrap_or_default();
+    match parsed.and_then(|p| p.in_subject(reply)) {
+        Some(info) => with_info(msg, &info),
+        None => msg,
     }
-    msg
 }
 
 /// The parts of a delivery's ack subject its process span records.
