@@ -39,10 +39,16 @@ const MAX_SECS: u64 = 253_402_300_799;
 impl DateCache {
     /// Append `t` as [`rfc3339`] writes it.
     pub(crate) fn push_rfc3339(&mut self, out: &mut Vec<u8>, t: SystemTime) {
-        let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) if d.as_secs() <= MAX_SECS => (d.as_secs(), d.subsec_nanos()),
-            Ok(_) => (MAX_SECS, 999_999_999),
-            Err(_) => (0, 0),
+        self.push_since_epoch(out, t.duration_since(UNIX_EPOCH).ok());
+    }
+
+    /// [`push_rfc3339`](Self::push_rfc3339) of the time `since` the Unix epoch (`None`:
+    /// a time before it, written as the epoch).
+    pub(crate) fn push_since_epoch(&mut self, out: &mut Vec<u8>, since: Option<Duration>) {
+        let (secs, nanos) = match since {
+            Some(d) if d.as_secs() <= MAX_SECS => (d.as_secs(), d.subsec_nanos()),
+            Some(_) => (MAX_SECS, 999_999_999),
+            None => (0, 0),
         };
         if self.key != secs + 1 {
             self.text = civil(secs);

@@ -11,7 +11,7 @@
 //!
 //! [`SpanRecord`]: super::SpanRecord
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{
     Event, Link, SpanContext, SpanId, SpanKind, Status as OtelStatus, TraceId,
@@ -83,12 +83,17 @@ pub(crate) fn write_line(
 ) {
     let Scratch { dates, shapes } = scratch;
     let sc = span.span_context;
-    let duration = span
-        .end_time
-        .duration_since(span.start_time)
-        .unwrap_or_default();
+    // Both times as offsets from the epoch, each read once: their difference is the
+    // duration (times before the epoch are rare enough to take the long way).
+    let end = span.end_time.duration_since(UNIX_EPOCH).ok();
+    let start = span.start_time.duration_since(UNIX_EPOCH).ok();
+    let duration = match (start, end) {
+        (Some(start), Some(end)) => end.checked_sub(start),
+        _ => span.end_time.duration_since(span.start_time).ok(),
+    }
+    .unwrap_or_default();
     out.extend_from_slice(b"{\"timestamp\":\"");
-    dates.push_rfc3339(out, span.end_time);
+    dates.push_since_epoch(out, end);
     out.extend_from_slice(b"\",\"event\":\"span_finished\",\"trace_id\":");
     json_trace_id(out, sc.trace_id());
     out.extend_from_slice(b",\"span_id\":");
@@ -110,9 +115,9 @@ pub(crate) fn write_line(
         SpanKind::Consumer => b",\"span_kind\":\"consumer\",\"start_time\":\"",
         SpanKind::Internal => b",\"span_kind\":\"internal\",\"start_time\":\"",
     });
-    dates.push_rfc3339(out, span.start_time);
+    dates.push_since_epoch(out, start);
     out.extend_from_slice(b"\",\"latency_ms\":");
-    json_f64(out, crate::time::millis_f64(duration));
+    json_millis(out, duration);
     out.extend_from_slice(b",\"duration_ns\":");
     json_u64(out, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
     match span.status {
@@ -290,6 +295,58 @@ fn json_f64(out: &mut Vec<u8>, f: f64) {
     }
 }
 
+/// Microseconds below this, as milliseconds, are written from their digits: below 2^42
+/// (139 years) two decimals with at most three fraction digits are more than one float
+/// apart, so the shortest text that reads back as `micros / 1000` (what `zmij` and
+/// `serde_json` write) is that decimal itself.
+const MILLIS_FROM_DIGITS: u64 = 1 << 42;
+
+/// A duration as `latency_ms` is written: [`millis_f64`](crate::time::millis_f64) as
+/// `serde_json` writes that float, made from the integer microseconds without the float.
+fn json_millis(out: &mut Vec<u8>, d: std::time::Duration) {
+    match u64::try_from(d.as_micros()) {
+        Ok(micros) if micros < MILLIS_FROM_DIGITS => millis_digits(out, micros),
+        _ => json_f64(out, crate::time::millis_f64(d)),
+    }
+}
+
+/// `micros / 1000` as its shortest decimal: the whole milliseconds, a point, then the
+/// thousandths without trailing zeros (`0` when there are none), as `zmij` writes
+/// floats below 10^16.
+fn millis_digits(out: &mut Vec<u8>, micros: u64) {
+    let (whole, frac) = (micros / 1000, (micros % 1000) as usize);
+    out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
+    let digits = [
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let len = if frac % 100 == 0 {
+        2
+    } else if frac % 10 == 0 {
+        3
+    } else {
+        4
+    };
+    out.extend_from_slice(&digits[..len]);
+}
+
+/// A float attribute: whole microseconds as milliseconds (queue times) from their
+/// digits, anything else through `zmij`. The digits are the same either way.
+fn json_f64_value(out: &mut Vec<u8>, f: f64) {
+    // Exact in both directions below 2^42 thousandths: the float is micros / 1000
+    // rounded once, and that is what the digits say.
+    let scaled = f * 1000.0;
+    if (0.0..MILLIS_FROM_DIGITS as f64).contains(&scaled) {
+        let micros = (scaled + 0.5) as u64;
+        if micros as f64 / 1000.0 == f && (f != 0.0 || f.is_sign_positive()) {
+            return millis_digits(out, micros);
+        }
+    }
+    json_f64(out, f);
+}
+
 /// Attribute lists longer than this are put in order on the heap.
 const SORT_ON_STACK: usize = 32;
 
@@ -332,11 +389,12 @@ fn write_sorted<'a>(out: &mut Vec<u8>, attributes: &'a [KeyValue], order: &mut [
     }
 }
 
-/// The attribute lists a thread saw last, each with how it is written: which attribute
-/// goes where in key order, and every key's `"key":` already escaped. A service's spans
-/// come in a few shapes (its send spans, its process spans), so nearly every span finds
-/// its list here and is written without sorting or escaping a key: comparing the keys
-/// is all it costs.
+/// The attribute lists a thread saw last, each with how it is written. A service's spans
+/// come in a few shapes (its send spans, its process spans), and most of their values
+/// are the same from span to span (the system, the destination, the operation, the
+/// server): each shape keeps its attribute object written out with those values in
+/// place, so a span that finds its list here costs comparing its keys and those values,
+/// then copying the kept text around the few values that change (sizes, ids, times).
 #[derive(Debug, Default)]
 struct Shapes {
     shapes: Vec<Shape>,
@@ -354,56 +412,66 @@ struct Shape {
     /// The keys, in list order (clones: a static key keeps its address, so most
     /// comparisons are of two pointers).
     keys: Vec<Key>,
-    /// In key order, each key once: the attribute whose value is written, and the range
-    /// of `prefixes` written before it (`,"key":`, without the comma for the first).
-    writes: Vec<(usize, usize, usize)>,
-    prefixes: Vec<u8>,
-    /// Per write, the string value written there last, when it is one that keeps its
-    /// address (see [`Memo`]).
-    memos: Vec<Memo>,
+    /// In key order, each key once: the attribute whose value is written there.
+    writes: Vec<usize>,
+    /// Per write, its value as last written, while it stays the same, and how many times
+    /// a kept value there changed.
+    kept: Vec<(Kept, u8)>,
+    /// The attribute object: `{`, each write's `"key":` (after a comma but for the first)
+    /// and its kept value, `}`. A write whose value is not kept leaves a gap after its key.
+    template: Vec<u8>,
+    /// The writes not kept, each with where in `template` its value goes.
+    gaps: Vec<(usize, usize)>,
 }
 
-/// A string value written before, with its JSON: a value at the same address (and of
-/// the same length) is the same text, written again by copying the JSON. Only values
-/// whose address stays theirs while the memo holds a clone are kept: a `&'static str`
-/// and a shared `Arc<str>` (its clone has the same address). A value that owns its text
-/// (its clone is a copy elsewhere) is never kept, nor is a slot whose values keep
-/// changing.
-#[derive(Debug, Default)]
-struct Memo {
-    value: Option<opentelemetry::StringValue>,
-    json: Vec<u8>,
-    /// Misses in a row; at [`MEMO_GIVE_UP`] the slot stops remembering.
-    misses: u8,
+/// A value a shape keeps in its template, compared with each new span's value at that
+/// place. A string is kept only if its clone keeps the address (a `&'static str`, a
+/// shared `Arc<str>`): a value at the same address (and of the same length) is the same
+/// text. A string that owns its text (its clone is a copy elsewhere) is never kept, nor
+/// is a value that keeps changing.
+#[derive(Debug)]
+enum Kept {
+    Str(opentelemetry::StringValue),
+    I64(i64),
+    Bool(bool),
+    /// The float's bits.
+    F64(u64),
+    /// Not kept: written each time.
+    Not,
 }
 
-/// A slot that misses this many times in a row (a per-message value) is left alone.
-const MEMO_GIVE_UP: u8 = 4;
+/// A write whose kept value changes this many times is written each time from then on.
+const KEPT_GIVE_UP: u8 = 4;
 
-impl Memo {
-    fn write(&mut self, out: &mut Vec<u8>, value: &opentelemetry::StringValue) {
-        if let Some(kept) = &self.value {
-            if std::ptr::eq(kept.as_str(), value.as_str()) {
-                self.misses = 0;
-                out.extend_from_slice(&self.json);
-                return;
+impl Kept {
+    /// What to keep of `value`.
+    fn of(value: &Value) -> Kept {
+        match value {
+            Value::String(s) => {
+                let kept = s.clone();
+                if std::ptr::eq(kept.as_str(), s.as_str()) {
+                    Kept::Str(kept)
+                } else {
+                    Kept::Not
+                }
             }
+            Value::I64(n) => Kept::I64(*n),
+            Value::Bool(b) => Kept::Bool(*b),
+            Value::F64(f) => Kept::F64(f.to_bits()),
+            _ => Kept::Not,
         }
-        let start = out.len();
-        json_str(out, value.as_str());
-        if self.misses >= MEMO_GIVE_UP {
-            return;
-        }
-        self.misses += 1;
-        let kept = value.clone();
-        if std::ptr::eq(kept.as_str(), value.as_str()) {
-            self.json.clear();
-            self.json.extend_from_slice(&out[start..]);
-            self.value = Some(kept);
-        } else {
-            // It owns its text: no later value can be known to be this one.
-            self.value = None;
-            self.misses = MEMO_GIVE_UP;
+    }
+
+    /// Whether `value` is the one kept (always true for a value not kept).
+    #[inline]
+    fn holds(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Kept::Not, _) => true,
+            (Kept::Str(kept), Value::String(s)) => std::ptr::eq(kept.as_str(), s.as_str()),
+            (Kept::I64(kept), Value::I64(n)) => kept == n,
+            (Kept::Bool(kept), Value::Bool(b)) => kept == b,
+            (Kept::F64(kept), Value::F64(f)) => *kept == f.to_bits(),
+            _ => false,
         }
     }
 }
@@ -416,27 +484,26 @@ impl Shape {
             .map(|(i, kv)| (kv.key.as_str(), i))
             .collect();
         order.sort_by(|a, b| a.0.cmp(b.0));
-        let mut prefixes = Vec::new();
         let mut writes = Vec::with_capacity(order.len());
         for (i, &(key, at)) in order.iter().enumerate() {
             // Of a repeated key, the last value wins (the sort is stable).
             if order.get(i + 1).is_some_and(|next| next.0 == key) {
                 continue;
             }
-            let start = prefixes.len();
-            if !writes.is_empty() {
-                prefixes.push(b',');
-            }
-            json_str(&mut prefixes, key);
-            prefixes.push(b':');
-            writes.push((at, start, prefixes.len()));
+            writes.push(at);
         }
-        Shape {
+        let mut shape = Shape {
             keys: attributes.iter().map(|kv| kv.key.clone()).collect(),
-            memos: writes.iter().map(|_| Memo::default()).collect(),
+            kept: writes
+                .iter()
+                .map(|&at| (Kept::of(&attributes[at].value), 0))
+                .collect(),
             writes,
-            prefixes,
-        }
+            template: Vec::new(),
+            gaps: Vec::new(),
+        };
+        shape.render(attributes);
+        shape
     }
 
     fn fits(&self, attributes: &[KeyValue]) -> bool {
@@ -446,6 +513,64 @@ impl Shape {
                 // Keys are mostly the same `&'static str` each time: the same bytes.
                 std::ptr::eq(key, other) || key == other
             })
+    }
+
+    /// Write the template from the kept values (`attributes` has this shape).
+    fn render(&mut self, attributes: &[KeyValue]) {
+        let Shape {
+            writes,
+            kept,
+            template,
+            gaps,
+            ..
+        } = self;
+        template.clear();
+        gaps.clear();
+        template.push(b'{');
+        for (i, (&at, (kept, _))) in writes.iter().zip(kept.iter()).enumerate() {
+            if i > 0 {
+                template.push(b',');
+            }
+            json_str(template, attributes[at].key.as_str());
+            template.push(b':');
+            match kept {
+                Kept::Not => gaps.push((at, template.len())),
+                _ => json_value(template, &attributes[at].value),
+            }
+        }
+        template.push(b'}');
+    }
+
+    /// Keep `attributes`' values where they differ from the kept ones (until a place has
+    /// changed too often), and write the template again if one did.
+    fn refresh(&mut self, attributes: &[KeyValue]) {
+        let mut changed = false;
+        for (&at, (kept, changes)) in self.writes.iter().zip(self.kept.iter_mut()) {
+            let value = &attributes[at].value;
+            if !kept.holds(value) {
+                *changes += 1;
+                *kept = if *changes < KEPT_GIVE_UP {
+                    Kept::of(value)
+                } else {
+                    Kept::Not
+                };
+                changed = true;
+            }
+        }
+        if changed {
+            self.render(attributes);
+        }
+    }
+
+    /// The attribute object: the template, with the values not kept written into its gaps.
+    fn write(&self, out: &mut Vec<u8>, attributes: &[KeyValue]) {
+        let mut from = 0;
+        for &(at, to) in &self.gaps {
+            out.extend_from_slice(&self.template[from..to]);
+            json_value(out, &attributes[at].value);
+            from = to;
+        }
+        out.extend_from_slice(&self.template[from..]);
     }
 }
 
@@ -457,7 +582,10 @@ impl Shapes {
             return json_attributes(out, attributes);
         }
         let at = match self.shapes.iter().position(|s| s.fits(attributes)) {
-            Some(at) => at,
+            Some(at) => {
+                self.shapes[at].refresh(attributes);
+                at
+            }
             None if self.shapes.len() < SHAPES => {
                 self.shapes.push(Shape::of(attributes));
                 self.shapes.len() - 1
@@ -469,16 +597,7 @@ impl Shapes {
                 at
             }
         };
-        let shape = &mut self.shapes[at];
-        out.push(b'{');
-        for (&(attribute, start, end), memo) in shape.writes.iter().zip(&mut shape.memos) {
-            out.extend_from_slice(&shape.prefixes[start..end]);
-            match &attributes[attribute].value {
-                Value::String(value) => memo.write(out, value),
-                other => json_value(out, other),
-            }
-        }
-        out.push(b'}');
+        self.shapes[at].write(out, attributes);
     }
 }
 
@@ -496,7 +615,7 @@ fn json_value(out: &mut Vec<u8>, value: &Value) {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::I64(n) => json_i64(out, *n),
-        Value::F64(f) => json_f64(out, *f),
+        Value::F64(f) => json_f64_value(out, *f),
         Value::String(s) => json_str(out, s.as_str()),
         Value::Array(array) => json_array(out, array),
         other => json_str(out, &other.as_str()),
@@ -529,20 +648,34 @@ fn json_array(out: &mut Vec<u8>, array: &opentelemetry::Array) {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_f64, json_str};
+    use std::time::Duration;
+
+    use super::{json_f64, json_f64_value, json_millis, json_str};
 
     /// Floats as the record's serialization (serde_json) writes them: milliseconds with
-    /// microsecond precision (latencies, queue times), any fraction, the edges.
+    /// microsecond precision (latencies, queue times), any fraction, the edges; through
+    /// `zmij`, through the float attribute's writer, and (for a whole number of
+    /// microseconds) from the integer duration as `latency_ms` is written.
     #[test]
     fn floats_are_written_as_serde_json_writes_them() {
         let check = |f: f64| {
-            let mut ours = Vec::new();
-            json_f64(&mut ours, f);
             let theirs = serde_json::to_string(&f).expect("json");
-            assert_eq!(String::from_utf8(ours).expect("utf-8"), theirs, "{f:e}");
+            for write in [json_f64, json_f64_value] {
+                let mut ours = Vec::new();
+                write(&mut ours, f);
+                assert_eq!(String::from_utf8(ours).expect("utf-8"), theirs, "{f:e}");
+            }
+        };
+        let millis = |micros: u64, nanos: u32| {
+            let d = Duration::from_micros(micros) + Duration::from_nanos(u64::from(nanos));
+            let mut ours = Vec::new();
+            json_millis(&mut ours, d);
+            let theirs = serde_json::to_string(&crate::time::millis_f64(d)).expect("json");
+            assert_eq!(String::from_utf8(ours).expect("utf-8"), theirs, "{d:?}");
         };
         for micros in 0..300_000_u64 {
             check(micros as f64 / 1000.0);
+            millis(micros, (micros % 1000) as u32);
         }
         // A walk over milliseconds up to 2^50 thousandths, and over fractions below 1.
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -552,7 +685,14 @@ mod tests {
             x ^= x << 17;
             let micros = x % (1 << 50);
             check(micros as f64 / 1000.0);
+            millis(micros, 999);
+            millis(micros % (1 << 43), 0);
             check((x >> 11) as f64 / (1u64 << 53) as f64);
+            check((micros as f64 / 1000.0).next_up());
+        }
+        for micros in [(1 << 42) - 1, 1 << 42, (1 << 42) + 1, u64::MAX / 2] {
+            check(micros as f64 / 1000.0);
+            millis(micros, 0);
         }
         for f in [
             -0.0,

@@ -176,14 +176,17 @@ fn remembered_values_are_only_the_same_text() {
         x ^= x << 17;
         let pick = |shift: u32, of: usize| (x >> shift) as usize % of;
         let fresh: Arc<str> = Arc::from(format!("subject.{}", pick(40, 3)));
-        let third = match pick(8, 5) {
+        let third = match pick(8, 8) {
             0 => opentelemetry::Value::from(statics[pick(16, 4)]),
             1 => opentelemetry::Value::from(opentelemetry::StringValue::from(
                 shared[pick(16, 3)].clone(),
             )),
             2 => opentelemetry::Value::from(opentelemetry::StringValue::from(fresh)),
             3 => opentelemetry::Value::from(format!("owned {}", pick(16, 2))),
-            _ => opentelemetry::Value::from(n),
+            4 => opentelemetry::Value::from(1.5),
+            5 => opentelemetry::Value::from(n as f64 / 1000.0),
+            6 => opentelemetry::Value::from(n % 2 == 0),
+            _ => opentelemetry::Value::from(n % 3),
         };
         tracer
             .span_builder("memo")
@@ -388,4 +391,38 @@ fn a_stuck_destination_does_not_hang_shutdown() {
     producer
         .join()
         .expect("the waiting thread goes on once the destination does");
+}
+
+/// Times at the edges: before the epoch, an end before the start, past what RFC 3339
+/// writes with four digits, within one second of each other; each line equals its record
+/// (the duration is the end's offset from the epoch minus the start's, or 0).
+#[test]
+fn edge_times_equal_serialized_records() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let (keep, tracer) = Keep::tracer();
+    let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+    let before = UNIX_EPOCH - Duration::from_millis(1500);
+    let times = [
+        (at(1_764_000_000, 5), at(1_764_000_000, 1_000_005)),
+        (at(1_764_000_001, 0), at(1_764_000_000, 999_999_999)),
+        (before, at(0, 250_000)),
+        (before, before + Duration::from_micros(1)),
+        (at(1, 0), before),
+        (at(253_402_300_799, 999_999_999), at(253_402_300_800, 1)),
+        (
+            at(1_764_000_000, 0),
+            at(1_764_000_000 + 86_400 * 365, 123_456_789),
+        ),
+    ];
+    for (start, end) in times {
+        let mut span = tracer
+            .span_builder("times")
+            .with_start_time(start)
+            .start(&tracer);
+        span.end_with_timestamp(end);
+    }
+    let spans = keep.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), times.len());
+    assert_eq!(spans[0].end_time, times[0].1);
+    assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
 }
