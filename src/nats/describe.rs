@@ -143,7 +143,7 @@ fn with_common<M: Describe>(
     client: &Client,
     headers: Option<&HeaderMap>,
 ) -> M {
-    if let Some(id) = headers.and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) {
+    if let Some(id) = headers.and_then(message_id) {
         msg = msg.with(
             crate::messaging::attributes::MESSAGING_MESSAGE_ID,
             id.as_str().to_owned(),
@@ -156,6 +156,20 @@ fn with_common<M: Describe>(
             .with(crate::messaging::attributes::MESSAGING_CLIENT_ID, client_id);
     }
     msg
+}
+
+/// The first `Nats-Msg-Id` value, as `HeaderMap::get` finds it: a message has a few
+/// headers, and walking them costs less than hashing the name.
+fn message_id(headers: &HeaderMap) -> Option<&async_nats::HeaderValue> {
+    const WALK: usize = 8;
+    let name = async_nats::header::NATS_MESSAGE_ID;
+    if headers.len() > WALK {
+        return headers.get(name);
+    }
+    headers
+        .iter()
+        .find(|(key, _)| **key == name)
+        .and_then(|(_, values)| values.first())
 }
 
 /// Describe an incoming NATS message, with the names nats.net uses. `core` is false for a
@@ -313,4 +327,34 @@ pub(super) fn closed(client: &Client) -> Option<crate::messaging::consume::Sourc
             "the subscription ended with the connection to the NATS server ({state:?}): the client gave up reconnecting or was closed"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::HeaderMap;
+
+    /// The walk finds what `HeaderMap::get` finds, in a small map and in a large one;
+    /// names are compared exactly, as the map compares them.
+    #[test]
+    fn the_message_id_is_the_first_value_of_exactly_its_header() {
+        for others in [0, 3, 12] {
+            let mut headers = HeaderMap::new();
+            for i in 0..others {
+                headers.insert(format!("x-{i}").as_str(), "v");
+            }
+            assert!(super::message_id(&headers).is_none());
+            headers.insert("nats-msg-id", "lowercase");
+            assert!(super::message_id(&headers).is_none(), "{others}");
+            headers.append(async_nats::header::NATS_MESSAGE_ID, "order-42");
+            headers.append(async_nats::header::NATS_MESSAGE_ID, "order-43");
+            let id = super::message_id(&headers).map(|v| v.as_str().to_owned());
+            assert_eq!(id.as_deref(), Some("order-42"), "{others}");
+            assert_eq!(
+                id.as_deref(),
+                headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str())
+            );
+        }
+    }
 }
