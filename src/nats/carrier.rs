@@ -77,6 +77,13 @@ impl WriteCarrier for HeaderMap {
         self.insert(name, HeaderValue::from(value));
     }
 
+    /// The value has no CR or LF (it is visible ASCII): only the name is checked.
+    fn set_ascii(&mut self, key: &str, value: String) {
+        if let Some(name) = header_name(key) {
+            self.insert(name, HeaderValue::from(value));
+        }
+    }
+
     fn readable(&self) -> Option<&dyn ReadCarrier> {
         Some(self)
     }

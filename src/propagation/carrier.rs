@@ -139,6 +139,13 @@ pub trait WriteCarrier {
     /// publish.
     fn set(&mut self, key: &str, value: String);
 
+    /// [`set`](Self::set) for a value tracehop wrote of visible ASCII only (`traceparent`,
+    /// `tracehop-sent-at`): a carrier that checks each value for bytes its client rejects
+    /// can skip the check. By default the same as `set`.
+    fn set_ascii(&mut self, key: &str, value: String) {
+        self.set(key, value);
+    }
+
     /// The same headers for reading, when the carrier can read them back (for header
     /// capture and hooks on the send side); `None` by default.
     fn readable(&self) -> Option<&dyn ReadCarrier> {

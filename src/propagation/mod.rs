@@ -319,7 +319,7 @@ impl Propagation {
         if self.sent_at && !stamped {
             let now = sent_at.unwrap_or_else(SystemTime::now);
             let micros = crate::time::unix_micros(now);
-            carrier.set(SENT_AT, itoa::Buffer::new().format(micros).to_owned());
+            carrier.set_ascii(SENT_AT, itoa::Buffer::new().format(micros).to_owned());
         }
     }
 
