@@ -121,16 +121,28 @@ impl Server {
         let info = client
             .try_server_info()
             .filter(|info| !info.host.is_empty());
-        let fresh = info.map(|info| ServerAddress {
-            connects,
-            host: StringValue::from(Arc::<str>::from(info.host)),
-            port: i64::from(info.port),
-            client_id: StringValue::from(Arc::<str>::from(info.client_id.to_string())),
+        let mut cached = cache.address.write().unwrap_or_else(|p| p.into_inner());
+        // The same server as before keeps the values it had: spans share them (and the
+        // journal writes a value it has seen before from what it kept).
+        let same = |old: &StringValue, new: &str| (old.as_str() == new).then(|| old.clone());
+        let fresh = info.map(|info| {
+            let old = cached.as_ref();
+            let client_id = info.client_id.to_string();
+            ServerAddress {
+                connects,
+                host: old
+                    .and_then(|a| same(&a.host, &info.host))
+                    .unwrap_or_else(|| StringValue::from(Arc::<str>::from(info.host))),
+                port: i64::from(info.port),
+                client_id: old
+                    .and_then(|a| same(&a.client_id, &client_id))
+                    .unwrap_or_else(|| StringValue::from(Arc::<str>::from(client_id))),
+            }
         });
         let out = fresh
             .as_ref()
             .map(|a| (a.host.clone(), a.port, a.client_id.clone()));
-        *cache.address.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *cached = fresh;
         out
     }
 }
@@ -332,6 +344,28 @@ pub(super) fn closed(client: &Client) -> Option<crate::messaging::consume::Sourc
 #[cfg(test)]
 mod tests {
     use async_nats::HeaderMap;
+
+    /// Re-reading the server `INFO` of the same server keeps the values read before (the
+    /// same shared text), and reads what the server said (real NATS on loopback).
+    #[tokio::test]
+    async fn the_same_server_keeps_its_values_across_rechecks() {
+        let url = std::env::var("TRACEHOP_NATS_URL").unwrap_or("nats://127.0.0.1:4222".into());
+        let client = async_nats::connect(&url).await.expect("NATS answers");
+        crate::nats::round_trip(&client).await.expect("round trip");
+        let server = super::Server::default();
+        let (host, port, id) = server.address(&client).expect("an address");
+        let info = client.server_info();
+        assert_eq!(
+            (host.as_str(), port),
+            (info.host.as_str(), i64::from(info.port))
+        );
+        assert_eq!(id.as_str(), info.client_id.to_string());
+        for _ in 0..=super::Server::RECHECK {
+            let (again, _, again_id) = server.address(&client).expect("an address");
+            assert!(std::ptr::eq(again.as_str(), host.as_str()));
+            assert!(std::ptr::eq(again_id.as_str(), id.as_str()));
+        }
+    }
 
     /// The walk finds what `HeaderMap::get` finds, in a small map and in a large one;
     /// names are compared exactly, as the map compares them.
