@@ -425,10 +425,9 @@ struct Shape {
 }
 
 /// A value a shape keeps in its template, compared with each new span's value at that
-/// place. A string is kept only if its clone keeps the address (a `&'static str`, a
-/// shared `Arc<str>`): a value at the same address (and of the same length) is the same
-/// text. A string that owns its text (its clone is a copy elsewhere) is never kept, nor
-/// is a value that keeps changing.
+/// place: a string by its text (at once when it is the very string kept, a shared
+/// `Arc<str>` or a `&'static str`), the others by value. A value that keeps changing
+/// is not kept.
 #[derive(Debug)]
 enum Kept {
     Str(opentelemetry::StringValue),
@@ -447,14 +446,7 @@ impl Kept {
     /// What to keep of `value`.
     fn of(value: &Value) -> Kept {
         match value {
-            Value::String(s) => {
-                let kept = s.clone();
-                if std::ptr::eq(kept.as_str(), s.as_str()) {
-                    Kept::Str(kept)
-                } else {
-                    Kept::Not
-                }
-            }
+            Value::String(s) => Kept::Str(s.clone()),
             Value::I64(n) => Kept::I64(*n),
             Value::Bool(b) => Kept::Bool(*b),
             Value::F64(f) => Kept::F64(f.to_bits()),
@@ -467,7 +459,10 @@ impl Kept {
     fn holds(&self, value: &Value) -> bool {
         match (self, value) {
             (Kept::Not, _) => true,
-            (Kept::Str(kept), Value::String(s)) => std::ptr::eq(kept.as_str(), s.as_str()),
+            (Kept::Str(kept), Value::String(s)) => {
+                let (kept, s) = (kept.as_str(), s.as_str());
+                std::ptr::eq(kept, s) || kept == s
+            }
             (Kept::I64(kept), Value::I64(n)) => kept == n,
             (Kept::Bool(kept), Value::Bool(b)) => kept == b,
             (Kept::F64(kept), Value::F64(f)) => *kept == f.to_bits(),
