@@ -135,9 +135,10 @@ fn with_routing<M: crate::messaging::Describe>(
 ) -> M {
     use crate::messaging::attributes as attr;
     if !routing_key.as_str().is_empty() {
+        // A publisher and a queue see a few routing keys: shared, as destination names are.
         msg = msg.with(
             attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-            routing_key.as_str().to_owned(),
+            crate::messaging::names::value(routing_key.as_str()),
         );
     }
     if let Some(id) = properties.message_id() {
