@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use futures_util::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Acker, BasicProperties};
 use opentelemetry::{Context, StringValue};
 
@@ -397,20 +397,37 @@ pub fn attempt(queue: &str, properties: &BasicProperties, redelivered: bool) -> 
 /// marks `redelivered` without counting (a requeue on a classic queue) was delivered at
 /// least once before.
 pub fn redeliveries(queue: &str, properties: &BasicProperties, redelivered: bool) -> u32 {
-    let headers = properties.headers().as_ref();
-    let deaths = headers
-        .and_then(|h| h.inner().get(X_DEATH))
-        .map_or(0, |v| dead_lettered_from(queue, v));
-    let deliveries = headers
-        .and_then(|h| h.inner().get(X_DELIVERY_COUNT))
-        .and_then(as_u64)
-        .unwrap_or(0);
+    let (death, count) = properties
+        .headers()
+        .as_ref()
+        .map_or((None, None), redelivery_headers);
+    let deaths = death.map_or(0, |v| dead_lettered_from(queue, v));
+    let deliveries = count.and_then(as_u64).unwrap_or(0);
     let counted = u32::try_from(deaths.max(deliveries)).unwrap_or(u32::MAX);
     if redelivered {
         counted.max(1)
     } else {
         counted
     }
+}
+
+/// The `x-death` and `x-delivery-count` headers: a message has a few headers, so one walk
+/// over them costs less than two look-ups (each comparing names on its way).
+fn redelivery_headers(headers: &FieldTable) -> (Option<&AMQPValue>, Option<&AMQPValue>) {
+    const WALK: usize = 8;
+    let table = headers.inner();
+    if table.len() > WALK {
+        return (table.get(X_DEATH), table.get(X_DELIVERY_COUNT));
+    }
+    let (mut death, mut count) = (None, None);
+    for (name, value) in table {
+        match name.as_str() {
+            X_DEATH => death = Some(value),
+            X_DELIVERY_COUNT => count = Some(value),
+            _ => {}
+        }
+    }
+    (death, count)
 }
 
 /// The sum of `count` over the `x-death` entries whose `queue` is `queue`.
@@ -514,6 +531,38 @@ mod tests {
         assert_eq!(attempt("work", &p, false), 4);
         let p = props(&[("x-delivery-count", AMQPValue::LongLongInt(2))]);
         assert_eq!(attempt("work", &p, true), 3);
+    }
+
+    /// Both counts are read with a few headers (walked) and with many (looked up): the
+    /// larger one wins.
+    #[test]
+    fn x_death_and_delivery_count_among_few_or_many_headers() {
+        let deaths = || {
+            AMQPValue::FieldArray(FieldArray::from(vec![death(
+                "work",
+                AMQPValue::LongLongInt(3),
+            )]))
+        };
+        for others in [0, 2, 12] {
+            let mut headers: Vec<(String, AMQPValue)> = (0..others)
+                .map(|i| (format!("h-{i:02}"), AMQPValue::LongString("v".into())))
+                .collect();
+            headers.push(("x-death".into(), deaths()));
+            headers.push(("x-delivery-count".into(), AMQPValue::LongLongInt(5)));
+            let as_refs: Vec<(&str, AMQPValue)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            assert_eq!(attempt("work", &props(&as_refs), false), 6, "{others}");
+            assert_eq!(attempt("retry", &props(&as_refs), false), 6, "{others}");
+            headers.pop();
+            let as_refs: Vec<(&str, AMQPValue)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            assert_eq!(attempt("work", &props(&as_refs), false), 4, "{others}");
+            assert_eq!(attempt("retry", &props(&as_refs), true), 2, "{others}");
+        }
     }
 
     #[test]
