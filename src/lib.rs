@@ -109,7 +109,7 @@ pub use messaging::consume::{
 pub use messaging::{
     BatchSpan, Incoming, Outgoing, ParentPolicy, ProcessOutcome, ProcessSpan, SendSpan, Sent,
 };
-pub use propagation::{Extracted, Propagation, ReadCarrier, Rejection, WriteCarrier};
+pub use propagation::{AsciiValue, Extracted, Propagation, ReadCarrier, Rejection, WriteCarrier};
 pub use telemetry::{Telemetry, TelemetryBuilder};
 
 /// Re-exports of the OpenTelemetry crates tracehop is built on, at the pinned version.

@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::propagation::{HeaderValue as Value, ReadCarrier, WriteCarrier};
+use crate::propagation::{AsciiValue, HeaderValue as Value, ReadCarrier, WriteCarrier};
 
 /// The header name for `key`: tracehop's own names without copying them, others checked
 /// by async-nats' fallible parser.
@@ -78,9 +78,9 @@ impl WriteCarrier for HeaderMap {
     }
 
     /// The value has no CR or LF (it is visible ASCII): only the name is checked.
-    fn set_ascii(&mut self, key: &str, value: String) {
+    fn set_ascii(&mut self, key: &str, value: AsciiValue) {
         if let Some(name) = header_name(key) {
-            self.insert(name, HeaderValue::from(value));
+            self.insert(name, HeaderValue::from(value.into_string()));
         }
     }
 
@@ -157,4 +157,35 @@ pub(crate) fn merge(
         }
     }
     (Some(headers), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::HeaderMap;
+
+    use crate::propagation::{AsciiValue, WriteCarrier};
+
+    /// `set_ascii` stores what `set` stores, replacing a header of the same name, and
+    /// skips a name async-nats would reject as `set` does.
+    #[test]
+    fn set_ascii_stores_what_set_stores() {
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (mut by_set, mut by_ascii) = (HeaderMap::new(), HeaderMap::new());
+        for headers in [&mut by_set, &mut by_ascii] {
+            headers.insert("traceparent", "old");
+            headers.insert("user", "kept");
+        }
+        by_set.set("traceparent", value.to_owned());
+        by_ascii.set_ascii("traceparent", AsciiValue::new(value.to_owned()));
+        by_set.set("bad:name", "1".to_owned());
+        by_ascii.set_ascii("bad:name", AsciiValue::new("1".to_owned()));
+        assert_eq!(by_set, by_ascii);
+        let got = by_ascii
+            .get_all("traceparent")
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>();
+        assert_eq!(got, [value]);
+        assert_eq!(by_ascii.get("user").map(|v| v.as_str()), Some("kept"));
+        assert_eq!(by_ascii.len(), 2);
+    }
 }

@@ -140,16 +140,41 @@ pub trait WriteCarrier {
     fn set(&mut self, key: &str, value: String);
 
     /// [`set`](Self::set) for a value tracehop wrote of visible ASCII only (`traceparent`,
-    /// `tracehop-sent-at`): a carrier that checks each value for bytes its client rejects
-    /// can skip the check. By default the same as `set`.
-    fn set_ascii(&mut self, key: &str, value: String) {
-        self.set(key, value);
+    /// `tracehop-sent-at`), which an [`AsciiValue`] guarantees: a carrier that checks each
+    /// value for bytes its client rejects can skip the check. By default the same as
+    /// `set`.
+    fn set_ascii(&mut self, key: &str, value: AsciiValue) {
+        self.set(key, value.into_string());
     }
 
     /// The same headers for reading, when the carrier can read them back (for header
     /// capture and hooks on the send side); `None` by default.
     fn readable(&self) -> Option<&dyn ReadCarrier> {
         None
+    }
+}
+
+/// A header value of visible ASCII only (bytes `!` to `~`), as tracehop writes
+/// `traceparent` and `tracehop-sent-at`: only tracehop makes one, so a carrier may rely
+/// on it (see [`WriteCarrier::set_ascii`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsciiValue(String);
+
+impl AsciiValue {
+    /// `value`, which the caller built of visible ASCII only.
+    pub(crate) fn new(value: String) -> AsciiValue {
+        debug_assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value:?}");
+        AsciiValue(value)
+    }
+
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value, as the `String` [`WriteCarrier::set`] takes.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

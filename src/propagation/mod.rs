@@ -46,8 +46,8 @@ use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+pub use carrier::{AsciiValue, HeaderValue, ReadCarrier, ValueType, WriteCarrier};
 pub(crate) use carrier::{ExtractBridge, InjectBridge};
-pub use carrier::{HeaderValue, ReadCarrier, ValueType, WriteCarrier};
 pub use extract::Discarded;
 pub use traceparent::Rejection;
 
@@ -319,7 +319,10 @@ impl Propagation {
         if self.sent_at && !stamped {
             let now = sent_at.unwrap_or_else(SystemTime::now);
             let micros = crate::time::unix_micros(now);
-            carrier.set_ascii(SENT_AT, itoa::Buffer::new().format(micros).to_owned());
+            carrier.set_ascii(
+                SENT_AT,
+                AsciiValue::new(itoa::Buffer::new().format(micros).to_owned()),
+            );
         }
     }
 

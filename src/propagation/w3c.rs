@@ -33,7 +33,7 @@ pub(crate) fn inject(cx: &Context, baggage: bool, carrier: &mut dyn WriteCarrier
             &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
         );
         if let Ok(tp) = std::str::from_utf8(&tp) {
-            carrier.set_ascii(TRACEPARENT, tp.to_owned());
+            carrier.set_ascii(TRACEPARENT, super::AsciiValue::new(tp.to_owned()));
         }
         if *sc.trace_state() != TraceState::NONE {
             let header = sc.trace_state().header();
