@@ -363,7 +363,7 @@ fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a>
             i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
         )
         .attribute(REDELIVERED, delivery.redelivered);
-    msg = super::with_routing(msg, &delivery.routing_key, properties);
+    msg = super::with_routing(msg, &delivery.routing_key, queue, properties);
     if let std::borrow::Cow::Owned(name) = super::consume_name(
         delivery.exchange.as_str(),
         delivery.routing_key.as_str(),

@@ -131,14 +131,25 @@ pub const REDELIVERED: &str = "messaging.rabbitmq.message.redelivered";
 fn with_routing<M: crate::messaging::Describe>(
     mut msg: M,
     routing_key: &lapin::types::ShortString,
+    destination: &str,
     properties: &lapin::BasicProperties,
 ) -> M {
     use crate::messaging::attributes as attr;
-    if !routing_key.as_str().is_empty() {
-        // A publisher and a queue see a few routing keys: shared, as destination names are.
+    let key = routing_key.as_str();
+    if key.is_empty() {
+        // No routing key: nothing to record.
+    } else if key == destination {
+        // The destination's own name (the default exchange): shared, as destination
+        // names are. Other keys may be new with every message (topic keys with ids) and
+        // would push the few names out.
         msg = msg.with(
             attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
-            crate::messaging::names::value(routing_key.as_str()),
+            crate::messaging::names::value(key),
+        );
+    } else {
+        msg = msg.with(
+            attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+            key.to_owned(),
         );
     }
     if let Some(id) = properties.message_id() {

@@ -121,7 +121,7 @@ impl TracedChannel {
                     if *name != *destination {
                         msg.name_value = Some(name.clone().into_owned().into());
                     }
-                    super::with_routing(msg, &routing_key, &properties)
+                    super::with_routing(msg, &routing_key, &name, &properties)
                 });
             let (properties, dropped) = with_context(properties, headers, self.frame_max);
             if dropped {
