@@ -4,10 +4,11 @@
 //! field.
 //!
 //! What keeps it cheap: strings are copied as they are unless the escape table finds a
-//! byte JSON must escape; attributes are put in key order only when they are not in it
-//! already; the date and time of day are formatted once per second ([`DateCache`]);
-//! numbers go through `itoa`/`zmij`, which is what `serde_json` uses, so the digits are
-//! the same.
+//! byte JSON must escape; each attribute shape a thread has seen keeps its attribute
+//! object written out, with the values that stay the same in place (see [`Shapes`]); the
+//! date and time of day are formatted once per second ([`DateCache`]); milliseconds are
+//! written from their integer microseconds, other numbers through `itoa`/`zmij`, which
+//! is what `serde_json` uses, so the digits are the same.
 //!
 //! [`SpanRecord`]: super::SpanRecord
 
@@ -295,10 +296,10 @@ fn json_f64(out: &mut Vec<u8>, f: f64) {
     }
 }
 
-/// Microseconds below this, as milliseconds, are written from their digits: below 2^42
-/// (139 years) two decimals with at most three fraction digits are more than one float
+/// Microseconds below this (2^42 µs, about 51 days), as milliseconds, are written from
+/// their digits: there two decimals with at most three fraction digits are many floats
 /// apart, so the shortest text that reads back as `micros / 1000` (what `zmij` and
-/// `serde_json` write) is that decimal itself.
+/// `serde_json` write) is that decimal itself. Longer durations go through `zmij`.
 const MILLIS_FROM_DIGITS: u64 = 1 << 42;
 
 /// A duration as `latency_ms` is written: [`millis_f64`](crate::time::millis_f64) as
@@ -439,7 +440,8 @@ enum Kept {
     Not,
 }
 
-/// A write whose kept value changes this many times is written each time from then on.
+/// A write whose kept value changes this many times (over the shape's life, not in a
+/// row) is written each time from then on: only the speed depends on it.
 const KEPT_GIVE_UP: u8 = 4;
 
 impl Kept {
@@ -684,6 +686,8 @@ mod tests {
             millis(micros % (1 << 43), 0);
             check((x >> 11) as f64 / (1u64 << 53) as f64);
             check((micros as f64 / 1000.0).next_up());
+            check((micros as f64 / 1000.0).next_down());
+            check(-(micros as f64) / 1000.0);
         }
         for micros in [(1 << 42) - 1, 1 << 42, (1 << 42) + 1, u64::MAX / 2] {
             check(micros as f64 / 1000.0);

@@ -426,3 +426,40 @@ fn edge_times_equal_serialized_records() {
     assert_eq!(spans[0].end_time, times[0].1);
     assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
 }
+
+/// Templates whose values rarely change: a repeated key (the last value wins, a change in
+/// the shadowed one changes nothing), `0.0` and `-0.0`, NaN and infinities, a place that
+/// switches between a string, an integer, a float and a boolean, and a place that changes
+/// often enough to be written each time; every line equals its record.
+#[test]
+fn templates_with_rarely_changing_values_equal_serialized_records() {
+    let (keep, tracer) = Keep::tracer();
+    let floats = [0.0, -0.0, f64::NAN, f64::INFINITY, 1.25, 1.25];
+    for n in 0..3_000_i64 {
+        let phase = n / 500;
+        let switching = match phase {
+            0 => opentelemetry::Value::from("text"),
+            1 => opentelemetry::Value::from(7),
+            2 => opentelemetry::Value::from(7.5),
+            3 => opentelemetry::Value::from(true),
+            4 => opentelemetry::Value::from(format!("owned \"{phase}\"")),
+            _ => opentelemetry::Value::from(false),
+        };
+        let shadowed = if n % 250 == 0 { "changed" } else { "first" };
+        tracer
+            .span_builder("rare")
+            .with_attributes([
+                KeyValue::new("z.repeated", shadowed),
+                KeyValue::new("a.float", floats[(n / 600) as usize % floats.len()]),
+                KeyValue::new("m.switching", switching),
+                KeyValue::new("z.repeated", if phase % 2 == 0 { "last" } else { "later" }),
+                KeyValue::new("b.every", n),
+                KeyValue::new("c.static", "static"),
+            ])
+            .start(&tracer)
+            .end();
+    }
+    let spans = keep.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 3_000);
+    assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
+}
