@@ -543,25 +543,24 @@ mod tests {
                 AMQPValue::LongLongInt(3),
             )]))
         };
+        let of = |headers: &[(String, AMQPValue)]| {
+            let named: Vec<(&str, AMQPValue)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            props(&named)
+        };
         for others in [0, 2, 12] {
             let mut headers: Vec<(String, AMQPValue)> = (0..others)
                 .map(|i| (format!("h-{i:02}"), AMQPValue::LongString("v".into())))
                 .collect();
             headers.push(("x-death".into(), deaths()));
             headers.push(("x-delivery-count".into(), AMQPValue::LongLongInt(5)));
-            let as_refs: Vec<(&str, AMQPValue)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect();
-            assert_eq!(attempt("work", &props(&as_refs), false), 6, "{others}");
-            assert_eq!(attempt("retry", &props(&as_refs), false), 6, "{others}");
+            assert_eq!(attempt("work", &of(&headers), false), 6, "{others}");
+            assert_eq!(attempt("retry", &of(&headers), false), 6, "{others}");
             headers.pop();
-            let as_refs: Vec<(&str, AMQPValue)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect();
-            assert_eq!(attempt("work", &props(&as_refs), false), 4, "{others}");
-            assert_eq!(attempt("retry", &props(&as_refs), true), 2, "{others}");
+            assert_eq!(attempt("work", &of(&headers), false), 4, "{others}");
+            assert_eq!(attempt("retry", &of(&headers), true), 2, "{others}");
         }
     }
 
