@@ -163,7 +163,7 @@ pub(crate) fn merge(
 mod tests {
     use async_nats::HeaderMap;
 
-    use crate::propagation::{AsciiValue, WriteCarrier};
+    use crate::propagation::{AsciiValue, WriteCarrier, TRACEPARENT};
 
     /// `set_ascii` stores what `set` stores, replacing a header of the same name, and
     /// skips a name async-nats would reject as `set` does.
@@ -172,16 +172,16 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let (mut by_set, mut by_ascii) = (HeaderMap::new(), HeaderMap::new());
         for headers in [&mut by_set, &mut by_ascii] {
-            headers.insert("traceparent", "old");
+            headers.insert(TRACEPARENT, "old");
             headers.insert("user", "kept");
         }
-        by_set.set("traceparent", value.to_owned());
-        by_ascii.set_ascii("traceparent", AsciiValue::new(value.to_owned()));
+        by_set.set(TRACEPARENT, value.to_owned());
+        by_ascii.set_ascii(TRACEPARENT, AsciiValue::new(value.to_owned()));
         by_set.set("bad:name", "1".to_owned());
         by_ascii.set_ascii("bad:name", AsciiValue::new("1".to_owned()));
         assert_eq!(by_set, by_ascii);
         let got = by_ascii
-            .get_all("traceparent")
+            .get_all(TRACEPARENT)
             .map(|v| v.as_str())
             .collect::<Vec<_>>();
         assert_eq!(got, [value]);
