@@ -57,8 +57,9 @@ async fn topic(env: &Env) -> Result<String, Error> {
     Ok(name)
 }
 
+/// Delete a run's topic, unless `TRACEHOP_BENCH_KEEP_TOPICS` is set (see the module docs).
 async fn delete(env: &Env, topic: &str) {
-    if env.mock.is_none() {
+    if env.mock.is_none() && std::env::var_os("TRACEHOP_BENCH_KEEP_TOPICS").is_none() {
         if let Ok(admin) = config(env).create::<AdminClient<DefaultClientContext>>() {
             let _ = admin.delete_topics(&[topic], &AdminOptions::new()).await;
         }

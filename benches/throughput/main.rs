@@ -24,7 +24,9 @@
 //! Brokers: NATS on `TRACEHOP_NATS_URL` (default `nats://127.0.0.1:4222`, JetStream
 //! enabled), RabbitMQ on `TRACEHOP_AMQP_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`), Kafka on `TRACEHOP_KAFKA_BROKERS` (default
-//! `127.0.0.1:9092`, tansu in this project) and rdkafka's in-process `MockCluster`.
+//! `127.0.0.1:9092`, tansu in this project) and rdkafka's in-process `MockCluster`. Each
+//! Kafka run makes a topic and deletes it afterwards; `TRACEHOP_BENCH_KEEP_TOPICS=1`
+//! keeps them (BENCHMARKS: the librdkafka metadata-cache crash).
 //!
 //! Every configuration runs producer and consumer in this process, on separate
 //! connections, each in its own task of a two-thread Tokio runtime:
