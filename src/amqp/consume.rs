@@ -411,12 +411,11 @@ pub fn redeliveries(queue: &str, properties: &BasicProperties, redelivered: bool
     }
 }
 
-/// The `x-death` and `x-delivery-count` headers: a message has a few headers, so one walk
-/// over them costs less than two look-ups (each comparing names on its way).
+/// The `x-death` and `x-delivery-count` headers, in one walk over a few headers
+/// ([`WALK_HEADERS`](crate::propagation::WALK_HEADERS)).
 fn redelivery_headers(headers: &FieldTable) -> (Option<&AMQPValue>, Option<&AMQPValue>) {
-    const WALK: usize = 8;
     let table = headers.inner();
-    if table.len() > WALK {
+    if table.len() > crate::propagation::WALK_HEADERS {
         return (table.get(X_DEATH), table.get(X_DELIVERY_COUNT));
     }
     let (mut death, mut count) = (None, None);

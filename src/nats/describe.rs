@@ -170,12 +170,11 @@ fn with_common<M: Describe>(
     msg
 }
 
-/// The first `Nats-Msg-Id` value, as `HeaderMap::get` finds it: a message has a few
-/// headers, and walking them costs less than hashing the name.
+/// The first `Nats-Msg-Id` value, as `HeaderMap::get` finds it (walking a few headers:
+/// [`WALK_HEADERS`](crate::propagation::WALK_HEADERS)).
 fn message_id(headers: &HeaderMap) -> Option<&async_nats::HeaderValue> {
-    const WALK: usize = 8;
     let name = async_nats::header::NATS_MESSAGE_ID;
-    if headers.len() > WALK {
+    if headers.len() > crate::propagation::WALK_HEADERS {
         return headers.get(name);
     }
     headers

@@ -154,6 +154,13 @@ pub trait WriteCarrier {
     }
 }
 
+/// A broker adapter looking for one or two headers of its own (`Nats-Msg-Id`, RabbitMQ's
+/// redelivery counts) walks a header map of up to this many entries, comparing names,
+/// instead of looking each name up (hashing it, or comparing it on the way down a tree):
+/// a message has a few headers, and the walk costs less.
+#[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
+pub(crate) const WALK_HEADERS: usize = 8;
+
 /// A header value of visible ASCII only (bytes `!` to `~`), as tracehop writes
 /// `traceparent` and `tracehop-sent-at`: only tracehop makes one, so a carrier may rely
 /// on it (see [`WriteCarrier::set_ascii`]).

@@ -46,6 +46,8 @@ use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
 use opentelemetry::Context;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
+#[cfg(any(feature = "nats", feature = "amqp"))]
+pub(crate) use carrier::WALK_HEADERS;
 pub use carrier::{AsciiValue, HeaderValue, ReadCarrier, ValueType, WriteCarrier};
 pub(crate) use carrier::{ExtractBridge, InjectBridge};
 pub use extract::Discarded;
