@@ -7,8 +7,8 @@
 //! byte JSON must escape; each attribute shape a thread has seen keeps its attribute
 //! object written out, with the values that stay the same in place (see [`Shapes`]); the
 //! date and time of day are formatted once per second ([`DateCache`]); milliseconds are
-//! written from their integer microseconds, other numbers through `itoa`/`zmij`, which
-//! is what `serde_json` uses, so the digits are the same.
+//! written from their integer microseconds, integers from their digits, other numbers
+//! through `zmij`, which is what `serde_json` uses, so the digits are the same.
 //!
 //! [`SpanRecord`]: super::SpanRecord
 
@@ -279,11 +279,14 @@ fn json_span_id(out: &mut Vec<u8>, id: SpanId) {
 }
 
 fn json_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    push_decimal(out, n, [0; 4], 0);
 }
 
 fn json_i64(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    if n < 0 {
+        out.push(b'-');
+    }
+    push_decimal(out, n.unsigned_abs(), [0; 4], 0);
 }
 
 /// A float as `serde_json` writes it; not finite: `null` (as the record's
@@ -316,7 +319,6 @@ fn json_millis(out: &mut Vec<u8>, d: std::time::Duration) {
 /// floats below 10^16.
 fn millis_digits(out: &mut Vec<u8>, micros: u64) {
     let (whole, frac) = (micros / 1000, (micros % 1000) as usize);
-    out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
     let digits = [
         b'.',
         b'0' + (frac / 100) as u8,
@@ -330,7 +332,52 @@ fn millis_digits(out: &mut Vec<u8>, micros: u64) {
     } else {
         4
     };
-    out.extend_from_slice(&digits[..len]);
+    push_decimal(out, whole, digits, len);
+}
+
+/// Two decimal digits of every number below 100, as `itoa` keeps them.
+static PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        table[2 * n] = b'0' + (n / 10) as u8;
+        table[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    table
+};
+
+/// The most digits a `u64` has.
+const U64_DIGITS: usize = 20;
+
+/// `n` in decimal (as `itoa` writes it), then the first `tail_len` bytes of `tail`: laid
+/// out on the stack and appended as one copy of a fixed size, cut to length afterwards,
+/// instead of two copies whose sizes depend on the digits (each a `memcpy` call).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64, tail: [u8; 4], tail_len: usize) {
+    const WINDOW: usize = U64_DIGITS + 4;
+    // The digits end at `U64_DIGITS`, the tail follows; the window starts at the first
+    // digit, so the buffer holds a whole window past any start.
+    let mut buf = [0u8; U64_DIGITS + WINDOW];
+    let mut at = U64_DIGITS;
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&PAIRS[n as usize * 2..n as usize * 2 + 2]);
+    } else {
+        at -= 1;
+        buf[at] = b'0' + n as u8;
+    }
+    buf[U64_DIGITS..U64_DIGITS + 4].copy_from_slice(&tail);
+    let mut window = [0u8; WINDOW];
+    window.copy_from_slice(&buf[at..at + WINDOW]);
+    let end = out.len() + (U64_DIGITS - at) + tail_len.min(4);
+    out.extend_from_slice(&window);
+    out.truncate(end);
 }
 
 /// A float attribute: whole microseconds as milliseconds (queue times) from their
@@ -647,7 +694,33 @@ fn json_array(out: &mut Vec<u8>, array: &opentelemetry::Array) {
 mod tests {
     use std::time::Duration;
 
-    use super::{json_f64, json_f64_value, json_millis, json_str};
+    use super::{json_f64, json_f64_value, json_i64, json_millis, json_str, json_u64};
+
+    /// Integers as serde_json writes them: every digit count, both ends of both types,
+    /// and appended after what the line already holds (the fixed-size copy is cut back).
+    #[test]
+    fn integers_are_written_as_serde_json_writes_them() {
+        let mut unsigned = vec![0, 1, 9, 10, 99, 100, 101, 999, 1000, u64::MAX, u64::MAX - 1];
+        let mut p = 1_u64;
+        while let Some(next) = p.checked_mul(10) {
+            unsigned.extend([p - 1, p, p + 1, next - 1]);
+            p = next;
+        }
+        for n in unsigned {
+            let mut ours = b"{\"n\":".to_vec();
+            json_u64(&mut ours, n);
+            ours.push(b'}');
+            assert_eq!(
+                String::from_utf8(ours).expect("utf-8"),
+                serde_json::json!({ "n": n }).to_string()
+            );
+            for m in [n as i64, (n as i64).wrapping_neg(), i64::MIN, i64::MAX] {
+                let mut ours = Vec::new();
+                json_i64(&mut ours, m);
+                assert_eq!(ours, serde_json::to_vec(&m).expect("json"), "{m}");
+            }
+        }
+    }
 
     /// Floats as the record's serialization (serde_json) writes them: milliseconds with
     /// microsecond precision (latencies, queue times), any fraction, the edges; through
