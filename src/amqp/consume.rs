@@ -356,14 +356,18 @@ pub fn describe<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a> {
 /// [`describe`] without the delivery attempt (the consume loop adds it).
 fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a> {
     let properties = &delivery.properties;
-    let mut msg = Incoming::new(attr::system::RABBITMQ, queue)
-        .body_size(delivery.data.len())
-        .attribute(
-            attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
-            i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
-        )
-        .attribute(REDELIVERED, delivery.redelivered);
-    msg = super::with_routing(msg, &delivery.routing_key, queue, properties);
+    // Built in place: each builder call would move the whole description.
+    let mut msg = Incoming::new(attr::system::RABBITMQ, queue);
+    msg.push(
+        crate::messaging::attributes::MESSAGING_MESSAGE_BODY_SIZE,
+        delivery.data.len() as i64,
+    );
+    msg.push(
+        attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+        i64::try_from(delivery.delivery_tag).unwrap_or(i64::MAX),
+    );
+    msg.push(REDELIVERED, delivery.redelivered);
+    super::with_routing(&mut msg, &delivery.routing_key, queue, properties);
     if let std::borrow::Cow::Owned(name) = super::consume_name(
         delivery.exchange.as_str(),
         delivery.routing_key.as_str(),
@@ -372,7 +376,7 @@ fn describe_unattempted<'a>(queue: &'a str, delivery: &Delivery) -> Incoming<'a>
         msg.destination_value = Some(name.into());
     }
     if let Some(at) = stored_at(properties) {
-        msg = msg.enqueued_at(at);
+        msg.enqueued_at = Some(at);
     }
     msg
 }

@@ -129,11 +129,11 @@ pub const REDELIVERED: &str = "messaging.rabbitmq.message.redelivered";
 /// The routing key, message id and correlation id of a message, on a description of
 /// either direction.
 fn with_routing<M: crate::messaging::Describe>(
-    mut msg: M,
+    msg: &mut M,
     routing_key: &lapin::types::ShortString,
     destination: &str,
     properties: &lapin::BasicProperties,
-) -> M {
+) {
     use crate::messaging::attributes as attr;
     let key = routing_key.as_str();
     if key.is_empty() {
@@ -142,26 +142,25 @@ fn with_routing<M: crate::messaging::Describe>(
         // The destination's own name (the default exchange): shared, as destination
         // names are. Other keys may be new with every message (topic keys with ids) and
         // would push the few names out.
-        msg = msg.with(
+        msg.with(
             attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
             crate::messaging::names::value(key),
         );
     } else {
-        msg = msg.with(
+        msg.with(
             attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
             key.to_owned(),
         );
     }
     if let Some(id) = properties.message_id() {
-        msg = msg.with(attr::MESSAGING_MESSAGE_ID, id.as_str().to_owned());
+        msg.with(attr::MESSAGING_MESSAGE_ID, id.as_str().to_owned());
     }
     if let Some(id) = properties.correlation_id() {
-        msg = msg.with(
+        msg.with(
             attr::MESSAGING_MESSAGE_CONVERSATION_ID,
             id.as_str().to_owned(),
         );
     }
-    msg
 }
 
 /// `messaging.destination.name` of a publish, as the RabbitMQ conventions give it:

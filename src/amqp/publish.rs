@@ -116,12 +116,16 @@ impl TracedChannel {
                 .telemetry
                 .send_span_lazy(None, &mut headers, false, target, || {
                     let mut msg = Outgoing::new(attr::system::RABBITMQ, destination)
-                        .operation_name("publish")
-                        .body_size(payload.len());
+                        .operation_name("publish");
+                    msg.push(
+                        crate::messaging::attributes::MESSAGING_MESSAGE_BODY_SIZE,
+                        payload.len() as i64,
+                    );
                     if *name != *destination {
                         msg.name_value = Some(name.clone().into_owned().into());
                     }
-                    super::with_routing(msg, &routing_key, &name, &properties)
+                    super::with_routing(&mut msg, &routing_key, &name, &properties);
+                    msg
                 });
             let (properties, dropped) = with_context(properties, headers, self.frame_max);
             if dropped {

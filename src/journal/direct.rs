@@ -307,6 +307,7 @@ impl JournalSpan {
             },
             &journal.service,
         );
+        crate::messaging::recycle_attributes(open.attributes);
     }
 }
 

@@ -156,28 +156,30 @@ fn describe<'m, M: Message>(
     client_id: Option<&StringValue>,
 ) -> Incoming<'m> {
     let payload = message.payload();
-    let mut incoming = Incoming::new(system::KAFKA, message.topic())
-        .body_size(payload.map_or(0, <[u8]>::len))
-        .attribute(
-            attr::MESSAGING_DESTINATION_PARTITION_ID,
-            partition_id(message.partition()),
-        )
-        .attribute(attr::MESSAGING_KAFKA_OFFSET, message.offset());
+    // Built in place: each builder call would move the whole description.
+    let mut incoming = Incoming::new(system::KAFKA, message.topic());
+    incoming.push(
+        attr::MESSAGING_MESSAGE_BODY_SIZE,
+        payload.map_or(0, <[u8]>::len) as i64,
+    );
+    incoming.push(
+        attr::MESSAGING_DESTINATION_PARTITION_ID,
+        partition_id(message.partition()),
+    );
+    incoming.push(attr::MESSAGING_KAFKA_OFFSET, message.offset());
     if payload.is_none() {
-        incoming = incoming.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
+        incoming.push(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
     }
     if let Some(key) = key_text(message.key()) {
-        incoming = incoming.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
+        incoming.push(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
     }
     if let Some(group) = group {
-        incoming = incoming.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
+        incoming.push(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
     }
     if let Some(id) = client_id {
-        incoming = incoming.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
+        incoming.push(attr::MESSAGING_CLIENT_ID, id.clone());
     }
-    if let Some(at) = stored_at(message) {
-        incoming = incoming.enqueued_at(at);
-    }
+    incoming.enqueued_at = stored_at(message);
     incoming
 }
 

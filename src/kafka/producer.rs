@@ -281,21 +281,25 @@ pub(crate) fn open_send_span(
             .map(|h| h as &dyn crate::propagation::ReadCarrier),
     };
     let span = telemetry.send_span_lazy(parent, &mut context, false, target, || {
-        let mut msg = Outgoing::new(system::KAFKA, topic).body_size(payload.map_or(0, <[u8]>::len));
+        let mut msg = Outgoing::new(system::KAFKA, topic);
+        msg.push(
+            attr::MESSAGING_MESSAGE_BODY_SIZE,
+            payload.map_or(0, <[u8]>::len) as i64,
+        );
         if payload.is_none() {
-            msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
+            msg.push(attr::MESSAGING_KAFKA_MESSAGE_TOMBSTONE, true);
         }
         if let Some(key) = key_text(key) {
-            msg = msg.attribute(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
+            msg.push(attr::MESSAGING_KAFKA_MESSAGE_KEY, key.to_owned());
         }
         if let Some(partition) = partition {
-            msg = msg.attribute(
+            msg.push(
                 attr::MESSAGING_DESTINATION_PARTITION_ID,
                 super::partition_id(partition),
             );
         }
         if let Some(id) = client_id {
-            msg = msg.attribute(attr::MESSAGING_CLIENT_ID, id.clone());
+            msg.push(attr::MESSAGING_CLIENT_ID, id.clone());
         }
         msg
     });

@@ -1,5 +1,6 @@
 //! How an adapter describes a message to the core.
 
+use std::cell::RefCell;
 use std::time::SystemTime;
 
 use opentelemetry::{KeyValue, StringValue, Value};
@@ -39,8 +40,14 @@ macro_rules! shared_builders {
 
         /// Any further attribute.
         pub fn attribute(mut self, key: &'static str, value: impl Into<Value>) -> Self {
-            self.attributes.push(KeyValue::new(key, value));
+            self.push(key, value);
             self
+        }
+
+        /// [`attribute`](Self::attribute) in place: the adapters' helpers add several
+        /// without moving the whole description for each.
+        pub(crate) fn push(&mut self, key: &'static str, value: impl Into<Value>) {
+            self.attributes.push(KeyValue::new(key, value));
         }
 
         /// The destination (topic, subject, queue, exchange).
@@ -70,20 +77,20 @@ macro_rules! shared_builders {
 /// Adding attributes to a message description of either direction, for adapters' helpers
 /// that describe both.
 #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
-pub(crate) trait Describe: Sized {
-    /// [`Outgoing::attribute`] / [`Incoming::attribute`].
-    fn with(self, key: &'static str, value: impl Into<Value>) -> Self;
+pub(crate) trait Describe {
+    /// [`Outgoing::attribute`] / [`Incoming::attribute`], in place.
+    fn with(&mut self, key: &'static str, value: impl Into<Value>);
 }
 
 impl Describe for Outgoing<'_> {
-    fn with(self, key: &'static str, value: impl Into<Value>) -> Self {
-        self.attribute(key, value)
+    fn with(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.push(key, value);
     }
 }
 
 impl Describe for Incoming<'_> {
-    fn with(self, key: &'static str, value: impl Into<Value>) -> Self {
-        self.attribute(key, value)
+    fn with(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.push(key, value);
     }
 }
 
@@ -117,16 +124,47 @@ pub struct Outgoing<'a> {
     pub(crate) name_value: Option<StringValue>,
 }
 
-/// Room for the attributes a send span gets: the adapter's (up to 6) and the core's 4,
-/// plus the partition, offset or stream sequence learnt at the end, so the vector is
-/// allocated once.
-const OUTGOING_ATTRIBUTES: usize = 12;
-/// The same for a process span: the adapter's (up to 11, a JetStream delivery with a
-/// message id) and the core's (5 or 6 on a delivery with context, up to 9), plus the
-/// settlement. Not more: 18 attributes are the largest block glibc's per-thread cache
-/// keeps (a larger vector costs some 800 instructions more per message to allocate
-/// and free).
-const INCOMING_ATTRIBUTES: usize = 18;
+/// Room for the attributes of a description, and so of its span: a process span's are
+/// the adapter's (up to 11, a JetStream delivery with a message id) and the core's (5 or 6
+/// on a delivery with context, up to 9), plus the settlement; a send span's fewer (the
+/// adapter's up to 6, the core's 4, the partition, offset or stream sequence learnt at the
+/// end). Allocated once, and reused (see [`recycle_attributes`]). Not more: 18 attributes
+/// are the largest block glibc's per-thread cache keeps (a larger vector costs some 800
+/// instructions more per message to allocate and free).
+const ATTRIBUTES: usize = 18;
+/// How many emptied attribute vectors a thread keeps.
+const SPARE_KEEP: usize = 8;
+
+thread_local! {
+    /// Attribute vectors of spans the journal wrote on this thread, emptied, for the next
+    /// descriptions made here: a recorded message then allocates and frees none.
+    static SPARE: RefCell<Vec<Vec<KeyValue>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty vector for a description's attributes, with room for [`ATTRIBUTES`].
+fn attribute_vec() -> Vec<KeyValue> {
+    SPARE
+        .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(ATTRIBUTES))
+}
+
+/// Give a finished span's attributes back, emptied, for the next description on this
+/// thread (only a vector of the size descriptions make is kept).
+pub(crate) fn recycle_attributes(mut attributes: Vec<KeyValue>) {
+    if !(ATTRIBUTES..=2 * ATTRIBUTES).contains(&attributes.capacity()) {
+        return;
+    }
+    attributes.clear();
+    let _ = SPARE.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut() {
+            if spare.len() < SPARE_KEEP {
+                spare.push(attributes);
+            }
+        }
+    });
+}
 
 impl<'a> Outgoing<'a> {
     fn name_value(&self) -> Option<&StringValue> {
@@ -140,7 +178,7 @@ impl<'a> Outgoing<'a> {
             system,
             destination,
             operation_name: "send",
-            attributes: Vec::with_capacity(OUTGOING_ATTRIBUTES),
+            attributes: attribute_vec(),
             temporary: false,
             template: None,
             name_value: None,
@@ -200,7 +238,7 @@ impl<'a> Incoming<'a> {
             system,
             destination,
             operation_name: "process",
-            attributes: Vec::with_capacity(INCOMING_ATTRIBUTES),
+            attributes: attribute_vec(),
             policy: ParentPolicy::Child,
             enqueued_at: None,
             destination_value: None,
@@ -228,13 +266,18 @@ impl<'a> Incoming<'a> {
     /// orders.*`) rather than the concrete destination, as the conventions ask, so
     /// wildcard subscriptions keep span names bounded.
     pub fn destination_template(mut self, template: impl Into<StringValue>) -> Self {
-        let template = template.into();
+        self.set_template(template.into());
+        self
+    }
+
+    /// [`destination_template`](Self::destination_template) in place.
+    pub(crate) fn set_template(&mut self, template: StringValue) {
         if self.template.is_some() {
             self.attributes
                 .retain(|kv| kv.key.as_str() != attr::MESSAGING_DESTINATION_TEMPLATE);
         }
         self.template = Some(template.clone());
-        self.attribute(attr::MESSAGING_DESTINATION_TEMPLATE, template)
+        self.push(attr::MESSAGING_DESTINATION_TEMPLATE, template);
     }
 
     /// How to relate to the message's context.

@@ -44,6 +44,7 @@ mod sending;
 mod spans;
 
 pub use batch::BatchSpan;
+pub(crate) use describe::recycle_attributes;
 #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(unused_imports))]
 pub(crate) use describe::Describe;
 pub use describe::{Incoming, Outgoing, ParentPolicy};

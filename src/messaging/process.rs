@@ -112,7 +112,7 @@ impl ProcessSpan {
         let mut msg = describe();
         if let Some(template) = inner.hooks.template.as_ref() {
             if let Some(t) = template(msg.system, msg.destination) {
-                msg = msg.destination_template(t);
+                msg.set_template(t.into());
             }
         }
         if let Some(enrich) = &inner.hooks.enrich {

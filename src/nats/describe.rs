@@ -48,10 +48,13 @@ impl Publish<'_> {
         let send = self
             .telemetry
             .send_span_lazy(None, &mut context, self.stamped, target, || {
-                let msg = Outgoing::new(NATS, subject)
-                    .operation_name(self.operation)
-                    .body_size(payload.len());
-                describe(with_common(msg, self.server, self.client, headers.as_ref()))
+                let mut msg = Outgoing::new(NATS, subject).operation_name(self.operation);
+                msg.push(
+                    crate::messaging::attributes::MESSAGING_MESSAGE_BODY_SIZE,
+                    payload.len() as i64,
+                );
+                with_common(&mut msg, self.server, self.client, headers.as_ref());
+                describe(msg)
             });
         let headers = with_context(&send, headers, context, payload, self.client);
         (send, headers)
@@ -150,24 +153,22 @@ impl Server {
 /// The message id (`Nats-Msg-Id`) and the connected server's address, on a description of
 /// either direction.
 fn with_common<M: Describe>(
-    mut msg: M,
+    msg: &mut M,
     server: &Server,
     client: &Client,
     headers: Option<&HeaderMap>,
-) -> M {
+) {
     if let Some(id) = headers.and_then(message_id) {
-        msg = msg.with(
+        msg.with(
             crate::messaging::attributes::MESSAGING_MESSAGE_ID,
             id.as_str().to_owned(),
         );
     }
     if let Some((host, port, client_id)) = server.address(client) {
-        msg = msg
-            .with(attr::SERVER_ADDRESS, host)
-            .with(attr::SERVER_PORT, port)
-            .with(crate::messaging::attributes::MESSAGING_CLIENT_ID, client_id);
+        msg.with(attr::SERVER_ADDRESS, host);
+        msg.with(attr::SERVER_PORT, port);
+        msg.with(crate::messaging::attributes::MESSAGING_CLIENT_ID, client_id);
     }
-    msg
 }
 
 /// The first `Nats-Msg-Id` value, as `HeaderMap::get` finds it (walking a few headers:
@@ -196,20 +197,25 @@ pub(crate) fn incoming<'a>(
     // One copy of the subject, shared by `messaging.destination.name` and
     // `messaging.nats.message.subject`.
     let subject = crate::messaging::names::value(message.subject.as_str());
-    let mut msg = Incoming::with_destination_value(NATS, message.subject.as_str(), subject.clone())
-        .body_size(message.payload.len())
-        .attribute(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64)
-        .attribute(attr::MESSAGING_NATS_MESSAGE_SUBJECT, subject);
+    // Built in place: each builder call would move the whole description.
+    let mut msg = Incoming::with_destination_value(NATS, message.subject.as_str(), subject.clone());
+    msg.push(
+        crate::messaging::attributes::MESSAGING_MESSAGE_BODY_SIZE,
+        message.payload.len() as i64,
+    );
+    msg.push(attr::MESSAGING_MESSAGE_ENVELOPE_SIZE, message.length as i64);
+    msg.push(attr::MESSAGING_NATS_MESSAGE_SUBJECT, subject);
     if let Some(reply) = message.reply.as_ref().filter(|_| core) {
-        msg = msg.attribute(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
+        msg.push(attr::MESSAGING_NATS_MESSAGE_REPLY_TO, reply.to_string());
     }
     if let Some(subscription) = subscription {
-        msg = msg.destination_template(subscription.clone());
+        msg.set_template(subscription.clone());
     }
     if let Some(group) = queue_group {
-        msg = msg.attribute(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
+        msg.push(attr::MESSAGING_CONSUMER_GROUP_NAME, group.clone());
     }
-    with_common(msg, server, client, message.headers.as_ref())
+    with_common(&mut msg, server, client, message.headers.as_ref());
+    msg
 }
 
 /// A core NATS or JetStream message.

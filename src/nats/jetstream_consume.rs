@@ -329,13 +329,13 @@ fn describe_parsed<'a>(
     message: &'a jetstream::Message,
     parsed: Option<&Parsed>,
 ) -> Incoming<'a> {
-    let msg = incoming(&js.server, &js.client, &message.message, None, None, false)
-        .parent_policy(js.policy);
+    let mut msg = incoming(&js.server, &js.client, &message.message, None, None, false);
+    msg.policy = js.policy;
     let reply = message.reply.as_deref().unwrap_or_default();
-    match parsed.and_then(|p| p.in_subject(reply)) {
-        Some(info) => with_info(msg, &info),
-        None => msg,
+    if let Some(info) = parsed.and_then(|p| p.in_subject(reply)) {
+        with_info(&mut msg, &info);
     }
+    msg
 }
 
 /// The parts of a delivery's ack subject its process span records.
@@ -347,24 +347,22 @@ struct AckInfo<'s> {
     published: Option<SystemTime>,
 }
 
-fn with_info<'a>(msg: Incoming<'a>, info: &AckInfo<'_>) -> Incoming<'a> {
-    let msg = msg
-        .attribute(attr::MESSAGING_NATS_JS_STREAM, names::value(info.stream))
-        .attribute(
-            attr::MESSAGING_NATS_JS_CONSUMER_NAME,
-            names::value(info.consumer),
-        )
-        .attribute(
-            attr::MESSAGING_NATS_JS_STREAM_SEQUENCE,
-            i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
-        )
-        .attribute(
-            attr::MESSAGING_NATS_JS_CONSUMER_SEQUENCE,
-            i64::try_from(info.consumer_sequence).unwrap_or(i64::MAX),
-        );
-    match info.published {
-        Some(published) => msg.enqueued_at(published),
-        None => msg,
+fn with_info(msg: &mut Incoming<'_>, info: &AckInfo<'_>) {
+    msg.push(attr::MESSAGING_NATS_JS_STREAM, names::value(info.stream));
+    msg.push(
+        attr::MESSAGING_NATS_JS_CONSUMER_NAME,
+        names::value(info.consumer),
+    );
+    msg.push(
+        attr::MESSAGING_NATS_JS_STREAM_SEQUENCE,
+        i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
+    );
+    msg.push(
+        attr::MESSAGING_NATS_JS_CONSUMER_SEQUENCE,
+        i64::try_from(info.consumer_sequence).unwrap_or(i64::MAX),
+    );
+    if let Some(published) = info.published {
+        msg.enqueued_at = Some(published);
     }
 }
 
