@@ -300,3 +300,40 @@ impl<'a> Incoming<'a> {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::KeyValue;
+
+    use super::{attribute_vec, recycle_attributes, Incoming, Outgoing, ATTRIBUTES, SPARE_KEEP};
+
+    /// A finished span's vector comes back empty to the next description on the thread
+    /// (the same allocation), a vector of another size is not kept, and the spare list
+    /// stays bounded.
+    #[test]
+    fn attribute_vectors_are_reused_empty_and_bounded() {
+        // Whatever this test thread holds from before: take it.
+        super::SPARE.with(|s| s.borrow_mut().clear());
+        assert!(attribute_vec().capacity() >= ATTRIBUTES);
+        let mut used = Incoming::new("nats", "jobs").body_size(5).attributes;
+        used.push(KeyValue::new("x", "y"));
+        let at = used.as_ptr();
+        recycle_attributes(used);
+        let next = Outgoing::new("nats", "jobs").body_size(7);
+        assert_eq!(next.attributes.as_ptr(), at, "the same vector, reused");
+        assert_eq!(next.attributes.len(), 1, "emptied: only the new body size");
+        assert_eq!(next.attributes[0].value, opentelemetry::Value::I64(7));
+
+        recycle_attributes(Vec::with_capacity(4));
+        recycle_attributes(Vec::with_capacity(ATTRIBUTES * 4));
+        assert!(
+            super::SPARE.with(|s| s.borrow().is_empty()),
+            "odd sizes are not kept"
+        );
+
+        for _ in 0..SPARE_KEEP * 2 {
+            recycle_attributes(Vec::with_capacity(ATTRIBUTES));
+        }
+        assert_eq!(super::SPARE.with(|s| s.borrow().len()), SPARE_KEEP);
+    }
+}
