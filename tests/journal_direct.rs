@@ -238,6 +238,32 @@ async fn a_hop_is_journaled_as_the_sdk_would_journal_it() {
     assert_eq!(dropped["status"], "unset");
 }
 
+/// Span names the journal keeps are checked for JSON escapes once, when made: a
+/// destination with a quote, a backslash and a control character is escaped on every
+/// line, the first and the ones after it that share the kept name, beside a clean one.
+#[tokio::test]
+async fn kept_span_names_are_escaped_on_every_line() {
+    let odd = "tasks \"eu\"\\\n\u{1}";
+    let lines = same_lines(None, |t| async move {
+        for destination in [odd, "tasks", odd, "tasks", odd] {
+            let mut headers: HashMap<String, String> = HashMap::new();
+            t.send_span(Outgoing::new("nats", destination), &mut headers)
+                .end();
+            let process = t.process_span(Incoming::new("nats", destination), &headers);
+            process.end();
+        }
+    })
+    .await;
+    assert_eq!(lines.len(), 10, "{lines:#?}");
+    let names: Vec<&str> = lines.iter().map(|l| str_of(l, "operation_name")).collect();
+    let mut expected = Vec::new();
+    for destination in [odd, "tasks", odd, "tasks", odd] {
+        expected.push(format!("send {destination}"));
+        expected.push(format!("process {destination}"));
+    }
+    assert_eq!(names, expected);
+}
+
 /// A sampler that decides roots itself is asked with the span's name and attributes,
 /// once per root, and a root it drops still carries context to a child that it then
 /// does not record either.

@@ -173,22 +173,28 @@ pub(crate) struct JournalSpan {
 /// names, see `messaging::names`), owned when the SDK does (it wants its own) or when the
 /// span was renamed.
 pub(crate) enum SpanName {
-    Shared(Arc<str>),
+    /// A kept name, and whether it is written in JSON as it is (checked when it was made).
+    Shared(Arc<str>, bool),
     Owned(Cow<'static, str>),
 }
 
 impl SpanName {
     fn as_str(&self) -> &str {
         match self {
-            SpanName::Shared(name) => name,
+            SpanName::Shared(name, _) => name,
             SpanName::Owned(name) => name,
         }
+    }
+
+    /// Whether the name is known to need no JSON escape.
+    fn is_clean(&self) -> bool {
+        matches!(self, SpanName::Shared(_, true))
     }
 
     /// The name as the SDK's span builder takes it.
     pub(crate) fn into_cow(self) -> Cow<'static, str> {
         match self {
-            SpanName::Shared(name) => Cow::Owned(String::from(&*name)),
+            SpanName::Shared(name, _) => Cow::Owned(String::from(&*name)),
             SpanName::Owned(name) => name,
         }
     }
@@ -297,6 +303,7 @@ impl JournalSpan {
                 span_context: &self.span_context,
                 parent_span_id: open.parent_span_id,
                 name: open.name.as_str(),
+                clean_name: open.name.is_clean(),
                 span_kind: &open.kind,
                 start_time: open.start_time,
                 end_time,

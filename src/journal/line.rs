@@ -47,6 +47,8 @@ pub(crate) struct Finished<'a> {
     pub(crate) span_context: &'a SpanContext,
     pub(crate) parent_span_id: SpanId,
     pub(crate) name: &'a str,
+    /// `name` is known to need no JSON escape ([`is_json_clean`]).
+    pub(crate) clean_name: bool,
     pub(crate) span_kind: &'a SpanKind,
     pub(crate) start_time: SystemTime,
     pub(crate) end_time: SystemTime,
@@ -63,6 +65,7 @@ impl<'a> Finished<'a> {
             span_context: &span.span_context,
             parent_span_id: span.parent_span_id,
             name: &span.name,
+            clean_name: false,
             span_kind: &span.span_kind,
             start_time: span.start_time,
             end_time: span.end_time,
@@ -108,7 +111,11 @@ pub(crate) fn write_line(
     out.extend_from_slice(b",\"service_name\":");
     out.extend_from_slice(service);
     out.extend_from_slice(b",\"operation_name\":");
-    json_str(out, span.name);
+    if span.clean_name {
+        json_clean_str(out, span.name);
+    } else {
+        json_str(out, span.name);
+    }
     out.extend_from_slice(match span.span_kind {
         SpanKind::Client => b",\"span_kind\":\"client\",\"start_time\":\"",
         SpanKind::Server => b",\"span_kind\":\"server\",\"start_time\":\"",
@@ -179,6 +186,20 @@ static ESCAPE: [u8; 256] = {
     table[b'\\' as usize] = b'\\';
     table
 };
+
+/// Whether `s` is written in a JSON string as it is (no byte to escape): a span name the
+/// journal keeps is checked once, and then written without looking ([`Finished::clean_name`]).
+pub(crate) fn is_json_clean(s: &str) -> bool {
+    first_escape(s.as_bytes()).is_none()
+}
+
+/// A JSON string of text known to need no escape ([`is_json_clean`]).
+fn json_clean_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
 
 /// A JSON string. Most strings need no escape and are copied in one go.
 fn json_str(out: &mut Vec<u8>, s: &str) {

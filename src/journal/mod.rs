@@ -78,6 +78,7 @@ use opentelemetry_sdk::Resource;
 pub(crate) use collector::CollectorExporter;
 pub use collector::SpanCollector;
 pub(crate) use direct::{DirectJournal, SpanName, SpanStart};
+pub(crate) use line::is_json_clean;
 pub(crate) use processor::{JournalProcessor, Shared as JournalShared};
 pub(crate) use reader::for_each_source;
 pub use reader::{read_files, read_reader, read_str, Malformed, ReadReport};

@@ -22,12 +22,24 @@ pub(crate) fn value(name: &str) -> StringValue {
 }
 
 /// The span name `<operation> <destination>` (the operation alone if `temporary`), as
-/// [`span_name`](super::span_name) makes it, shared.
-pub(crate) fn span(operation: &'static str, destination: &str, temporary: bool) -> Arc<str> {
+/// [`span_name`](super::span_name) makes it, shared; and whether it is written in JSON as
+/// it is (checked once, when the name is made).
+pub(crate) fn span(
+    operation: &'static str,
+    destination: &str,
+    temporary: bool,
+) -> (Arc<str>, bool) {
     with_recent(
         |recent| recent.span(operation, destination, temporary),
-        || super::span_name(operation, destination, temporary).into(),
+        || made_span(operation, destination, temporary),
     )
+}
+
+/// A new span name and whether it needs no JSON escape.
+fn made_span(operation: &'static str, destination: &str, temporary: bool) -> (Arc<str>, bool) {
+    let name = super::span_name(operation, destination, temporary);
+    let clean = crate::journal::is_json_clean(&name);
+    (name.into(), clean)
 }
 
 fn with_recent<T>(kept: impl FnOnce(&mut Recent) -> T, make: impl FnOnce() -> T) -> T {
@@ -56,6 +68,8 @@ struct KeptSpan {
     destination: Box<str>,
     temporary: bool,
     name: Arc<str>,
+    /// `name` needs no JSON escape.
+    clean: bool,
 }
 
 /// The last [`KEPT`] values, the oldest replaced first.
@@ -114,15 +128,21 @@ impl Recent {
             .clone()
     }
 
-    fn span(&mut self, operation: &'static str, destination: &str, temporary: bool) -> Arc<str> {
-        self.spans
-            .find_or(
-                |kept| {
-                    kept.temporary == temporary
-                        && same(kept.operation, operation)
-                        && (temporary || same(&kept.destination, destination))
-                },
-                || KeptSpan {
+    fn span(
+        &mut self,
+        operation: &'static str,
+        destination: &str,
+        temporary: bool,
+    ) -> (Arc<str>, bool) {
+        let kept = self.spans.find_or(
+            |kept| {
+                kept.temporary == temporary
+                    && same(kept.operation, operation)
+                    && (temporary || same(&kept.destination, destination))
+            },
+            || {
+                let (name, clean) = made_span(operation, destination, temporary);
+                KeptSpan {
                     operation,
                     destination: if temporary {
                         "".into()
@@ -130,11 +150,12 @@ impl Recent {
                         destination.into()
                     },
                     temporary,
-                    name: super::span_name(operation, destination, temporary).into(),
-                },
-            )
-            .name
-            .clone()
+                    name,
+                    clean,
+                }
+            },
+        );
+        (kept.name.clone(), kept.clean)
     }
 }
 
@@ -152,13 +173,22 @@ mod tests {
         assert!(std::ptr::eq(a.as_str(), b.as_str()));
         assert_eq!(value("orders.eu").as_str(), "orders.eu");
 
-        let s = span("send", "orders", false);
+        let (s, clean) = span("send", "orders", false);
         assert_eq!(&*s, "send orders");
-        assert!(std::sync::Arc::ptr_eq(&s, &span("send", "orders", false)));
-        assert_eq!(&*span("process", "orders", false), "process orders");
-        assert_eq!(&*span("send", "orders", true), "send");
-        assert_eq!(&*span("send", "inbox.1", true), "send");
-        assert_eq!(&*span("publish", "orders", false), "publish orders");
+        assert!(clean);
+        assert!(std::sync::Arc::ptr_eq(&s, &span("send", "orders", false).0));
+        assert_eq!(&*span("process", "orders", false).0, "process orders");
+        assert_eq!(&*span("send", "orders", true).0, "send");
+        assert_eq!(&*span("send", "inbox.1", true).0, "send");
+        assert_eq!(&*span("publish", "orders", false).0, "publish orders");
+        // A name JSON must escape says so, made and kept alike.
+        for _ in 0..2 {
+            let (quoted, clean) = span("send", "or\"ders", false);
+            assert_eq!(&*quoted, "send or\"ders");
+            assert!(!clean);
+        }
+        assert!(!span("send", "a\\b", false).1);
+        assert!(!span("send", "a\u{7}", false).1);
 
         for i in 0..KEPT {
             let name = format!("other.{i}");

@@ -17,7 +17,8 @@ pub(crate) fn span_name(
     temporary: bool,
 ) -> SpanName {
     if inner.direct.is_some() {
-        SpanName::Shared(super::names::span(operation, destination, temporary))
+        let (name, clean) = super::names::span(operation, destination, temporary);
+        SpanName::Shared(name, clean)
     } else {
         SpanName::Owned(super::span_name(operation, destination, temporary).into())
     }
