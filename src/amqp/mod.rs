@@ -142,21 +142,21 @@ fn with_routing<M: crate::messaging::Describe>(
         // The destination's own name (the default exchange): shared, as destination
         // names are. Other keys may be new with every message (topic keys with ids) and
         // would push the few names out.
-        msg.with(
+        msg.push(
             attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
             crate::messaging::names::value(key),
         );
     } else {
-        msg.with(
+        msg.push(
             attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
             key.to_owned(),
         );
     }
     if let Some(id) = properties.message_id() {
-        msg.with(attr::MESSAGING_MESSAGE_ID, id.as_str().to_owned());
+        msg.push(attr::MESSAGING_MESSAGE_ID, id.as_str().to_owned());
     }
     if let Some(id) = properties.correlation_id() {
-        msg.with(
+        msg.push(
             attr::MESSAGING_MESSAGE_CONVERSATION_ID,
             id.as_str().to_owned(),
         );

@@ -78,19 +78,19 @@ macro_rules! shared_builders {
 /// that describe both.
 #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(dead_code))]
 pub(crate) trait Describe {
-    /// [`Outgoing::attribute`] / [`Incoming::attribute`], in place.
-    fn with(&mut self, key: &'static str, value: impl Into<Value>);
+    /// [`Outgoing::attribute`] / [`Incoming::attribute`], in place (their own `push`).
+    fn push(&mut self, key: &'static str, value: impl Into<Value>);
 }
 
 impl Describe for Outgoing<'_> {
-    fn with(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.push(key, value);
+    fn push(&mut self, key: &'static str, value: impl Into<Value>) {
+        Self::push(self, key, value);
     }
 }
 
 impl Describe for Incoming<'_> {
-    fn with(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.push(key, value);
+    fn push(&mut self, key: &'static str, value: impl Into<Value>) {
+        Self::push(self, key, value);
     }
 }
 

@@ -159,15 +159,15 @@ fn with_common<M: Describe>(
     headers: Option<&HeaderMap>,
 ) {
     if let Some(id) = headers.and_then(message_id) {
-        msg.with(
+        msg.push(
             crate::messaging::attributes::MESSAGING_MESSAGE_ID,
             id.as_str().to_owned(),
         );
     }
     if let Some((host, port, client_id)) = server.address(client) {
-        msg.with(attr::SERVER_ADDRESS, host);
-        msg.with(attr::SERVER_PORT, port);
-        msg.with(crate::messaging::attributes::MESSAGING_CLIENT_ID, client_id);
+        msg.push(attr::SERVER_ADDRESS, host);
+        msg.push(attr::SERVER_PORT, port);
+        msg.push(crate::messaging::attributes::MESSAGING_CLIENT_ID, client_id);
     }
 }
 
