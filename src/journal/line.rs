@@ -483,8 +483,10 @@ struct Shape {
     keys: Vec<Key>,
     /// In key order, each key once: the attribute whose value is written there.
     writes: Vec<usize>,
-    /// Per write, its value as last written, while it stays the same, and how many times
-    /// a kept value there changed.
+    /// Per attribute, in list order, its value as last written while it stays the same
+    /// (`Kept::Not` for one whose key comes again later: it is not written), and how many
+    /// times a kept value there changed. In list order so that one pass over a span's
+    /// attributes compares both their keys and their values.
     kept: Vec<(Kept, u8)>,
     /// The attribute object: `{`, each write's `"key":` (after a comma but for the first)
     /// and its kept value, `}`. A write whose value is not kept leaves a gap after its key.
@@ -557,12 +559,13 @@ impl Shape {
             }
             writes.push(at);
         }
+        let mut kept: Vec<(Kept, u8)> = attributes.iter().map(|_| (Kept::Not, 0)).collect();
+        for &at in &writes {
+            kept[at].0 = Kept::of(&attributes[at].value);
+        }
         let mut shape = Shape {
             keys: attributes.iter().map(|kv| kv.key.clone()).collect(),
-            kept: writes
-                .iter()
-                .map(|&at| (Kept::of(&attributes[at].value), 0))
-                .collect(),
+            kept,
             writes,
             template: Vec::new(),
             gaps: Vec::new(),
@@ -571,13 +574,23 @@ impl Shape {
         shape
     }
 
-    fn fits(&self, attributes: &[KeyValue]) -> bool {
-        self.keys.len() == attributes.len()
-            && self.keys.iter().zip(attributes).all(|(key, kv)| {
-                let (key, other) = (key.as_str(), kv.key.as_str());
-                // Keys are mostly the same `&'static str` each time: the same bytes.
-                std::ptr::eq(key, other) || key == other
-            })
+    /// Whether `attributes` has this shape's keys (`None` if not) and, if so, whether
+    /// every value kept is the one it has: one pass over both.
+    #[inline]
+    fn check(&self, attributes: &[KeyValue]) -> Option<bool> {
+        if self.keys.len() != attributes.len() {
+            return None;
+        }
+        let mut same = true;
+        for ((key, (kept, _)), kv) in self.keys.iter().zip(&self.kept).zip(attributes) {
+            let (key, other) = (key.as_str(), kv.key.as_str());
+            // Keys are mostly the same `&'static str` each time: the same bytes.
+            if !(std::ptr::eq(key, other) || key == other) {
+                return None;
+            }
+            same &= kept.holds(&kv.value);
+        }
+        Some(same)
     }
 
     /// Write the template from the kept values (`attributes` has this shape).
@@ -592,13 +605,13 @@ impl Shape {
         template.clear();
         gaps.clear();
         template.push(b'{');
-        for (i, (&at, (kept, _))) in writes.iter().zip(kept.iter()).enumerate() {
+        for (i, &at) in writes.iter().enumerate() {
             if i > 0 {
                 template.push(b',');
             }
             json_str(template, attributes[at].key.as_str());
             template.push(b':');
-            match kept {
+            match kept[at].0 {
                 Kept::Not => gaps.push((at, template.len())),
                 _ => json_value(template, &attributes[at].value),
             }
@@ -607,11 +620,11 @@ impl Shape {
     }
 
     /// Keep `attributes`' values where they differ from the kept ones (until a place has
-    /// changed too often), and write the template again if one did.
+    /// changed too often), and write the template again (some did: see [`check`](Self::check)).
     fn refresh(&mut self, attributes: &[KeyValue]) {
         let mut changed = false;
-        for (&at, (kept, changes)) in self.writes.iter().zip(self.kept.iter_mut()) {
-            let value = &attributes[at].value;
+        for ((kept, changes), kv) in self.kept.iter_mut().zip(attributes) {
+            let value = &kv.value;
             if !kept.holds(value) {
                 *changes += 1;
                 *kept = if *changes < KEPT_GIVE_UP {
@@ -646,8 +659,14 @@ impl Shapes {
         if attributes.len() > SHAPE_MAX_KEYS {
             return json_attributes(out, attributes);
         }
-        let at = match self.shapes.iter().position(|s| s.fits(attributes)) {
-            Some(at) => {
+        let found = self
+            .shapes
+            .iter()
+            .enumerate()
+            .find_map(|(at, s)| s.check(attributes).map(|same| (at, same)));
+        let at = match found {
+            Some((at, true)) => at,
+            Some((at, false)) => {
                 self.shapes[at].refresh(attributes);
                 at
             }
