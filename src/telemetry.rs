@@ -44,6 +44,10 @@ pub(crate) struct Inner {
     /// The provider's sampler, when this handle built the provider (so tracehop can ask it
     /// before describing a span; see `messaging::sampling`).
     pub(crate) sampler: Option<Sampler>,
+    /// The sampler records every root span without looking at it: `AlwaysOn`, or the
+    /// SDK's default `ParentBased(AlwaysOn)` that this handle set (a `ParentBased` given
+    /// by the user hides its root sampler, which is then asked).
+    pub(crate) records_roots: bool,
     pub(crate) provider: SdkTracerProvider,
     pub(crate) propagation: Propagation,
     /// The counts of each journal and exporter this handle built.
@@ -88,6 +92,7 @@ impl Telemetry {
             sampler: std::env::var_os("OTEL_TRACES_SAMPLER")
                 .is_none()
                 .then(|| Sampler::ParentBased(Box::new(Sampler::AlwaysOn))),
+            default_sampler: true,
         }
     }
 
@@ -103,6 +108,7 @@ impl Telemetry {
                 service_name: service_name.into(),
                 tracer: provider.tracer_with_scope(crate::metrics::scope()),
                 sampler: None,
+                records_roots: false,
                 provider: provider.clone(),
                 propagation,
                 sinks: Vec::new(),
@@ -226,6 +232,8 @@ pub struct TelemetryBuilder {
     failed: Option<Error>,
     /// The sampler given to the provider, if known (the SDK's default until one is set).
     sampler: Option<Sampler>,
+    /// `sampler` is the SDK's default that [`Telemetry::builder`] set.
+    default_sampler: bool,
 }
 
 impl fmt::Debug for TelemetryBuilder {
@@ -368,6 +376,7 @@ impl TelemetryBuilder {
     pub fn sampler(mut self, sampler: Sampler) -> Self {
         self.provider = self.provider.with_sampler(sampler.clone());
         self.sampler = Some(sampler);
+        self.default_sampler = false;
         self
     }
 
@@ -424,6 +433,11 @@ impl TelemetryBuilder {
         Ok(Telemetry {
             inner: Arc::new(Inner {
                 tracer: provider.tracer_with_scope(crate::metrics::scope()),
+                records_roots: match &self.sampler {
+                    Some(Sampler::AlwaysOn) => true,
+                    Some(Sampler::ParentBased(_)) => self.default_sampler,
+                    _ => false,
+                },
                 sampler: self.sampler,
                 service_name: self.service_name,
                 provider,

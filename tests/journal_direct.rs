@@ -309,6 +309,58 @@ async fn a_root_sampler_is_asked_with_the_whole_span() {
     assert!(seen[0].1 >= 3, "{seen:?}");
 }
 
+/// Roots under a sampler that records every root without looking (`AlwaysOn`, and the
+/// default `ParentBased(AlwaysOn)`), which the journal then does not ask: each is recorded
+/// in the trace it should have (a new one, the one `x-trace-id` names, a linked root's
+/// own), with the lines the SDK writes, and its children stay below it.
+#[tokio::test]
+async fn roots_recorded_without_asking_keep_their_traces() {
+    const JOINED: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for sampler in [None, Some(Sampler::AlwaysOn)] {
+        let lines = same_lines(sampler.clone(), |t| async move {
+            let mut headers: HashMap<String, String> = HashMap::new();
+            t.send_span(Outgoing::new("nats", "jobs"), &mut headers)
+                .end();
+            t.process_span(Incoming::new("nats", "jobs"), &headers)
+                .end();
+            t.process_span(
+                Incoming::new("nats", "jobs").parent_policy(ParentPolicy::Link),
+                &headers,
+            )
+            .end();
+            let simple: HashMap<String, String> =
+                HashMap::from([("x-trace-id".to_owned(), JOINED.to_owned())]);
+            let joined = t.process_span(Incoming::new("nats", "legacy"), &simple);
+            let mut onward: HashMap<String, String> = HashMap::new();
+            let send = t.send_span_with_parent(
+                Outgoing::new("nats", "onward"),
+                joined.context(),
+                &mut onward,
+            );
+            send.end();
+            joined.end();
+        })
+        .await;
+        assert_eq!(lines.len(), 5, "{sampler:?}: {lines:#?}");
+        let [send, child, linked, onward, joined] = &lines[..] else {
+            unreachable!()
+        };
+        assert_eq!(send["parent_span_id"], Value::Null, "{sampler:?}");
+        assert_eq!(str_of(child, "trace_id"), str_of(send, "trace_id"));
+        assert_eq!(str_of(child, "parent_span_id"), str_of(send, "span_id"));
+        assert_ne!(str_of(linked, "trace_id"), str_of(send, "trace_id"));
+        assert_eq!(linked["parent_span_id"], Value::Null);
+        assert_eq!(linked["links"][0]["span_id"], send["span_id"]);
+        assert_eq!(str_of(joined, "trace_id"), JOINED, "{sampler:?}");
+        assert_eq!(joined["parent_span_id"], Value::Null);
+        assert_eq!(str_of(onward, "trace_id"), JOINED);
+        assert_eq!(str_of(onward, "parent_span_id"), str_of(joined, "span_id"));
+        for line in &lines {
+            assert!(line["attributes"].get("sampler.marked").is_none());
+        }
+    }
+}
+
 /// More attributes than the SDK's limit (128) are cut at the limit on both paths, at the
 /// start and when set later.
 #[tokio::test]

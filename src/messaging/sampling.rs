@@ -7,8 +7,11 @@
 //! (`AlwaysOff`, `TraceIdRatioBased`, and `ParentBased` below a parent), tracehop decides
 //! first (`AlwaysOff` and `ParentBased` from the parent's span context, as the SDK would;
 //! `TraceIdRatioBased` by asking it) and, on a drop, makes that span context without
-//! describing the span at all. Any other sampler (a custom one may look at attributes; `ParentBased`
-//! for a root asks its delegate) sees the whole span, through the SDK, as before.
+//! describing the span at all. A span to be recorded is described once and, when its
+//! sampler's answer is known without it (`AlwaysOn`; `ParentBased` below a parent; the
+//! default `ParentBased(AlwaysOn)` for a root), the journal does not ask again. Any other
+//! sampler (a custom one may look at attributes; a user's `ParentBased` for a root asks
+//! its hidden delegate) sees the whole span, through the SDK, as before.
 
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceId};
 use opentelemetry::Context;
@@ -59,73 +62,93 @@ pub(crate) fn decide(
     match parent {
         Parent::Context(cx) => {
             let span = cx.span();
-            decide_below(sampler, span.span_context(), cx, || cx, kind, join)
+            let below = Below {
+                sampler,
+                records_roots: inner.records_roots,
+                parent: span.span_context(),
+            };
+            below.decide(cx, || cx, kind, join)
         }
-        Parent::Extracted(message) => decide_below(
+        Parent::Extracted(message) => Below {
             sampler,
-            message.span_context(),
-            message.base(),
-            || message.context(),
-            kind,
-            join,
-        ),
+            records_roots: inner.records_roots,
+            parent: message.span_context(),
+        }
+        .decide(message.base(), || message.context(), kind, join),
     }
 }
 
-/// [`decide`] for a parent with span context `parent` (invalid: none) and the other
-/// entries of `entries` (baggage); `context` is the parent as one context.
-fn decide_below<'c>(
-    sampler: &Sampler,
-    parent: &SpanContext,
-    entries: &Context,
-    context: impl FnOnce() -> &'c Context,
-    kind: SpanKind,
-    join: Option<TraceId>,
-) -> Early {
-    let has_parent = parent.is_valid();
-    let decides_alone = match sampler {
-        Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
-        Sampler::ParentBased(_) => has_parent,
-        _ => false,
-    };
-    if !decides_alone {
-        return Early::Record {
-            root_trace: join,
-            decided: false,
+/// A sampler asked about a span below `parent` (its span context; invalid: none).
+struct Below<'a> {
+    sampler: &'a Sampler,
+    /// The sampler records every root (see `Inner::records_roots`).
+    records_roots: bool,
+    parent: &'a SpanContext,
+}
+
+impl Below<'_> {
+    /// [`decide`] below the parent, the other entries of `entries` (baggage) coming along;
+    /// `context` is the parent as one context.
+    fn decide<'c>(
+        &self,
+        entries: &Context,
+        context: impl FnOnce() -> &'c Context,
+        kind: SpanKind,
+        join: Option<TraceId>,
+    ) -> Early {
+        let Below {
+            sampler,
+            records_roots,
+            parent,
+        } = *self;
+        let has_parent = parent.is_valid();
+        let decides_alone = match sampler {
+            Sampler::AlwaysOn | Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
+            Sampler::ParentBased(_) => has_parent || records_roots,
+            _ => false,
         };
-    }
-    let ids = RandomIdGenerator::default();
-    let trace_id = if has_parent {
-        parent.trace_id()
-    } else {
-        join.unwrap_or_else(|| ids.new_trace_id())
-    };
-    // What the SDK's `should_sample` answers for these two, from the parent's span
-    // context alone (the trace state is always the parent's); the others are asked.
-    let (dropped, trace_state) = match sampler {
-        Sampler::AlwaysOff => (true, parent.trace_state().clone()),
-        // Reached with a valid parent only: the parent's decision.
-        Sampler::ParentBased(_) => (!parent.is_sampled(), parent.trace_state().clone()),
-        _ => {
-            let result = sampler.should_sample(Some(context()), trace_id, "", &kind, &[], &[]);
-            (
-                matches!(result.decision, SamplingDecision::Drop),
-                result.trace_state,
-            )
+        if !decides_alone {
+            return Early::Record {
+                root_trace: join,
+                decided: false,
+            };
         }
-    };
-    if !dropped {
-        return Early::Record {
-            root_trace: (!has_parent).then_some(trace_id),
-            decided: true,
+        let ids = RandomIdGenerator::default();
+        let trace_id = if has_parent {
+            parent.trace_id()
+        } else {
+            join.unwrap_or_else(|| ids.new_trace_id())
         };
+        // What the SDK's `should_sample` answers for these, from the parent's span context
+        // alone (the trace state is always the parent's); the others are asked.
+        let (dropped, trace_state) = match sampler {
+            Sampler::AlwaysOn => (false, parent.trace_state().clone()),
+            Sampler::AlwaysOff => (true, parent.trace_state().clone()),
+            // A root, reached only when the root sampler records every span.
+            Sampler::ParentBased(_) if !has_parent => (false, parent.trace_state().clone()),
+            // Reached with a valid parent only: the parent's decision.
+            Sampler::ParentBased(_) => (!parent.is_sampled(), parent.trace_state().clone()),
+            _ => {
+                let result = sampler.should_sample(Some(context()), trace_id, "", &kind, &[], &[]);
+                (
+                    matches!(result.decision, SamplingDecision::Drop),
+                    result.trace_state,
+                )
+            }
+        };
+        if !dropped {
+            return Early::Record {
+                root_trace: (!has_parent).then_some(trace_id),
+                decided: true,
+            };
+        }
+        let sc = SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            parent.trace_flags().with_sampled(false),
+            false,
+            trace_state,
+        );
+        Early::Dropped(entries.with_remote_span_context(sc))
     }
-    let sc = SpanContext::new(
-        trace_id,
-        ids.new_span_id(),
-        parent.trace_flags().with_sampled(false),
-        false,
-        trace_state,
-    );
-    Early::Dropped(entries.with_remote_span_context(sc))
 }
