@@ -107,7 +107,7 @@ impl ProcessSpan {
                 }
             }
         };
-        let parent = chosen.unwrap_or_else(|| extracted.context().clone());
+        let parent = chosen.unwrap_or_else(|| extracted.to_context());
 
         let mut msg = describe();
         if let Some(template) = inner.hooks.template.as_ref() {
@@ -136,12 +136,13 @@ impl ProcessSpan {
         // The core's attributes below (5 or 6 as a rule, at most 9) go in the room the
         // description was made with: a `reserve` for the most would reallocate a
         // JetStream delivery's attributes on every message.
-        attributes.extend(super::common_attributes(
+        super::push_common_attributes(
+            &mut attributes,
             msg.system,
             destination,
             attr::operation_type::PROCESS,
             msg.operation_name,
-        ));
+        );
         if let Some(why) = extracted.rejected {
             attributes.push(KeyValue::new(attr::CONTEXT_REJECTED, why.as_str()));
         } else if extracted.source == ContextSource::None {

@@ -214,6 +214,19 @@ impl Extracted {
         })
     }
 
+    /// [`context`](Self::context) as a value, made without being kept when it was not
+    /// made before (a span's parent is taken once: keeping it would cost more than making
+    /// it).
+    pub(crate) fn to_context(&self) -> Context {
+        match self.context.get() {
+            Some(cx) => cx.clone(),
+            None if self.remote.is_valid() => {
+                self.base.with_remote_span_context(self.remote.clone())
+            }
+            None => self.base.clone(),
+        }
+    }
+
     /// The remote parent's span context: invalid (see [`SpanContext::is_valid`]) when the
     /// message carried none that could be used.
     pub fn span_context(&self) -> &SpanContext {
