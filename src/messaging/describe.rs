@@ -63,12 +63,13 @@ macro_rules! shared_builders {
                 Some(name) => name.clone(),
                 None => super::names::value(self.destination),
             };
-            attributes.extend(super::common_attributes(
+            super::push_common_attributes(
+                &mut attributes,
                 self.system,
                 name,
                 operation_type,
                 self.operation_name,
-            ));
+            );
             attributes
         }
     };

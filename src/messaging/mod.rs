@@ -62,21 +62,32 @@ pub use send::{SendSpan, Sent};
 #[cfg_attr(not(any(feature = "nats", feature = "amqp")), allow(unused_imports))]
 pub(crate) use sending::Sending;
 
-/// The attributes every messaging span has: `messaging.system`,
+/// Add the attributes every messaging span has to `to`: `messaging.system`,
 /// `messaging.destination.name`, `messaging.operation.type` and `messaging.operation.name`.
-pub(crate) fn common_attributes(
+#[inline]
+pub(crate) fn push_common_attributes(
+    to: &mut Vec<opentelemetry::KeyValue>,
     system: &'static str,
     destination: impl Into<opentelemetry::Value>,
     operation_type: &'static str,
     operation_name: &'static str,
-) -> [opentelemetry::KeyValue; 4] {
+) {
     use opentelemetry::KeyValue;
-    [
-        KeyValue::new(attributes::MESSAGING_SYSTEM, system),
-        KeyValue::new(attributes::MESSAGING_DESTINATION_NAME, destination),
-        KeyValue::new(attributes::MESSAGING_OPERATION_TYPE, operation_type),
-        KeyValue::new(attributes::MESSAGING_OPERATION_NAME, operation_name),
-    ]
+    // One at a time, not `extend` from an array: the array would be built on the stack
+    // and copied into the vector.
+    to.push(KeyValue::new(attributes::MESSAGING_SYSTEM, system));
+    to.push(KeyValue::new(
+        attributes::MESSAGING_DESTINATION_NAME,
+        destination,
+    ));
+    to.push(KeyValue::new(
+        attributes::MESSAGING_OPERATION_TYPE,
+        operation_type,
+    ));
+    to.push(KeyValue::new(
+        attributes::MESSAGING_OPERATION_NAME,
+        operation_name,
+    ));
 }
 
 /// A span name, `<operation> <destination>` (`send tasks`, `process tasks`), or the
