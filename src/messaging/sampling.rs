@@ -66,6 +66,7 @@ pub(crate) fn decide(
                 sampler,
                 records_roots: inner.records_roots,
                 parent: span.span_context(),
+                active: cx.has_active_span(),
             };
             below.decide(cx, || cx, kind, join)
         }
@@ -73,6 +74,9 @@ pub(crate) fn decide(
             sampler,
             records_roots: inner.records_roots,
             parent: message.span_context(),
+            // The message's context holds the remote parent when it is valid (and whatever
+            // span a custom propagator's context holds).
+            active: message.span_context().is_valid() || message.base().has_active_span(),
         }
         .decide(message.base(), || message.context(), kind, join),
     }
@@ -84,6 +88,10 @@ struct Below<'a> {
     /// The sampler records every root (see `Inner::records_roots`).
     records_roots: bool,
     parent: &'a SpanContext,
+    /// The parent context holds a span, even one whose span context is not valid (a
+    /// no-op span): the SDK's `ParentBased` then follows that span (not sampled: drop)
+    /// instead of asking its root sampler, and `AlwaysOn` takes its trace state.
+    active: bool,
 }
 
 impl Below<'_> {
@@ -100,11 +108,15 @@ impl Below<'_> {
             sampler,
             records_roots,
             parent,
+            active,
         } = *self;
         let has_parent = parent.is_valid();
+        // A span that is not valid, in the context: left to the sampler (see `active`).
+        let invalid_span = active && !has_parent;
         let decides_alone = match sampler {
-            Sampler::AlwaysOn | Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
-            Sampler::ParentBased(_) => has_parent || records_roots,
+            Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
+            Sampler::AlwaysOn => !invalid_span,
+            Sampler::ParentBased(_) => has_parent || (records_roots && !invalid_span),
             _ => false,
         };
         if !decides_alone {
