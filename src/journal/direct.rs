@@ -256,8 +256,9 @@ impl opentelemetry::trace::Span for JournalSpan {
 
     fn set_status(&mut self, status: Status) {
         if let Some(open) = &mut self.open {
-            // Ok > Error > Unset, as the SDK orders them.
-            if status > open.status {
+            // Ok > Error > Unset, as the SDK orders them: `Ok` (what nearly every span
+            // ends with) always wins, without comparing.
+            if matches!(status, Status::Ok) || status > open.status {
                 open.status = status;
             }
         }
