@@ -478,9 +478,9 @@ const SHAPE_MAX_KEYS: usize = 64;
 
 #[derive(Debug)]
 struct Shape {
-    /// The keys, in list order (clones: a static key keeps its address, so most
-    /// comparisons are of two pointers).
-    keys: Vec<Key>,
+    /// The keys, in list order, each with where its text is (clones: a static key keeps
+    /// its address, so most comparisons are of two addresses).
+    keys: Vec<(Key, At)>,
     /// In key order, each key once: the attribute whose value is written there.
     writes: Vec<usize>,
     /// Per attribute, in list order, its value as last written while it stays the same
@@ -501,13 +501,27 @@ struct Shape {
 /// is not kept.
 #[derive(Debug)]
 enum Kept {
-    Str(opentelemetry::StringValue),
+    Str(opentelemetry::StringValue, At),
     I64(i64),
     Bool(bool),
     /// The float's bits.
     F64(u64),
     /// Not kept: written each time.
     Not,
+}
+
+/// Where a text a shape keeps is (its address and length), to compare a span's text with
+/// it by address first: computed from the shape's own clone, which shares a static or
+/// `Arc<str>` text's bytes and owns any other, so while the shape keeps it no other text
+/// can be at that address (an empty text may share a dangling one, and is equal anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At(usize, usize);
+
+impl At {
+    #[inline]
+    fn of(text: &str) -> At {
+        At(text.as_ptr().addr(), text.len())
+    }
 }
 
 /// A write whose kept value changes this many times (over the shape's life, not in a
@@ -518,7 +532,11 @@ impl Kept {
     /// What to keep of `value`.
     fn of(value: &Value) -> Kept {
         match value {
-            Value::String(s) => Kept::Str(s.clone()),
+            Value::String(s) => {
+                let kept = s.clone();
+                let at = At::of(kept.as_str());
+                Kept::Str(kept, at)
+            }
             Value::I64(n) => Kept::I64(*n),
             Value::Bool(b) => Kept::Bool(*b),
             Value::F64(f) => Kept::F64(f.to_bits()),
@@ -531,9 +549,9 @@ impl Kept {
     fn holds(&self, value: &Value) -> bool {
         match (self, value) {
             (Kept::Not, _) => true,
-            (Kept::Str(kept), Value::String(s)) => {
-                let (kept, s) = (kept.as_str(), s.as_str());
-                std::ptr::eq(kept, s) || kept == s
+            (Kept::Str(kept, at), Value::String(s)) => {
+                let s = s.as_str();
+                At::of(s) == *at || kept.as_str() == s
             }
             (Kept::I64(kept), Value::I64(n)) => kept == n,
             (Kept::Bool(kept), Value::Bool(b)) => kept == b,
@@ -564,7 +582,14 @@ impl Shape {
             kept[at].0 = Kept::of(&attributes[at].value);
         }
         let mut shape = Shape {
-            keys: attributes.iter().map(|kv| kv.key.clone()).collect(),
+            keys: attributes
+                .iter()
+                .map(|kv| {
+                    let key = kv.key.clone();
+                    let at = At::of(key.as_str());
+                    (key, at)
+                })
+                .collect(),
             kept,
             writes,
             template: Vec::new(),
@@ -582,10 +607,10 @@ impl Shape {
             return None;
         }
         let mut same = true;
-        for ((key, (kept, _)), kv) in self.keys.iter().zip(&self.kept).zip(attributes) {
-            let (key, other) = (key.as_str(), kv.key.as_str());
+        for (((key, at), (kept, _)), kv) in self.keys.iter().zip(&self.kept).zip(attributes) {
+            let other = kv.key.as_str();
             // Keys are mostly the same `&'static str` each time: the same bytes.
-            if !(std::ptr::eq(key, other) || key == other) {
+            if At::of(other) != *at && key.as_str() != other {
                 return None;
             }
             same &= kept.holds(&kv.value);

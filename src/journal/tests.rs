@@ -156,6 +156,38 @@ fn many_attribute_shapes_equal_serialized_records() {
     assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
 }
 
+/// Attribute lists of the same length whose keys have the same lengths but other text
+/// (static and owned keys, in turn): a kept shape is never taken for another's, so each
+/// line still equals its record.
+#[test]
+fn shapes_with_keys_of_the_same_lengths_are_told_apart() {
+    let (keep, tracer) = Keep::tracer();
+    let statics: [[&'static str; 3]; 3] = [
+        ["app.a", "app.b", "app.c"],
+        ["app.a", "app.x", "app.c"],
+        ["app.c", "app.b", "app.a"],
+    ];
+    for round in 0..4_i64 {
+        for (n, keys) in statics.iter().enumerate() {
+            let attributes: Vec<KeyValue> = if round % 2 == 0 {
+                keys.iter().map(|k| KeyValue::new(*k, round)).collect()
+            } else {
+                keys.iter()
+                    .map(|k| KeyValue::new(k.to_string(), format!("v{n}")))
+                    .collect()
+            };
+            tracer
+                .span_builder("same lengths")
+                .with_attributes(attributes)
+                .start(&tracer)
+                .end();
+        }
+    }
+    let spans = keep.0.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 12);
+    assert_lines_equal_records(&spans, Some("s"), &mut Scratch::default());
+}
+
 /// One attribute list whose string values are static, shared (`Arc<str>`: the same one
 /// again, or a new one each time, some with the same text), owned, or not strings at all,
 /// changing from span to span: each line equals its record (remembered values are only
