@@ -5,12 +5,16 @@
 //!
 //! Each configuration runs twice, with `--messages` and with ten times that plus as many
 //! again; the difference divided by the difference in messages is the cost per message,
-//! free of start-up and connection costs. Instruction counts do not move with machine
-//! noise: two runs of the same binary and inputs give the same figures to a fraction of a
-//! percent.
+//! free of start-up and connection costs. Instruction counts do not depend on the clock,
+//! but they are not the same from run to run: the async clients poll and wake more or less
+//! often with the threads' timing, and glibc's allocator costs more or less with the
+//! heap's state (one binary's figure moves by a few hundred instructions per message, a
+//! whole run's by up to ~1,000). So each broker's modes run `--rounds` times (3 by
+//! default), interleaved (every mode once, then again), and the table gives each mode's
+//! median with the lowest and highest round; the overheads are of the medians.
 //!
 //! ```text
-//! cargo xtask bench-instructions [--messages N] [--only nats-core,jetstream,rabbitmq,kafka-tansu] [--metrics]
+//! cargo xtask bench-instructions [--messages N] [--rounds N] [--only nats-core,jetstream,rabbitmq,kafka-tansu] [--metrics]
 //! ```
 //!
 //! `--metrics` runs the traced modes with messaging metrics on (`TRACEHOP_BENCH_METRICS=1`:
@@ -28,6 +32,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut brokers: Vec<String> = BROKERS.iter().map(|b| (*b).to_owned()).collect();
     let mut args = args.iter();
     let mut metrics = false;
+    let mut rounds: usize = 3;
     while let Some(arg) = args.next() {
         if arg == "--metrics" {
             metrics = true;
@@ -37,6 +42,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         match arg.as_str() {
             "--messages" => small = value.parse().map_err(|e| format!("--messages: {e}"))?,
             "--only" => brokers = value.split(',').map(str::to_owned).collect(),
+            "--rounds" => {
+                rounds = value.parse().map_err(|e| format!("--rounds: {e}"))?;
+                if rounds == 0 {
+                    return Err("--rounds must be at least 1".to_owned());
+                }
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -49,31 +60,61 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return metrics_cost(&bench, &out_dir, &brokers, small, large);
     }
     println!(
-        "# instructions per message: (I({large}) - I({small})) / {} messages, 128-byte payloads",
+        "# instructions per message: (I({large}) - I({small})) / {} messages, 128-byte payloads; \
+         the median of {rounds} interleaved rounds (lowest-highest)",
         large - small
     );
     println!();
     println!("| broker | raw | raw+headers | unsampled | sampled + journaled | tracehop over raw+headers (unsampled / journaled) |");
     println!("|---|---:|---:|---:|---:|---|");
     for broker in &brokers {
-        let mut per_message = Vec::new();
-        for mode in MODES {
-            let a = instructions(&bench, &out_dir, broker, mode, small)?;
-            let b = instructions(&bench, &out_dir, broker, mode, large)?;
-            per_message.push(b.saturating_sub(a) as f64 / (large - small) as f64);
+        // Per mode, one figure per round.
+        let mut per_message: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+        for round in 1..=rounds {
+            for (at, mode) in MODES.iter().enumerate() {
+                let a = instructions(&bench, &out_dir, broker, mode, small)?;
+                let b = instructions(&bench, &out_dir, broker, mode, large)?;
+                let figure = b.saturating_sub(a) as f64 / (large - small) as f64;
+                eprintln!("{broker} {mode} round {round}: {figure:.0}");
+                per_message[at].push(figure);
+            }
         }
-        let over = |i: usize| per_message[i] - per_message[1];
+        let medians: Vec<f64> = per_message.iter().map(|f| median(f)).collect();
+        let cell = |at: usize| spread(&per_message[at]);
         println!(
-            "| {broker} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} |",
-            per_message[0],
-            per_message[1],
-            per_message[2],
-            per_message[3],
-            over(2),
-            over(3)
+            "| {broker} | {} | {} | {} | {} | {:.0} / {:.0} |",
+            cell(0),
+            cell(1),
+            cell(2),
+            cell(3),
+            medians[2] - medians[1],
+            medians[3] - medians[1]
         );
     }
     Ok(())
+}
+
+/// The median of `figures` (not empty; the mean of the middle two for an even count).
+fn median(figures: &[f64]) -> f64 {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+/// `median (lowest-highest)`, or the figure alone for one round.
+fn spread(figures: &[f64]) -> String {
+    let (low, high) = figures
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), &f| (l.min(f), h.max(f)));
+    if figures.len() < 2 {
+        return format!("{:.0}", median(figures));
+    }
+    format!("{:.0} ({low:.0}-{high:.0})", median(figures))
 }
 
 /// The traced modes with and without metrics: what metrics add per message.
@@ -210,4 +251,21 @@ fn instructions_with(
         })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| format!("{}: no instruction total", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, spread};
+
+    #[test]
+    fn medians_and_spreads() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert_eq!(
+            spread(&[35_120.4, 35_285.0, 35_203.0]),
+            "35203 (35120-35285)"
+        );
+        assert_eq!(spread(&[12.0]), "12");
+    }
 }
