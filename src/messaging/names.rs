@@ -30,8 +30,27 @@ pub(crate) fn span(
     temporary: bool,
 ) -> (Arc<str>, bool) {
     with_recent(
-        |recent| recent.span(operation, destination, temporary),
+        |recent| {
+            recent.span(operation, destination, temporary, || {
+                Arc::<str>::from(destination).into()
+            })
+        },
         || made_span(operation, destination, temporary),
+    )
+}
+
+/// [`span`] of a destination the caller holds as a shared value (a kept name, a
+/// subscription's subject): the name kept for it is then found by the value's address,
+/// without comparing its text.
+pub(crate) fn span_of(
+    operation: &'static str,
+    destination: &StringValue,
+    temporary: bool,
+) -> (Arc<str>, bool) {
+    let text = destination.as_str();
+    with_recent(
+        |recent| recent.span(operation, text, temporary, || destination.clone()),
+        || made_span(operation, text, temporary),
     )
 }
 
@@ -65,7 +84,9 @@ struct Recent {
 /// A span name and what it was made of.
 struct KeptSpan {
     operation: &'static str,
-    destination: Box<str>,
+    /// The destination (empty for a temporary one), shared with the caller's value when
+    /// it gave one.
+    destination: StringValue,
     temporary: bool,
     name: Arc<str>,
     /// `name` needs no JSON escape.
@@ -128,26 +149,29 @@ impl Recent {
             .clone()
     }
 
+    /// The span name kept for `operation` on `destination`, or one made now, keeping
+    /// `keep()` as its destination.
     fn span(
         &mut self,
         operation: &'static str,
         destination: &str,
         temporary: bool,
+        keep: impl FnOnce() -> StringValue,
     ) -> (Arc<str>, bool) {
         let kept = self.spans.find_or(
             |kept| {
                 kept.temporary == temporary
                     && same(kept.operation, operation)
-                    && (temporary || same(&kept.destination, destination))
+                    && (temporary || same(kept.destination.as_str(), destination))
             },
             || {
                 let (name, clean) = made_span(operation, destination, temporary);
                 KeptSpan {
                     operation,
                     destination: if temporary {
-                        "".into()
+                        StringValue::from("")
                     } else {
-                        destination.into()
+                        keep()
                     },
                     temporary,
                     name,
@@ -161,7 +185,45 @@ impl Recent {
 
 #[cfg(test)]
 mod tests {
-    use super::{span, value, KEPT};
+    use super::{span, span_of, value, KEPT};
+
+    /// A span name asked for by a shared destination value is the one asked for by its
+    /// text, and the other way round; another value of the same text, or a temporary
+    /// destination, finds it too; another text does not.
+    #[test]
+    fn span_names_by_value_and_by_text_are_the_same() {
+        let subject = value("jobs.by.value");
+        let (by_value, clean) = span_of("process", &subject, false);
+        assert_eq!(&*by_value, "process jobs.by.value");
+        assert!(clean);
+        assert!(std::sync::Arc::ptr_eq(
+            &by_value,
+            &span_of("process", &subject, false).0
+        ));
+        let (by_text, _) = span("process", "jobs.by.value", false);
+        assert!(std::sync::Arc::ptr_eq(&by_value, &by_text));
+        let owned = opentelemetry::StringValue::from(String::from("jobs.by.value"));
+        assert!(std::sync::Arc::ptr_eq(
+            &by_value,
+            &span_of("process", &owned, false).0
+        ));
+        assert_eq!(
+            &*span_of("process", &value("jobs.by.other"), false).0,
+            "process jobs.by.other"
+        );
+        assert_eq!(&*span_of("send", &subject, false).0, "send jobs.by.value");
+        assert_eq!(&*span_of("process", &subject, true).0, "process");
+
+        let (first, _) = span("publish", "by.text.first", false);
+        let later = value("by.text.first");
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &span_of("publish", &later, false).0
+        ));
+        let (quoted, clean) = span_of("send", &value("q\"d"), false);
+        assert_eq!(&*quoted, "send q\"d");
+        assert!(!clean);
+    }
 
     /// Names come back equal to what is asked for, shared while they are kept, and made
     /// afresh once more than [`KEPT`] others came since.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{Link, SpanKind, SpanRef, Status, TraceContextExt};
-use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry::{Context, KeyValue, Value};
 
 use super::attributes as attr;
 use super::{Incoming, MessageRef, Operation, ParentPolicy};
@@ -133,6 +133,14 @@ impl ProcessSpan {
             Some(value) => value,
             None => super::names::value(msg.destination),
         };
+        // Named from the shared value (the template's, else the destination's): the name
+        // a thread keeps for it is found by its address.
+        let name = super::recorded::span_name_of(
+            inner,
+            msg.operation_name,
+            msg.template.as_ref().unwrap_or(&destination),
+            msg.temporary,
+        );
         // The core's attributes below (5 or 6 as a rule, at most 9) go in the room the
         // description was made with: a `reserve` for the most would reallocate a
         // JetStream delivery's attributes on every message.
@@ -181,14 +189,7 @@ impl ProcessSpan {
         }
 
         let start = SpanStart {
-            name: super::recorded::span_name(
-                inner,
-                msg.operation_name,
-                msg.template
-                    .as_ref()
-                    .map_or(msg.destination, StringValue::as_str),
-                msg.temporary,
-            ),
+            name,
             kind: SpanKind::Consumer,
             start_time: now,
             attributes,

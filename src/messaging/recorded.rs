@@ -2,7 +2,7 @@
 //! journal when it is the handle's only span processor (see `journal::direct`).
 
 use opentelemetry::trace::{Span as _, TraceContextExt as _, TraceId, Tracer as _};
-use opentelemetry::Context;
+use opentelemetry::{Context, StringValue};
 
 use crate::journal::{SpanName, SpanStart};
 use crate::telemetry::{with_trace_id, Inner};
@@ -21,6 +21,21 @@ pub(crate) fn span_name(
         SpanName::Shared(name, clean)
     } else {
         SpanName::Owned(super::span_name(operation, destination, temporary).into())
+    }
+}
+
+/// [`span_name`] of a destination held as a shared value (see `names::span_of`).
+pub(crate) fn span_name_of(
+    inner: &Inner,
+    operation: &'static str,
+    destination: &StringValue,
+    temporary: bool,
+) -> SpanName {
+    if inner.direct.is_some() {
+        let (name, clean) = super::names::span_of(operation, destination, temporary);
+        SpanName::Shared(name, clean)
+    } else {
+        SpanName::Owned(super::span_name(operation, destination.as_str(), temporary).into())
     }
 }
 
