@@ -133,14 +133,20 @@ impl ProcessSpan {
             Some(value) => value,
             None => super::names::value(msg.destination),
         };
-        // Named from the shared value (the template's, else the destination's): the name
-        // a thread keeps for it is found by its address.
-        let name = super::recorded::span_name_of(
-            inner,
-            msg.operation_name,
-            msg.template.as_ref().unwrap_or(&destination),
-            msg.temporary,
-        );
+        // Named after the template (found by its shared value's address among the names
+        // a thread keeps), else the destination's text: an adapter's destination value
+        // may be longer (RabbitMQ's `exchange:routing key:queue`).
+        let name = match &msg.template {
+            Some(template) => {
+                super::recorded::span_name_of(inner, msg.operation_name, template, msg.temporary)
+            }
+            None => super::recorded::span_name(
+                inner,
+                msg.operation_name,
+                msg.destination,
+                msg.temporary,
+            ),
+        };
         // The core's attributes below (5 or 6 as a rule, at most 9) go in the room the
         // description was made with: a `reserve` for the most would reallocate a
         // JetStream delivery's attributes on every message.
@@ -415,6 +421,62 @@ fn strip_paths(full: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{error_type_name, snake_case, strip_paths};
+
+    /// A process span is named after its destination's text, not after a destination
+    /// value an adapter gave with other text (RabbitMQ's `exchange:routing key:queue`),
+    /// and after its template when it has one; the attribute keeps the value. Both on the
+    /// journal's own path and through the SDK.
+    #[test]
+    fn process_spans_are_named_after_the_destination_or_the_template() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let capture = crate::testing::Capture::new();
+        let buffer = Buffer::default();
+        let direct = crate::Telemetry::builder("direct")
+            .journal(crate::Journal::writer("memory", buffer.clone()))
+            .build()
+            .expect("telemetry");
+        assert!(direct.inner().direct.is_some(), "the journal's own path");
+        let headers: std::collections::HashMap<String, String> = Default::default();
+        for telemetry in [direct.clone(), capture.service("sdk")] {
+            let mut msg = crate::Incoming::new("rabbitmq", "tasks");
+            msg.destination_value = Some("orders:created:tasks".into());
+            telemetry.process_span(msg, &headers).end();
+            let templated = crate::Incoming::new("nats", "jobs.eu.1").destination_template(
+                opentelemetry::StringValue::from(Arc::<str>::from("jobs.*.*")),
+            );
+            telemetry.process_span(templated, &headers).end();
+        }
+        direct.shutdown().expect("journal written");
+        let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf-8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        let sdk = capture.records();
+        assert_eq!((lines.len(), sdk.len()), (2, 2), "{text}");
+        assert_eq!(lines[0]["operation_name"], "process tasks");
+        assert_eq!(
+            lines[0]["attributes"]["messaging.destination.name"],
+            "orders:created:tasks"
+        );
+        assert_eq!(lines[1]["operation_name"], "process jobs.*.*");
+        assert_eq!(sdk[0].operation_name.as_deref(), Some("process tasks"));
+        assert_eq!(sdk[1].operation_name.as_deref(), Some("process jobs.*.*"));
+    }
 
     #[test]
     fn error_type_is_the_short_type_name_in_snake_case() {
