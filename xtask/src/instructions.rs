@@ -18,7 +18,8 @@
 //! ```
 //!
 //! `--metrics` runs the traced modes with messaging metrics on (`TRACEHOP_BENCH_METRICS=1`:
-//! an in-memory reader) and prints their cost over the same modes without.
+//! an in-memory reader) and prints their cost over the same modes without, one round
+//! (`--rounds` is refused with it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +33,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut brokers: Vec<String> = BROKERS.iter().map(|b| (*b).to_owned()).collect();
     let mut args = args.iter();
     let mut metrics = false;
-    let mut rounds: usize = 3;
+    let mut rounds: Option<usize> = None;
     while let Some(arg) = args.next() {
         if arg == "--metrics" {
             metrics = true;
@@ -43,14 +44,19 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             "--messages" => small = value.parse().map_err(|e| format!("--messages: {e}"))?,
             "--only" => brokers = value.split(',').map(str::to_owned).collect(),
             "--rounds" => {
-                rounds = value.parse().map_err(|e| format!("--rounds: {e}"))?;
-                if rounds == 0 {
+                let n: usize = value.parse().map_err(|e| format!("--rounds: {e}"))?;
+                if n == 0 {
                     return Err("--rounds must be at least 1".to_owned());
                 }
+                rounds = Some(n);
             }
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if metrics && rounds.is_some() {
+        return Err("--rounds does not apply to --metrics (one round)".to_owned());
+    }
+    let rounds = rounds.unwrap_or(3);
     let large = small * 11;
     which("valgrind")?;
     let bench = build_bench()?;
