@@ -10,6 +10,7 @@ use opentelemetry::trace::{Link, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, Value};
 
 use super::attributes as attr;
+use super::recorded::Named;
 use super::{Incoming, MessageRef, Operation, ParentPolicy};
 use crate::journal::SpanStart;
 use crate::propagation::{ContextSource, Extracted, ReadCarrier};
@@ -136,17 +137,11 @@ impl ProcessSpan {
         // Named after the template (found by its shared value's address among the names
         // a thread keeps), else the destination's text: an adapter's destination value
         // may be longer (RabbitMQ's `exchange:routing key:queue`).
-        let name = match &msg.template {
-            Some(template) => {
-                super::recorded::span_name_of(inner, msg.operation_name, template, msg.temporary)
-            }
-            None => super::recorded::span_name(
-                inner,
-                msg.operation_name,
-                msg.destination,
-                msg.temporary,
-            ),
+        let named = match &msg.template {
+            Some(template) => Named::Value(template),
+            None => Named::Text(msg.destination),
         };
+        let name = super::recorded::span_name(inner, msg.operation_name, named, msg.temporary);
         // The core's attributes below (5 or 6 as a rule, at most 9) go in the room the
         // description was made with: a `reserve` for the most would reallocate a
         // JetStream delivery's attributes on every message.

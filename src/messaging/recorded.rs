@@ -7,36 +7,36 @@ use opentelemetry::{Context, StringValue};
 use crate::journal::{SpanName, SpanStart};
 use crate::telemetry::{with_trace_id, Inner};
 
+/// What a span is named after: a destination's (or template's) text, or a shared value
+/// holding it (the name a thread keeps for it is then found by the value's address; see
+/// `names::span_of`).
+#[derive(Clone, Copy)]
+pub(crate) enum Named<'a> {
+    Text(&'a str),
+    Value(&'a StringValue),
+}
+
 /// The name of a span starting as `operation` on `destination` (see
 /// [`span_name`](super::span_name)): shared if the journal will record it, made for the
 /// SDK otherwise.
 pub(crate) fn span_name(
     inner: &Inner,
     operation: &'static str,
-    destination: &str,
+    destination: Named<'_>,
     temporary: bool,
 ) -> SpanName {
-    if inner.direct.is_some() {
-        let (name, clean) = super::names::span(operation, destination, temporary);
-        SpanName::Shared(name, clean)
-    } else {
-        SpanName::Owned(super::span_name(operation, destination, temporary).into())
+    if inner.direct.is_none() {
+        let text = match destination {
+            Named::Text(text) => text,
+            Named::Value(value) => value.as_str(),
+        };
+        return SpanName::Owned(super::span_name(operation, text, temporary).into());
     }
-}
-
-/// [`span_name`] of a destination held as a shared value (see `names::span_of`).
-pub(crate) fn span_name_of(
-    inner: &Inner,
-    operation: &'static str,
-    destination: &StringValue,
-    temporary: bool,
-) -> SpanName {
-    if inner.direct.is_some() {
-        let (name, clean) = super::names::span_of(operation, destination, temporary);
-        SpanName::Shared(name, clean)
-    } else {
-        SpanName::Owned(super::span_name(operation, destination.as_str(), temporary).into())
-    }
+    let (name, clean) = match destination {
+        Named::Text(text) => super::names::span(operation, text, temporary),
+        Named::Value(value) => super::names::span_of(operation, value, temporary),
+    };
+    SpanName::Shared(name, clean)
 }
 
 /// Start `span` as a child of `parent` (a root joins `root_trace` if given) and return

@@ -173,7 +173,12 @@ impl SendSpan {
         // One clock read for the span's start and the `tracehop-sent-at` header.
         let now = SystemTime::now();
         let start = SpanStart {
-            name: super::recorded::span_name(inner, msg.operation_name, named, msg.temporary),
+            name: super::recorded::span_name(
+                inner,
+                msg.operation_name,
+                super::recorded::Named::Text(named),
+                msg.temporary,
+            ),
             kind: SpanKind::Producer,
             start_time: now,
             attributes,
