@@ -216,8 +216,10 @@ pub struct Incoming<'a> {
     pub(crate) attributes: Vec<KeyValue>,
     pub(crate) policy: ParentPolicy,
     pub(crate) enqueued_at: Option<SystemTime>,
-    /// `destination` as an attribute value the adapter already holds (shared, so the
-    /// process span does not copy the name again).
+    /// The process span's `messaging.destination.name`, as a value the adapter already
+    /// holds (shared, so the span does not copy the name again): the destination's text
+    /// (NATS), or longer (RabbitMQ's `exchange:routing key:queue`). Span names are made
+    /// from `destination` (or the template), never from this.
     pub(crate) destination_value: Option<StringValue>,
     pub(crate) temporary: bool,
     /// The subscription's pattern, named in the span instead of the destination.
