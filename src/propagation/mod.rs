@@ -205,13 +205,16 @@ impl Extracted {
     /// The remote parent (if any) and baggage, as one context. Never the ambient context:
     /// a consumer does not inherit whatever happens to be current where it runs.
     pub fn context(&self) -> &Context {
-        self.context.get_or_init(|| {
-            if self.remote.is_valid() {
-                self.base.with_remote_span_context(self.remote.clone())
-            } else {
-                self.base.clone()
-            }
-        })
+        self.context.get_or_init(|| self.make_context())
+    }
+
+    /// The remote parent (if valid) with the baggage, made now.
+    fn make_context(&self) -> Context {
+        if self.remote.is_valid() {
+            self.base.with_remote_span_context(self.remote.clone())
+        } else {
+            self.base.clone()
+        }
     }
 
     /// [`context`](Self::context) as a value, made without being kept when it was not
@@ -220,10 +223,7 @@ impl Extracted {
     pub(crate) fn to_context(&self) -> Context {
         match self.context.get() {
             Some(cx) => cx.clone(),
-            None if self.remote.is_valid() => {
-                self.base.with_remote_span_context(self.remote.clone())
-            }
-            None => self.base.clone(),
+            None => self.make_context(),
         }
     }
 
