@@ -44,10 +44,10 @@ pub(crate) struct Inner {
     /// The provider's sampler, when this handle built the provider (so tracehop can ask it
     /// before describing a span; see `messaging::sampling`).
     pub(crate) sampler: Option<Sampler>,
-    /// The sampler records every root span without looking at it: `AlwaysOn`, or the
-    /// SDK's default `ParentBased(AlwaysOn)` that this handle set (a `ParentBased` given
-    /// by the user hides its root sampler, which is then asked).
-    pub(crate) records_roots: bool,
+    /// `sampler` is the SDK's default `ParentBased(AlwaysOn)` that this handle set, whose
+    /// root sampler records every root (a `ParentBased` given by the user hides its root
+    /// sampler, which is then asked).
+    pub(crate) default_sampler: bool,
     pub(crate) provider: SdkTracerProvider,
     pub(crate) propagation: Propagation,
     /// The counts of each journal and exporter this handle built.
@@ -108,7 +108,7 @@ impl Telemetry {
                 service_name: service_name.into(),
                 tracer: provider.tracer_with_scope(crate::metrics::scope()),
                 sampler: None,
-                records_roots: false,
+                default_sampler: false,
                 provider: provider.clone(),
                 propagation,
                 sinks: Vec::new(),
@@ -433,11 +433,7 @@ impl TelemetryBuilder {
         Ok(Telemetry {
             inner: Arc::new(Inner {
                 tracer: provider.tracer_with_scope(crate::metrics::scope()),
-                records_roots: match &self.sampler {
-                    Some(Sampler::AlwaysOn) => true,
-                    Some(Sampler::ParentBased(_)) => self.default_sampler,
-                    _ => false,
-                },
+                default_sampler: self.default_sampler && self.sampler.is_some(),
                 sampler: self.sampler,
                 service_name: self.service_name,
                 provider,

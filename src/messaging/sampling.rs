@@ -64,7 +64,7 @@ pub(crate) fn decide(
             let span = cx.span();
             let below = Below {
                 sampler,
-                records_roots: inner.records_roots,
+                default_root: inner.default_sampler,
                 parent: span.span_context(),
                 active: cx.has_active_span(),
             };
@@ -72,7 +72,7 @@ pub(crate) fn decide(
         }
         Parent::Extracted(message) => Below {
             sampler,
-            records_roots: inner.records_roots,
+            default_root: inner.default_sampler,
             parent: message.span_context(),
             // The message's context holds the remote parent when it is valid (and whatever
             // span a custom propagator's context holds).
@@ -85,8 +85,9 @@ pub(crate) fn decide(
 /// A sampler asked about a span below `parent` (its span context; invalid: none).
 struct Below<'a> {
     sampler: &'a Sampler,
-    /// The sampler records every root (see `Inner::records_roots`).
-    records_roots: bool,
+    /// The sampler is the default `ParentBased(AlwaysOn)`, which records every root (see
+    /// `Inner::default_sampler`).
+    default_root: bool,
     parent: &'a SpanContext,
     /// The parent context holds a span, even one whose span context is not valid (a
     /// no-op span): the SDK's `ParentBased` then follows that span (not sampled: drop)
@@ -106,7 +107,7 @@ impl Below<'_> {
     ) -> Early {
         let Below {
             sampler,
-            records_roots,
+            default_root,
             parent,
             active,
         } = *self;
@@ -116,7 +117,7 @@ impl Below<'_> {
         let decides_alone = match sampler {
             Sampler::AlwaysOff | Sampler::TraceIdRatioBased(_) => true,
             Sampler::AlwaysOn => !invalid_span,
-            Sampler::ParentBased(_) => has_parent || (records_roots && !invalid_span),
+            Sampler::ParentBased(_) => has_parent || (default_root && !invalid_span),
             _ => false,
         };
         if !decides_alone {
