@@ -141,9 +141,10 @@ impl Hooks {
         self
     }
 
-    /// Whether the message is traced.
-    pub(crate) fn keeps(&self, msg: &MessageRef<'_>) -> bool {
-        self.filter.as_ref().is_none_or(|keep| keep(msg))
+    /// Whether the message `msg()` describes is traced (it is described only if there is a
+    /// filter to ask).
+    pub(crate) fn keeps<'m>(&self, msg: impl FnOnce() -> MessageRef<'m>) -> bool {
+        self.filter.as_ref().is_none_or(|keep| keep(&msg()))
     }
 }
 

@@ -97,7 +97,7 @@ impl SendSpan {
         describe: impl FnOnce() -> Outgoing<'a>,
     ) -> SendSpan {
         let hooks = &inner.hooks;
-        if !hooks.keeps(&MessageRef {
+        if !hooks.keeps(|| MessageRef {
             system: target.system,
             destination: target.destination,
             operation: Operation::Send,

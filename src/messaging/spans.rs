@@ -60,7 +60,7 @@ impl Telemetry {
     /// (or a new root linked to it, under [`ParentPolicy::Link`](crate::ParentPolicy)). A
     /// message without usable context gets a new root that says why.
     pub fn process_span(&self, mut msg: Incoming<'_>, headers: &dyn ReadCarrier) -> ProcessSpan {
-        if !self.traces(msg.system, msg.destination, headers) {
+        if !self.traces(msg.system, || msg.destination, headers) {
             return ProcessSpan::untraced();
         }
         let extracted = self.inner().propagation.extract(headers);
@@ -78,16 +78,18 @@ impl Telemetry {
         )
     }
 
-    /// Whether the filter hook (if any) keeps a delivery from `destination` traced.
-    pub(crate) fn traces(
+    /// Whether the filter hook (if any) keeps a delivery from `destination` traced. The
+    /// destination is read only if there is a hook (rdkafka checks a topic name as UTF-8
+    /// each time it is read).
+    pub(crate) fn traces<'d>(
         &self,
         system: &'static str,
-        destination: &str,
+        destination: impl FnOnce() -> &'d str,
         headers: &dyn ReadCarrier,
     ) -> bool {
-        self.inner().hooks.keeps(&super::MessageRef {
+        self.inner().hooks.keeps(|| super::MessageRef {
             system,
-            destination,
+            destination: destination(),
             operation: super::Operation::Process,
             headers: Some(headers),
         })

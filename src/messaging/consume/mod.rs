@@ -328,14 +328,11 @@ impl<S: Source> Consumer<S> {
             .inner()
             .propagation
             .extract(delivery.headers());
-        // The destination is read only for a filter hook (rdkafka checks a topic name as
-        // UTF-8 each time it is read).
-        let traced = self.telemetry.inner().hooks.filter.is_none()
-            || self.telemetry.traces(
-                delivery.system(),
-                delivery.destination(),
-                delivery.headers(),
-            );
+        let traced = self.telemetry.traces(
+            delivery.system(),
+            || delivery.destination(),
+            delivery.headers(),
+        );
         let measure = self
             .metrics
             .as_ref()
